@@ -1,0 +1,252 @@
+"""Batch validation with Great Expectations 1.x: suites kept as JSON, results reduced to a small report.
+
+The suites live in ``include/expectations/*.json`` (GX 1.x suite format). Values that depend on the batch
+(its year and month) are suite parameters: ``{"$PARAMETER": "month"}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Columns the validator derives from the batch before GX sees it (their names start with ``_``).
+WEATHER_MATCH = "_weather_match"
+
+
+@dataclass(frozen=True)
+class ExpectationFailure:
+    """One failed expectation, with the counts a data engineer needs to judge it."""
+
+    expectation: str
+    column: str | None
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    observed_value: Any = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        target = f"({self.column})" if self.column else ""
+        if self.error:
+            detail = f"could not be evaluated: {self.error}"
+        elif self.unexpected_count is not None:
+            detail = f"{self.unexpected_count} unexpected"
+            if self.unexpected_percent is not None:
+                detail += f" ({self.unexpected_percent:.2f} %)"
+        else:
+            detail = f"observed {self.observed_value!r}"
+        return f"{self.expectation}{target}: {detail}"
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    suite: str
+    success: bool
+    evaluated: int
+    failures: tuple[ExpectationFailure, ...]
+    result: dict = field(repr=False, compare=False)
+    docs_page: str | None = None
+
+    def summary(self) -> dict:
+        return {
+            "suite": self.suite,
+            "success": self.success,
+            "evaluated": self.evaluated,
+            "failed": [asdict(f) for f in self.failures],
+            "docs_page": self.docs_page,
+        }
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of validating one batch against all its suites."""
+
+    batch_id: str
+    suites: tuple[SuiteOutcome, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def success(self) -> bool:
+        return all(s.success for s in self.suites)
+
+    @property
+    def failures(self) -> list[tuple[str, ExpectationFailure]]:
+        return [(s.suite, f) for s in self.suites for f in s.failures]
+
+    def failure_message(self) -> str:
+        lines = [f"batch {self.batch_id} failed validation ({len(self.failures)} expectation(s) failed):"]
+        lines += [f"  - [{suite}] {failure.describe()}" for suite, failure in self.failures]
+        lines += [f"  - note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def summary(self) -> dict:
+        """Small, JSON-ready: what goes to XCom and into manifests."""
+        return {
+            "batch_id": self.batch_id,
+            "success": self.success,
+            "notes": list(self.notes),
+            "suites": [s.summary() for s in self.suites],
+        }
+
+    def result_json(self) -> dict:
+        """The full GX results of every suite: what is saved next to a quarantined batch."""
+        return {"batch_id": self.batch_id, "success": self.success, "notes": list(self.notes),
+                "results": {s.suite: s.result for s in self.suites}}
+
+
+def load_suite(path: str | Path) -> dict:
+    """Read a GX 1.x expectation suite kept as JSON; fail with the path named if it is not one."""
+    path = Path(path)
+    try:
+        suite = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read expectation suite {path}: {err}") from err
+    if not isinstance(suite, dict) or "name" not in suite or not isinstance(suite.get("expectations"), list):
+        raise ValueError(f"{path} is not a GX suite: it needs a 'name' and a list of 'expectations'")
+    return suite
+
+
+def read_csv_tolerant(data: bytes, name: str) -> tuple[pd.DataFrame, str | None]:
+    """Parse an upstream CSV; an unreadable file becomes an empty frame and a note, so GX still reports on it."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(io.BytesIO(data), low_memory=False), None
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(), f"{name} is empty (0 data bytes)"
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        return pd.DataFrame(), f"{name} could not be parsed: {err}"
+
+
+def parse_timestamps(frame: pd.DataFrame, column: str = "time_hour") -> pd.DataFrame:
+    """UTC timestamps from ISO strings; unparseable values become NaT, which the null checks then catch."""
+    import pandas as pd
+
+    if column in frame.columns:
+        frame = frame.copy()
+        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce", format="ISO8601").astype(
+            "datetime64[us, UTC]"
+        )
+    return frame
+
+
+def prepare_batch(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Type a batch (``flights``, ``weather``) for validation and derive ``_weather_match`` on flights."""
+    flights = parse_timestamps(frames["flights"])
+    weather = parse_timestamps(frames["weather"])
+    keys = ("origin", "time_hour")
+    if all(k in flights.columns for k in keys) and all(k in weather.columns for k in keys):
+        known = weather.loc[:, list(keys)].drop_duplicates()
+        known[WEATHER_MATCH] = True
+        flights = flights.merge(known, on=list(keys), how="left", validate="many_to_one")
+        flights[WEATHER_MATCH] = flights[WEATHER_MATCH].eq(True)
+    elif len(flights.columns):
+        flights = flights.assign(**{WEATHER_MATCH: False})
+    return {"flights": flights, "weather": weather}
+
+
+def _failure(result: dict) -> ExpectationFailure:
+    config = result.get("expectation_config", {})
+    kwargs = config.get("kwargs", {})
+    column = kwargs.get("column") or (",".join(kwargs["column_list"]) if "column_list" in kwargs else None)
+    details = result.get("result") or {}
+    error = None
+    info = result.get("exception_info") or {}
+    # GX nests exception info per metric when a metric cannot be computed (e.g. a missing column).
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for item in infos:
+        if item.get("raised_exception") or item.get("exception_message"):
+            error = str(item.get("exception_message") or "raised an exception").splitlines()[-1][:300]
+            break
+    return ExpectationFailure(
+        expectation=config.get("type", "?"),
+        column=column,
+        unexpected_count=details.get("unexpected_count"),
+        unexpected_percent=details.get("unexpected_percent"),
+        observed_value=details.get("observed_value"),
+        error=error,
+    )
+
+
+def validate_batch(
+    batch_id: str,
+    frames: dict[str, pd.DataFrame],
+    suites: dict[str, dict],
+    parameters: dict[str, Any],
+    docs_dir: Path | None = None,
+    run_time: datetime | None = None,
+    notes: tuple[str, ...] = (),
+) -> ValidationReport:
+    """Run each suite on its frame (``suites`` maps a frame name to a suite) and collect the outcomes.
+
+    With ``docs_dir``, GX Data Docs for the run are rendered there (a static site). ``run_time`` fixes the
+    run's identity so that re-validating the same batch rewrites the same pages.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    missing = sorted(set(suites) - set(frames))
+    if missing:
+        raise ValueError(f"no frame for suite(s) of {', '.join(missing)}")
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            site_name="lake",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["lake"]))
+    source = context.data_sources.add_or_update_pandas("batch")
+    outcomes = []
+    for frame_name, suite_json in suites.items():
+        suite = context.suites.add_or_update(gx.ExpectationSuite(**json.loads(json.dumps(suite_json))))
+        definition = source.add_dataframe_asset(frame_name).add_batch_definition_whole_dataframe("whole")
+        validation = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{suite.name}", data=definition, suite=suite)
+        )
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"{suite.name}_checkpoint",
+                validation_definitions=[validation],
+                actions=actions,
+                result_format={"result_format": "SUMMARY"},
+            )
+        )
+        run_id = gx.RunIdentifier(run_name=batch_id, run_time=run_time)
+        result = checkpoint.run(
+            batch_parameters={"dataframe": frames[frame_name]}, expectation_parameters=parameters, run_id=run_id
+        )
+        (validation_result,) = result.run_results.values()
+        result_json = validation_result.to_json_dict()
+        failed = tuple(_failure(r) for r in result_json["results"] if not r["success"])
+        page = None
+        if docs_dir is not None:
+            pages = sorted((docs_dir / "validations" / suite.name / batch_id).rglob("*.html"))
+            page = str(pages[-1].relative_to(docs_dir)) if pages else None
+        outcomes.append(
+            SuiteOutcome(
+                suite=suite.name,
+                success=bool(result_json["success"]),
+                evaluated=len(result_json["results"]),
+                failures=failed,
+                result=result_json,
+                docs_page=page,
+            )
+        )
+        log.info("suite %s on %s: %s (%d expectations, %d failed)", suite.name, batch_id,
+                 "passed" if result_json["success"] else "FAILED", len(result_json["results"]), len(failed))
+    return ValidationReport(batch_id=batch_id, suites=tuple(outcomes), notes=tuple(notes))
