@@ -23,11 +23,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
+
 # The SDK's EventsTimetable does not serialize in Airflow 3.3.2 (its encoder drops `_summary`); the core one does.
 from airflow.timetables.events import EventsTimetable
-
 from airflow_mlops import config
-
 from airflow_mlops.assets import LANDING
 from airflow_mlops.operators.ingest import IngestBatchOperator
 from airflow_mlops.operators.validation import ValidateBatchOperator
@@ -39,7 +38,9 @@ with DAG(
     dag_id="mlops_ingest_validate",
     description="Land → raw → Great Expectations → validated or quarantine",
     schedule=AssetOrTimeSchedule(
-        timetable=EventsTimetable(event_dates=MONTHS, presorted=True, description=f"monthly, {MONTHS[0]:%Y-%m}..{MONTHS[-1]:%Y-%m}"),
+        timetable=EventsTimetable(
+            event_dates=MONTHS, presorted=True, description=f"monthly, {MONTHS[0]:%Y-%m}..{MONTHS[-1]:%Y-%m}"
+        ),
         assets=LANDING,
     ),
     start_date=MONTHS[0],

@@ -27,8 +27,10 @@ def land(month: str, corrupt: str | None = None, ring: bool = True, lake_root: s
     lake = LakeHook(root_url=lake_root)
     lake.ensure_zones()
     folder = lake.path("landing", month)
-    records = {name: lake.write_file(folder / name, data, rows=count_csv_rows(data))
-               for name, data in batch_files(month, corrupt).items()}
+    records = {
+        name: lake.write_file(folder / name, data, rows=count_csv_rows(data))
+        for name, data in batch_files(month, corrupt).items()
+    }
     marker = {"month": month, "corrupt": corrupt, "files": {n: r.to_dict() for n, r in records.items()}}
     lake.write_file(folder / SUCCESS_MARKER, json.dumps(marker, indent=2).encode(), rows=len(records))
     if ring:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for name, rec in marker["files"].items():
+    for rec in marker["files"].values():
         print(f"landed {rec['uri']}  rows={rec['rows']}  sha256={rec['sha256'][:12]}")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _MONTH = re.compile(r"^(\d{4})-(\d{1,2})(?:$|-|T)")
 
@@ -29,15 +29,15 @@ def parse_month(value: str) -> str:
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """The month's data interval ``[start, end)`` in UTC."""
     year, mon = (int(p) for p in parse_month(month).split("-"))
-    start = datetime(year, mon, 1, tzinfo=timezone.utc)
-    end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=timezone.utc)
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC)
     return start, end
 
 
 def month_of(moment: datetime) -> str:
     """The month a data interval starting at ``moment`` covers (its UTC month)."""
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return f"{moment.year:04d}-{moment.month:02d}"
 
 
@@ -57,6 +57,21 @@ def count_csv_rows(data: bytes) -> int:
         return 0
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     return max(lines - 1, 0)
+
+
+def months_to_ingest(
+    requested: str | None, run_type: str, interval_start: datetime | None, pending: list[str]
+) -> tuple[list[str], bool]:
+    """Which months a run ingests, and whether they were asked for by name (then a missing one is an error).
+
+    A named month wins; a scheduled or backfill run takes its data interval's month; any other run (a
+    landing event, a manual run without a month) takes every batch waiting in ``landing/``.
+    """
+    if requested and requested.strip() not in ("", "None"):
+        return [parse_month(requested)], True
+    if run_type in ("scheduled", "backfill") and interval_start is not None:
+        return [month_of(interval_start)], False
+    return sorted(pending), False
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,7 @@ def _duplicate_keys(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) ->
     import pandas as pd
 
     flights = frames["flights.csv"]
-    files["flights.csv"] = to_csv_bytes(pd.concat([flights, flights.iloc[:: 50]], ignore_index=True))
+    files["flights.csv"] = to_csv_bytes(pd.concat([flights, flights.iloc[::50]], ignore_index=True))
 
 
 def _empty_file(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:

@@ -99,8 +99,12 @@ class ValidationReport:
 
     def result_json(self) -> dict:
         """The full GX results of every suite: what is saved next to a quarantined batch."""
-        return {"batch_id": self.batch_id, "success": self.success, "notes": list(self.notes),
-                "results": {s.suite: s.result for s in self.suites}}
+        return {
+            "batch_id": self.batch_id,
+            "success": self.success,
+            "notes": list(self.notes),
+            "results": {s.suite: s.result for s in self.suites},
+        }
 
 
 def load_suite(path: str | Path) -> dict:
@@ -247,6 +251,12 @@ def validate_batch(
                 docs_page=page,
             )
         )
-        log.info("suite %s on %s: %s (%d expectations, %d failed)", suite.name, batch_id,
-                 "passed" if result_json["success"] else "FAILED", len(result_json["results"]), len(failed))
+        log.info(
+            "suite %s on %s: %s (%d expectations, %d failed)",
+            suite.name,
+            batch_id,
+            "passed" if result_json["success"] else "FAILED",
+            len(result_json["results"]),
+            len(failed),
+        )
     return ValidationReport(batch_id=batch_id, suites=tuple(outcomes), notes=tuple(notes))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +65,7 @@ class LakeHook(BaseHook):
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
         tmp.write_bytes(data)
         tmp.replace(path) if path.protocol in ("file", "local", "") else tmp.rename(path)
-        record = FileRecord(name=path.name, uri=self.url(path), sha256=sha256_bytes(data), rows=rows,
-                            bytes=len(data))
+        record = FileRecord(name=path.name, uri=self.url(path), sha256=sha256_bytes(data), rows=rows, bytes=len(data))
         self.log.info("wrote %s (%d rows, %d bytes, sha256 %s)", record.uri, rows, len(data), record.sha256[:12])
         return record
 
@@ -100,7 +99,7 @@ class LakeHook(BaseHook):
     def write_manifest(self, directory: ObjectStoragePath, files: list[FileRecord], **meta: Any) -> dict:
         """Commit ``directory``: list its files with hashes and rows, plus ``meta``; written last, atomically."""
         manifest = {
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **meta,
             "files": {rec.name: rec.to_dict() for rec in files},
         }

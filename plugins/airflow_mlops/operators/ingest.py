@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_mlops.core.batches import (
-    FileRecord,
     SUCCESS_MARKER,
     Batch,
+    FileRecord,
     batch_hash,
     count_csv_rows,
-    month_of,
+    months_to_ingest,
     parse_month,
     sha256_bytes,
 )
@@ -74,16 +74,12 @@ class IngestBatchOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        requested = parse_month(self.month) if self.month and str(self.month).strip() not in ("None", "") else None
         self.lake.ensure_zones()
         pending = self._pending_months()
-        run_type = str(getattr(context.get("dag_run"), "run_type", "") or "")
-        if requested:
-            months, explicit = [requested], True
-        elif run_type in ("scheduled", "backfill") and context.get("data_interval_start"):
-            months, explicit = [month_of(context["data_interval_start"])], False
-        else:  # a landing event, or a manual run without a month
-            months, explicit = pending, False
+        run_type = getattr(context.get("dag_run"), "run_type", "") or ""
+        months, explicit = months_to_ingest(
+            self.month, str(getattr(run_type, "value", run_type)), context.get("data_interval_start"), pending
+        )
         self.log.info("months to ingest: %s (pending in landing/: %s)", months or "none", pending or "none")
 
         batches = []
@@ -92,7 +88,9 @@ class IngestBatchOperator(BaseOperator):
             if batch is not None:
                 batches.append(batch.to_dict())
         if not batches:
-            raise AirflowSkipException(f"nothing to ingest: no complete batch waiting in landing/ for {months or 'any month'}")
+            raise AirflowSkipException(
+                f"nothing to ingest: no complete batch waiting in landing/ for {months or 'any month'}"
+            )
         return batches
 
     def _pending_months(self) -> list[str]:
@@ -130,8 +128,10 @@ class IngestBatchOperator(BaseOperator):
             payloads[name] = source.read_bytes()
             want = expected.get(name, {}).get("sha256")
             if want and want != sha256_bytes(payloads[name]):
-                raise ValueError(f"landing/{month}/{name} does not match the sha256 in its _SUCCESS marker: "
-                                 "the transfer is incomplete or the file was changed after landing")
+                raise ValueError(
+                    f"landing/{month}/{name} does not match the sha256 in its _SUCCESS marker: "
+                    "the transfer is incomplete or the file was changed after landing"
+                )
         digest = batch_hash({name: sha256_bytes(data) for name, data in payloads.items()})
         target = self.lake.path("raw", month, digest[:12])
         manifest = self.lake.read_manifest(target)
@@ -144,8 +144,15 @@ class IngestBatchOperator(BaseOperator):
                 for name, data in payloads.items()
             }
             batch = Batch(month=month, sha256=digest, uri=self.lake.url(target), files=records)
-            self.lake.write_manifest(target, list(records.values()), month=month, sha256=digest,
-                                     batch_id=batch.batch_id, uri=batch.uri, source=self.lake.url(landing))
+            self.lake.write_manifest(
+                target,
+                list(records.values()),
+                month=month,
+                sha256=digest,
+                batch_id=batch.batch_id,
+                uri=batch.uri,
+                source=self.lake.url(landing),
+            )
         self.lake.remove_tree(landing)
         self.log.info("%s: ingested batch %s (%d rows) into %s", month, batch.batch_id, batch.rows, batch.uri)
         return batch

@@ -86,15 +86,22 @@ class ValidateBatchOperator(BaseOperator):
         self.log.info("validating %s (%d rows) against %s", batch.batch_id, batch.rows, ", ".join(self.suites.values()))
         with tempfile.TemporaryDirectory(prefix="data-docs-") as docs:
             report = validation.validate_batch(
-                batch.batch_id, frames, suites, {"year": start.year, "month": start.month},
-                docs_dir=Path(docs), run_time=start, notes=tuple(notes),
+                batch.batch_id,
+                frames,
+                suites,
+                {"year": start.year, "month": start.month},
+                docs_dir=Path(docs),
+                run_time=start,
+                notes=tuple(notes),
             )
             docs_root = self.lake.path("reports", "data_docs")
             self.lake.upload_tree(Path(docs) / "static", docs_root / "static", overwrite=False)
             self.lake.upload_tree(Path(docs) / "validations", docs_root / "validations")
             self.lake.upload_tree(Path(docs) / "expectations", docs_root / "expectations")
-        page = next((s.docs_page for s in report.suites if not s.success and s.docs_page), None) or \
-            report.suites[0].docs_page
+        page = (
+            next((s.docs_page for s in report.suites if not s.success and s.docs_page), None)
+            or report.suites[0].docs_page
+        )
         report_key = f"reports/data_docs/{page}" if page else None
         context["ti"].xcom_push(key=REPORT_XCOM_KEY, value=report_key)
         context["ti"].xcom_push(key="validation", value=report.summary())
@@ -125,8 +132,13 @@ class ValidateBatchOperator(BaseOperator):
                 data = frame.drop(columns=derived).to_parquet(index=False)
                 records.append(self.lake.write_file(target / f"{name}.parquet", data, rows=len(frame)))
             manifest = self.lake.write_manifest(
-                target, records, month=batch.month, batch_id=batch.batch_id, batch_sha256=batch.sha256,
-                source=batch.uri, validation=report.summary(),
+                target,
+                records,
+                month=batch.month,
+                batch_id=batch.batch_id,
+                batch_sha256=batch.sha256,
+                source=batch.uri,
+                validation=report.summary(),
             )
         flights = manifest["files"]["flights.parquet"]
         return {
@@ -136,8 +148,10 @@ class ValidateBatchOperator(BaseOperator):
             "uri": self.lake.url(target),
             "sha256": flights["sha256"],
             "rows": flights["rows"],
-            "files": {name: {"uri": rec["uri"], "sha256": rec["sha256"], "rows": rec["rows"]}
-                      for name, rec in manifest["files"].items()},
+            "files": {
+                name: {"uri": rec["uri"], "sha256": rec["sha256"], "rows": rec["rows"]}
+                for name, rec in manifest["files"].items()
+            },
             "interval_start": start.isoformat(),
             "interval_end": end.isoformat(),
         }
@@ -156,6 +170,13 @@ class ValidateBatchOperator(BaseOperator):
             base = f'<base href="../../../reports/data_docs/{page.rsplit("/", 1)[0]}/">'
             html = html.replace("<head>", f"<head>\n{base}", 1)
             records.append(self.lake.write_file(target / "data_docs.html", html.encode(), rows=0))
-        self.lake.write_manifest(target, records, month=batch.month, batch_id=batch.batch_id,
-                                 batch_sha256=batch.sha256, source=batch.uri, validation=report.summary())
+        self.lake.write_manifest(
+            target,
+            records,
+            month=batch.month,
+            batch_id=batch.batch_id,
+            batch_sha256=batch.sha256,
+            source=batch.uri,
+            validation=report.summary(),
+        )
         return self.lake.url(target)

@@ -1,0 +1,703 @@
+"""Structural checks of the production compose stack: ``docker-compose.yaml`` and ``.env.example``.
+
+No Docker engine is involved. The file is read with ``yaml.safe_load``, which resolves anchors and
+``<<`` merge keys the way Compose does. Each rule is a function that returns the problems it finds,
+so the tests run the same function on the real file (expecting none) and on a deliberately broken
+copy in ``tmp_path`` (expecting the breakage to be reported): a rule that cannot fail is caught.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+INFRA_SERVICES = ("postgres", "redis")
+INIT_SERVICE = "airflow-init"
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
+MLOPS_SERVICES = ("mlflow", "serving", "evidently-ui")
+ALL_SERVICES = (*INFRA_SERVICES, INIT_SERVICE, *AIRFLOW_SERVICES, *MLOPS_SERVICES)
+LONG_RUNNING_SERVICES = tuple(name for name in ALL_SERVICES if name != INIT_SERVICE)
+
+#: Host folder of the project → where the Airflow containers see it.
+PROJECT_MOUNTS = {
+    "./dags": "/opt/airflow/dags",
+    "./plugins": "/opt/airflow/plugins",
+    "./include": "/opt/airflow/include",
+}
+#: Service → the only container port it publishes on the host.
+PUBLISHED_PORTS = {"airflow-apiserver": 8080, "mlflow": 5000, "serving": 3000, "evidently-ui": 8000}
+
+LOOPBACK = "127.0.0.1"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$")
+PLACEHOLDER = re.compile(r"|change-me|<[^<>]+>")
+#: ``scheme://user:password@host``: the password part, which must come from a variable.
+URL_PASSWORD = re.compile(r"://[^\s:/@]*:([^\s@]*)@")
+VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------------------- loading
+def load_compose(path: Path) -> dict[str, Any]:
+    """Parse a compose file; anchors and merge keys are resolved by the YAML loader."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), f"{path} is not a YAML mapping"
+    return data
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a dotenv file; comments and blank lines ignored, quotes stripped."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}:{number}: not KEY=value: {raw!r}"
+        key = key.removeprefix("export ").strip()
+        assert key not in values, f"{path.name}:{number}: {key} defined twice"
+        values[key] = value.strip().strip("'\"")
+    return values
+
+
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose.get("services") or {}
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string value (not key) in a parsed YAML tree."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+
+
+def interpolations(text: str) -> Iterator[tuple[str, str]]:
+    """Compose variable references in ``text`` as ``(name, modifier)``; ``$$`` is an escaped ``$``.
+
+    The modifier is what follows the name inside braces (``:-default``, ``:?message``, ...).
+    """
+    i = 0
+    while i < len(text):
+        if text[i] != "$":
+            i += 1
+        elif text.startswith("$$", i):
+            i += 2
+        elif text.startswith("${", i):
+            end = text.find("}", i)
+            body = text[i + 2 : end if end != -1 else len(text)]
+            match = VAR_NAME.match(body)
+            yield (match.group(0), body[match.end() :]) if match else (body, "")
+            i = end + 1 if end != -1 else len(text)
+        else:
+            match = VAR_NAME.match(text, i + 1)
+            if match:
+                yield match.group(0), ""
+                i = match.end()
+            else:
+                i += 1
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """Dependency → condition (the list form means ``service_started``)."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def port_host_ip(spec: Any) -> str | None:
+    """Host address a published port binds to; ``None`` means every interface."""
+    if isinstance(spec, dict):
+        return spec.get("host_ip")
+    text = str(spec).split("/", 1)[0]
+    if text.startswith("["):
+        return text[1 : text.index("]")]
+    parts = text.split(":")
+    return parts[0] if len(parts) == 3 else None
+
+
+def bind_sources(service: dict[str, Any]) -> list[str]:
+    """Host paths bind-mounted into a service (short and long volume syntax)."""
+    sources = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                sources.append(volume["source"])
+        elif str(volume).startswith((".", "/", "~")):
+            sources.append(str(volume).split(":", 1)[0])
+    return sources
+
+
+def volume_targets(service: dict[str, Any]) -> dict[str, str]:
+    """Source → container path of a service's volumes (short syntax)."""
+    pairs = (str(volume).split(":") for volume in service.get("volumes") or [])
+    return {parts[0]: parts[1] for parts in pairs if len(parts) >= 2}
+
+
+def command_text(service: dict[str, Any]) -> str:
+    command = service.get("command") or ""
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+# ----------------------------------------------------------------------------------------- rules
+def missing_services(compose: dict[str, Any]) -> list[str]:
+    return [f"{name}: service missing" for name in ALL_SERVICES if name not in services(compose)]
+
+
+def healthcheck_problems(compose: dict[str, Any]) -> list[str]:
+    problems = []
+    for name in LONG_RUNNING_SERVICES:
+        check = services(compose).get(name, {}).get("healthcheck")
+        if not check:
+            problems.append(f"{name}: no healthcheck")
+        elif check.get("disable"):
+            problems.append(f"{name}: healthcheck disabled")
+        elif not check.get("test") or check["test"] in (["NONE"], "NONE"):
+            problems.append(f"{name}: healthcheck without a test command")
+    return problems
+
+
+def exposed_port_problems(compose: dict[str, Any]) -> list[str]:
+    return [
+        f"{name}: port {spec!r} binds {port_host_ip(spec) or 'every interface'}, not {LOOPBACK}"
+        for name, service in services(compose).items()
+        for spec in service.get("ports") or []
+        if port_host_ip(spec) != LOOPBACK
+    ]
+
+
+def dangling_dependencies(compose: dict[str, Any]) -> list[str]:
+    known = services(compose)
+    return [
+        f"{name}: depends on unknown service {target!r}"
+        for name, service in known.items()
+        for target in depends_on(service)
+        if target not in known
+    ]
+
+
+def init_dependency_problems(compose: dict[str, Any]) -> list[str]:
+    """Everything but the databases waits for airflow-init to have *finished successfully*."""
+    problems = []
+    for name, service in services(compose).items():
+        condition = depends_on(service).get(INIT_SERVICE)
+        must_wait = name not in (*INFRA_SERVICES, INIT_SERVICE)
+        if must_wait and condition is None:
+            problems.append(f"{name}: does not depend on {INIT_SERVICE}")
+        elif condition is not None and condition != "service_completed_successfully":
+            problems.append(f"{name}: waits for {INIT_SERVICE} with {condition}")
+    return problems
+
+
+def airflow_env_problems(compose: dict[str, Any]) -> list[str]:
+    """Airflow services carry the whole x-airflow-common environment: Celery, Postgres, Redis."""
+    common = compose.get("x-airflow-common") or {}
+    common_env = environment(common)
+    problems = []
+    if common_env.get("AIRFLOW__CORE__EXECUTOR") != "CeleryExecutor":
+        problems.append("x-airflow-common: executor is not CeleryExecutor")
+    if not common_env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").startswith("postgresql"):
+        problems.append("x-airflow-common: sql_alchemy_conn is not postgresql")
+    if not common_env.get("AIRFLOW__CELERY__BROKER_URL", "").startswith("redis://"):
+        problems.append("x-airflow-common: celery broker is not redis")
+    for name in (INIT_SERVICE, *AIRFLOW_SERVICES):
+        service = services(compose).get(name, {})
+        env = environment(service)
+        problems += [
+            f"{name}: {key} is {env.get(key)!r}, x-airflow-common has {value!r}"
+            for key, value in common_env.items()
+            if env.get(key) != value
+        ]
+        if service.get("image") != common.get("image"):
+            problems.append(f"{name}: image {service.get('image')!r} differs from x-airflow-common")
+    return problems
+
+
+def undefined_variables(compose: dict[str, Any], env_example: dict[str, str]) -> list[str]:
+    """``${VAR}`` / ``${VAR:?msg}`` need VAR in .env.example; ``${VAR:-default}`` does not."""
+    return sorted(
+        {
+            f"${{{name}}} is not in .env.example and has no default"
+            for text in strings(compose)
+            for name, modifier in interpolations(text)
+            if name not in env_example and not modifier.startswith((":-", "-"))
+        }
+    )
+
+
+def unused_env_example_variables(compose: dict[str, Any], env_example: dict[str, str]) -> list[str]:
+    used = {name for text in strings(compose) for name, _ in interpolations(text)}
+    return [f"{key} in .env.example is not used" for key in env_example if key not in used]
+
+
+def unsafe_env_example_values(env_example: dict[str, str]) -> list[str]:
+    return [
+        f"{key} in .env.example holds a value that is not a placeholder"
+        for key, value in env_example.items()
+        if SECRET_NAME.search(key) and not PLACEHOLDER.fullmatch(value)
+    ]
+
+
+def hardcoded_credentials(compose: dict[str, Any]) -> list[str]:
+    """Secrets reach the file only as ``${VAR:?...}``: never a literal, never a default."""
+    problems = []
+    for name, service in {**services(compose), "x-airflow-common": compose.get("x-airflow-common") or {}}.items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key) and not key.endswith("_FILE"):
+                refs = list(interpolations(value))
+                if not refs or any(not modifier.startswith((":?", "?")) for _, modifier in refs):
+                    problems.append(f"{name}: {key} is not a required ${{VAR:?...}} from .env")
+            for password in URL_PASSWORD.findall(value):
+                if password and not all(m.startswith((":?", "?")) for _, m in interpolations(password)):
+                    problems.append(f"{name}: {key} has a password that is not a required variable")
+                if password and not list(interpolations(password)):
+                    problems.append(f"{name}: {key} has a literal password")
+    return problems
+
+
+def missing_bind_sources(compose: dict[str, Any], root: Path) -> list[str]:
+    return [
+        f"{name}: bind source {source} does not exist under {root}"
+        for name, service in services(compose).items()
+        for source in bind_sources(service)
+        if not (root / source).exists()
+    ]
+
+
+def undeclared_named_volumes(compose: dict[str, Any]) -> list[str]:
+    declared = set(compose.get("volumes") or {})
+    return [
+        f"{name}: named volume {source!r} is not declared"
+        for name, service in services(compose).items()
+        for source in volume_targets(service)
+        if not source.startswith((".", "/", "~", "$")) and source not in declared
+    ]
+
+
+# -------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    return read_env_file(ENV_EXAMPLE)
+
+
+# ------------------------------------------------------------------------- the real file passes
+@pytest.mark.parametrize("name", ALL_SERVICES, ids=ALL_SERVICES)
+def test_service_exists(compose: dict[str, Any], name: str) -> None:
+    assert name in services(compose)
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING_SERVICES, ids=LONG_RUNNING_SERVICES)
+def test_long_running_service_has_healthcheck(compose: dict[str, Any], name: str) -> None:
+    assert [p for p in healthcheck_problems(compose) if p.startswith(f"{name}:")] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [pytest.param("postgres", "postgres:16", id="postgres"), pytest.param("redis", "redis:7.2-bookworm", id="redis")],
+)
+def test_infrastructure_image(compose: dict[str, Any], name: str, image: str) -> None:
+    assert services(compose)[name]["image"] == image
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        pytest.param("postgres", "pg_isready", id="postgres-pg_isready"),
+        pytest.param("redis", "redis-cli ping", id="redis-ping"),
+        pytest.param("mlflow", "http://localhost:5000/health", id="mlflow-health"),
+        pytest.param("serving", "http://localhost:3000/readyz", id="serving-readyz"),
+    ],
+)
+def test_healthcheck_probes(compose: dict[str, Any], name: str, fragment: str) -> None:
+    test = services(compose)[name]["healthcheck"]["test"]
+    assert fragment in (" ".join(test) if isinstance(test, list) else test)
+
+
+@pytest.mark.parametrize("name", [INIT_SERVICE, *AIRFLOW_SERVICES], ids=[INIT_SERVICE, *AIRFLOW_SERVICES])
+def test_airflow_service_shares_common_environment(compose: dict[str, Any], name: str) -> None:
+    problems = airflow_env_problems(compose)
+    assert [p for p in problems if p.startswith((f"{name}:", "x-airflow-common:"))] == []
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor"),
+        ("AIRFLOW__CELERY__BROKER_URL", "redis://:@redis:6379/0"),
+        ("AIRFLOW__CORE__LOAD_EXAMPLES", "false"),
+        ("AIRFLOW__CORE__PARALLELISM", "4"),
+        ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://airflow-apiserver:8080/execution/"),
+        ("AIRFLOW_CONN_MLFLOW_DEFAULT", "http://mlflow:5000"),
+        ("MLOPS_HOME", "/opt/mlops"),
+        ("MLOPS_LAKE", "file:///opt/mlops/lake"),
+        ("MLOPS_PROFILE", "production"),
+        ("MLOPS_FEAST_ONLINE_STORE", "redis"),
+        ("MLOPS_FEAST_REDIS", "redis:6379,db=1"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_airflow_common_setting(compose: dict[str, Any], key: str, expected: str) -> None:
+    assert environment(compose["x-airflow-common"])[key] == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix"),
+    [
+        pytest.param("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql+psycopg2://", id="sql_alchemy_conn"),
+        pytest.param("AIRFLOW__CELERY__RESULT_BACKEND", "db+postgresql://", id="result_backend"),
+        pytest.param("AIRFLOW__CORE__FERNET_KEY", "${AIRFLOW_FERNET_KEY:?", id="fernet_key"),
+        pytest.param("AIRFLOW__API_AUTH__JWT_SECRET", "${AIRFLOW_JWT_SECRET:?", id="jwt_secret"),
+    ],
+)
+def test_airflow_common_secret_wiring(compose: dict[str, Any], key: str, prefix: str) -> None:
+    assert environment(compose["x-airflow-common"])[key].startswith(prefix)
+
+
+def test_every_dependency_exists(compose: dict[str, Any]) -> None:
+    assert dangling_dependencies(compose) == []
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, *MLOPS_SERVICES], ids=[*AIRFLOW_SERVICES, *MLOPS_SERVICES])
+def test_waits_for_airflow_init_to_complete(compose: dict[str, Any], name: str) -> None:
+    assert depends_on(services(compose)[name]).get(INIT_SERVICE) == "service_completed_successfully"
+    assert [p for p in init_dependency_problems(compose) if p.startswith(f"{name}:")] == []
+
+
+@pytest.mark.parametrize("name", [INIT_SERVICE, *AIRFLOW_SERVICES], ids=[INIT_SERVICE, *AIRFLOW_SERVICES])
+def test_airflow_waits_for_healthy_databases(compose: dict[str, Any], name: str) -> None:
+    deps = depends_on(services(compose)[name])
+    assert deps.get("postgres") == "service_healthy"
+    assert deps.get("redis") == "service_healthy"
+
+
+def test_every_published_port_is_loopback(compose: dict[str, Any]) -> None:
+    assert exposed_port_problems(compose) == []
+
+
+@pytest.mark.parametrize(("name", "port"), list(PUBLISHED_PORTS.items()), ids=list(PUBLISHED_PORTS))
+def test_published_port(compose: dict[str, Any], name: str, port: int) -> None:
+    assert services(compose)[name]["ports"] == [f"{LOOPBACK}:{port}:{port}"]
+
+
+def test_only_the_user_facing_services_publish_ports(compose: dict[str, Any]) -> None:
+    assert {name for name, service in services(compose).items() if service.get("ports")} == set(PUBLISHED_PORTS)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        pytest.param(INIT_SERVICE, "airflow db migrate", id="init-migrates"),
+        pytest.param(INIT_SERVICE, "-r /opt/airflow/requirements.txt", id="init-installs-lock"),
+        pytest.param(INIT_SERVICE, "install --quiet --no-deps --no-build-isolation", id="init-installs-package"),
+        pytest.param("mlflow", "mlflow server", id="mlflow-server"),
+        pytest.param("mlflow", "--backend-store-uri", id="mlflow-backend"),
+        pytest.param("mlflow", "--artifacts-destination /opt/mlops/lake/mlflow-artifacts", id="mlflow-artifacts"),
+        pytest.param("mlflow", "--serve-artifacts", id="mlflow-serve-artifacts"),
+        pytest.param(
+            "serving",
+            "bentoml serve include/serving/service.py:FlightDelayService --host 0.0.0.0 --port 3000",
+            id="serving-bentoml",
+        ),
+        pytest.param(
+            "evidently-ui",
+            "evidently ui --workspace /opt/mlops/evidently --host 0.0.0.0 --port 8000",
+            id="evidently-ui",
+        ),
+        pytest.param("airflow-worker", "celery worker", id="worker-celery"),
+    ],
+)
+def test_service_command(compose: dict[str, Any], name: str, fragment: str) -> None:
+    assert fragment in command_text(services(compose)[name])
+
+
+def test_mlflow_backend_is_its_own_postgres_database(compose: dict[str, Any]) -> None:
+    uri = environment(services(compose)["mlflow"])["MLFLOW_BACKEND_STORE_URI"]
+    assert uri.startswith("postgresql+psycopg2://")
+    assert uri.endswith("@postgres:5432/mlflow")
+
+
+def test_every_variable_is_in_env_example(compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    assert undefined_variables(compose, env_example) == []
+
+
+def test_every_env_example_variable_is_used(compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    assert unused_env_example_variables(compose, env_example) == []
+
+
+def test_env_example_holds_only_placeholder_secrets(env_example: dict[str, str]) -> None:
+    assert unsafe_env_example_values(env_example) == []
+    assert [key for key in env_example if SECRET_NAME.search(key)], "no secret variable recognised"
+
+
+def test_no_credentials_in_compose_file(compose: dict[str, Any]) -> None:
+    assert hardcoded_credentials(compose) == []
+
+
+@pytest.mark.parametrize(("source", "target"), list(PROJECT_MOUNTS.items()), ids=list(PROJECT_MOUNTS))
+def test_project_folder_is_mounted(compose: dict[str, Any], source: str, target: str) -> None:
+    assert (ROOT / source).is_dir(), f"{source} is not a folder of the project"
+    for name in (INIT_SERVICE, *AIRFLOW_SERVICES):
+        assert volume_targets(services(compose)[name]).get(source) == target, name
+
+
+def test_every_bind_source_exists(compose: dict[str, Any]) -> None:
+    assert missing_bind_sources(compose, ROOT) == []
+
+
+def test_every_named_volume_is_declared(compose: dict[str, Any]) -> None:
+    assert undeclared_named_volumes(compose) == []
+
+
+def test_lake_volume_is_shared(compose: dict[str, Any]) -> None:
+    for name in (INIT_SERVICE, *AIRFLOW_SERVICES, *MLOPS_SERVICES):
+        assert volume_targets(services(compose)[name]).get("mlops-data") == "/opt/mlops", name
+
+
+# --------------------------------------------------------------- each rule fails on a broken copy
+Mutation = Callable[[str], str]
+
+
+def replace(old: str, new: str) -> Mutation:
+    """Text mutation; refuses to be a silent no-op."""
+
+    def mutate(text: str) -> str:
+        assert old in text, f"mutation target {old!r} not found"
+        return text.replace(old, new, 1)
+
+    return mutate
+
+
+def edit(change: Callable[[dict[str, Any]], None]) -> Mutation:
+    """Structural mutation: parse, change, dump (anchors come back expanded, same content)."""
+
+    def mutate(text: str) -> str:
+        data = yaml.safe_load(text)
+        change(data)
+        return yaml.safe_dump(data, sort_keys=False)
+
+    return mutate
+
+
+def _drop_healthcheck(name: str) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data["services"][name].pop("healthcheck")
+
+
+def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+def _with_env(check: Callable[[dict[str, Any], dict[str, str]], list[str]]) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda compose: check(compose, read_env_file(ENV_EXAMPLE))
+
+
+_FAKE_SECRET = secrets.token_hex(16)  # generated per run: no secret-looking literal in this file
+
+COMPOSE_MUTATIONS = [
+    pytest.param(
+        edit(_drop_healthcheck("mlflow")), healthcheck_problems, "mlflow: no healthcheck", id="healthcheck-removed"
+    ),
+    pytest.param(
+        edit(_drop_healthcheck("redis")), healthcheck_problems, "redis: no healthcheck", id="infra-healthcheck-removed"
+    ),
+    pytest.param(
+        edit(_set(("services", "airflow-worker", "healthcheck", "test"), ["NONE"])),
+        healthcheck_problems,
+        "airflow-worker: healthcheck without a test",
+        id="healthcheck-none",
+    ),
+    pytest.param(
+        replace('"127.0.0.1:8080:8080"', '"0.0.0.0:8080:8080"'),
+        exposed_port_problems,
+        "airflow-apiserver: port '0.0.0.0:8080:8080'",
+        id="port-on-all-interfaces",
+    ),
+    pytest.param(
+        replace('"127.0.0.1:3000:3000"', '"3000:3000"'),
+        exposed_port_problems,
+        "serving: port '3000:3000' binds every interface",
+        id="port-without-host-ip",
+    ),
+    pytest.param(
+        edit(_set(("services", "serving", "depends_on", "bento-store"), {"condition": "service_healthy"})),
+        dangling_dependencies,
+        "serving: depends on unknown service 'bento-store'",
+        id="dangling-depends-on",
+    ),
+    pytest.param(
+        edit(_set(("services", "airflow-scheduler", "depends_on", INIT_SERVICE), {"condition": "service_started"})),
+        init_dependency_problems,
+        "airflow-scheduler: waits for airflow-init with service_started",
+        id="init-condition-started",
+    ),
+    pytest.param(
+        edit(lambda data: data["services"]["evidently-ui"].pop("depends_on")),
+        init_dependency_problems,
+        "evidently-ui: does not depend on airflow-init",
+        id="init-not-awaited",
+    ),
+    pytest.param(
+        replace("AIRFLOW__CORE__EXECUTOR: CeleryExecutor", "AIRFLOW__CORE__EXECUTOR: LocalExecutor"),
+        airflow_env_problems,
+        "executor is not CeleryExecutor",
+        id="executor-local",
+    ),
+    pytest.param(
+        replace("AIRFLOW__CELERY__BROKER_URL: redis://", "AIRFLOW__CELERY__BROKER_URL: amqp://"),
+        airflow_env_problems,
+        "celery broker is not redis",
+        id="broker-not-redis",
+    ),
+    pytest.param(
+        replace("postgresql+psycopg2://${POSTGRES_USER", "sqlite:////tmp/airflow.db#${POSTGRES_USER"),
+        airflow_env_problems,
+        "sql_alchemy_conn is not postgresql",
+        id="metadata-db-sqlite",
+    ),
+    # an `environment:` that forgets `<<: *airflow-common-env`
+    pytest.param(
+        edit(_set(("services", "airflow-triggerer", "environment"), {"DUMB_INIT_SETSID": "0"})),
+        airflow_env_problems,
+        "airflow-triggerer: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        id="common-env-not-merged",
+    ),
+    pytest.param(
+        replace("MLOPS_PROFILE: production", "MLOPS_PROFILE: ${MLOPS_PROFILE_UNDECLARED}"),
+        _with_env(undefined_variables),
+        "${MLOPS_PROFILE_UNDECLARED}",
+        id="undefined-variable",
+    ),
+    pytest.param(
+        replace("${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}", _FAKE_SECRET),
+        hardcoded_credentials,
+        "literal password",
+        id="literal-password-in-url",
+    ),
+    pytest.param(
+        replace("${AIRFLOW_JWT_SECRET:?set AIRFLOW_JWT_SECRET in .env}", "${AIRFLOW_JWT_SECRET:-insecure}"),
+        hardcoded_credentials,
+        "AIRFLOW__API_AUTH__JWT_SECRET is not a required",
+        id="secret-with-default",
+    ),
+    pytest.param(
+        replace("./include:/opt/airflow/include", "./include-missing:/opt/airflow/include"),
+        lambda compose: missing_bind_sources(compose, ROOT),
+        "bind source ./include-missing",
+        id="missing-bind-source",
+    ),
+    pytest.param(
+        replace("- mlops-data:/opt/mlops", "- mlops-lake:/opt/mlops"),
+        undeclared_named_volumes,
+        "named volume 'mlops-lake'",
+        id="undeclared-volume",
+    ),
+    pytest.param(
+        edit(lambda data: data["services"].pop("evidently-ui")),
+        missing_services,
+        "evidently-ui: service missing",
+        id="service-removed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutation", "check", "expected"), COMPOSE_MUTATIONS)
+def test_rule_detects_broken_compose_copy(
+    tmp_path: Path, mutation: Mutation, check: Callable[[dict[str, Any]], list[str]], expected: str
+) -> None:
+    assert check(load_compose(COMPOSE_FILE)) == [], "the rule must pass on the real file"
+    broken = tmp_path / "docker-compose.yaml"
+    broken.write_text(mutation(COMPOSE_FILE.read_text(encoding="utf-8")), encoding="utf-8")
+    problems = check(load_compose(broken))
+    assert any(expected in problem for problem in problems), problems
+
+
+ENV_MUTATIONS = [
+    pytest.param(
+        replace("AIRFLOW_JWT_SECRET=change-me", f"AIRFLOW_JWT_SECRET={_FAKE_SECRET}"),
+        lambda env, compose: unsafe_env_example_values(env),
+        "AIRFLOW_JWT_SECRET",
+        id="real-looking-secret",
+    ),
+    pytest.param(
+        replace("POSTGRES_PASSWORD=change-me", "POSTGRES_PASSWORD=airflow"),
+        lambda env, compose: unsafe_env_example_values(env),
+        "POSTGRES_PASSWORD",
+        id="weak-default-password",
+    ),
+    pytest.param(
+        replace("AIRFLOW_FERNET_KEY=change-me\n", ""),
+        lambda env, compose: undefined_variables(compose, env),
+        "${AIRFLOW_FERNET_KEY}",
+        id="required-variable-missing",
+    ),
+    pytest.param(
+        lambda text: text + "MLOPS_STALE_SETTING=1\n",
+        lambda env, compose: unused_env_example_variables(compose, env),
+        "MLOPS_STALE_SETTING",
+        id="stale-variable",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutation", "check", "expected"), ENV_MUTATIONS)
+def test_rule_detects_broken_env_example_copy(
+    tmp_path: Path,
+    compose: dict[str, Any],
+    mutation: Mutation,
+    check: Callable[[dict[str, str], dict[str, Any]], list[str]],
+    expected: str,
+) -> None:
+    assert check(read_env_file(ENV_EXAMPLE), compose) == [], "the rule must pass on the real file"
+    broken = tmp_path / ".env.example"
+    broken.write_text(mutation(ENV_EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
+    problems = check(read_env_file(broken), compose)
+    assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("${A}", [("A", "")], id="plain"),
+        pytest.param("${A:-x} ${B:?msg}", [("A", ":-x"), ("B", ":?msg")], id="modifiers"),
+        pytest.param("$$HOSTNAME $${HOME} $$(id -u)", [], id="escaped"),
+        pytest.param("$A/$$B", [("A", "")], id="unbraced"),
+    ],
+)
+def test_interpolation_scanner(text: str, expected: list[tuple[str, str]]) -> None:
+    assert list(interpolations(text)) == expected
