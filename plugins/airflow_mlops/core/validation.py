@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 #: Columns the validator derives from the batch before GX sees it (their names start with ``_``).
 WEATHER_MATCH = "_weather_match"
+PLANE_KNOWN = "_plane_known"
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,30 @@ def parse_timestamps(frame: pd.DataFrame, column: str = "time_hour") -> pd.DataF
 
 
 def prepare_batch(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Type a batch (``flights``, ``weather``) for validation and derive ``_weather_match`` on flights."""
-    flights = parse_timestamps(frames["flights"])
-    weather = parse_timestamps(frames["weather"])
-    keys = ("origin", "time_hour")
-    if all(k in flights.columns for k in keys) and all(k in weather.columns for k in keys):
-        known = weather.loc[:, list(keys)].drop_duplicates()
-        known[WEATHER_MATCH] = True
-        flights = flights.merge(known, on=list(keys), how="left", validate="many_to_one")
+    """Type a batch for validation and derive the joinability columns on ``flights``.
+
+    ``_weather_match``: the flight finds its origin's weather at its scheduled hour in ``weather``.
+    ``_plane_known``: the flight's tail number is in the ``planes`` registry (when the batch carries one).
+    Other frames pass through with their ``time_hour`` parsed.
+    """
+    prepared = {name: parse_timestamps(frame) for name, frame in frames.items()}
+    flights, weather = prepared.get("flights"), prepared.get("weather")
+    if flights is None or not len(flights.columns):
+        return prepared
+    keys = ["origin", "time_hour"]
+    if weather is not None and all(k in flights.columns and k in weather.columns for k in keys):
+        known = weather.loc[:, keys].drop_duplicates().assign(**{WEATHER_MATCH: True})
+        flights = flights.merge(known, on=keys, how="left", validate="many_to_one")
         flights[WEATHER_MATCH] = flights[WEATHER_MATCH].eq(True)
-    elif len(flights.columns):
+    else:
         flights = flights.assign(**{WEATHER_MATCH: False})
-    return {"flights": flights, "weather": weather}
+    planes = prepared.get("planes")
+    if planes is not None:
+        registry = set(planes["tailnum"].dropna()) if "tailnum" in planes.columns else set()
+        tails = flights["tailnum"] if "tailnum" in flights.columns else None
+        flights[PLANE_KNOWN] = tails.isin(registry) | tails.isna() if tails is not None else False
+    prepared["flights"] = flights
+    return prepared
 
 
 def _failure(result: dict) -> ExpectationFailure:

@@ -24,7 +24,7 @@ from airflow_mlops.hooks.lake import LakeHook
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-DEFAULT_BATCH_FILES = ("flights.csv", "weather.csv")
+DEFAULT_BATCH_FILES = ("flights.csv", "weather.csv", "planes.csv")
 
 
 class IngestBatchOperator(BaseOperator):

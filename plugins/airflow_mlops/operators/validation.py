@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from airflow_mlops.core.validation import ValidationReport
 
 #: Suite file per frame of a batch (frame name = file name without ``.csv``).
-DEFAULT_SUITES = {"flights": "flights_batch.json", "weather": "weather_batch.json"}
+DEFAULT_SUITES = {"flights": "flights_batch.json", "weather": "weather_batch.json", "planes": "planes_batch.json"}
 
 
 class ValidateBatchOperator(BaseOperator):

@@ -1,0 +1,63 @@
+# airflow-mlops — every target bootstraps what it needs (a .venv made with uv from requirements.txt).
+SHELL := /bin/bash
+PYTHON_VERSION ?= 3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export MLOPS_HOME ?= $(CURDIR)/.mlops
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: help install demo test test-fast test-e2e up down status lint bench lock clean
+
+help:
+	@echo "make demo       run the main job end to end on the embedded profile (Airflow on 127.0.0.1:8080)"
+	@echo "make test       run the whole test suite (what CI runs)"
+	@echo "make test-fast  only the fast layers (core + operators without a DB), seconds"
+	@echo "make up | down | status   the embedded Airflow (API server + UI, scheduler, DAG processor, triggerer)"
+	@echo "make bench      benchmarks (figures and ratios)"
+	@echo "make lock       re-resolve requirements.txt from requirements.in"
+	@echo "make clean      stop everything and delete MLOPS_HOME ($(MLOPS_HOME))"
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(UV)
+	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
+	$(UV) pip install --quiet --python $(PY) -r requirements.txt
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m airflow_mlops.demo $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+test-e2e: install
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+up: install
+	$(PY) -m airflow_mlops.devstack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m airflow_mlops.devstack down; fi
+
+status: install
+	$(PY) -m airflow_mlops.devstack status
+
+lint: install
+	$(VENV)/bin/ruff check dags plugins include tests benchmarks
+	$(VENV)/bin/ruff format --check dags plugins include tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+lock: | $(UV)
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
+
+clean: down
+	rm -rf "$(MLOPS_HOME)"
