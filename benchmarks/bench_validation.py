@@ -1,0 +1,121 @@
+"""Validation cost: the GX suites vs the same checks in plain pandas, for one month and for the whole year.
+
+    .venv/bin/python benchmarks/bench_validation.py [--repeat 3]
+
+Both sides run the same expectations from include/expectations/*.json on the same frames; the pandas side
+is a minimal interpreter of those expectation types. Both must agree on which expectations fail.
+Target: GX ≤ 3× plain pandas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+
+from airflow_mlops import settings
+from airflow_mlops.core import replay_source, validation
+
+
+def _param(value, params):
+    return params[value["$PARAMETER"]] if isinstance(value, dict) else value
+
+
+def _mostly(ok: pd.Series, kw: dict) -> bool:
+    return (ok.mean() if len(ok) else 1.0) >= kw.get("mostly", 1.0)
+
+
+def pandas_check(frame: pd.DataFrame, suite: dict, params: dict) -> dict[str, bool]:
+    """The suite's expectations in plain pandas: expectation key → success."""
+    out = {}
+    for exp in suite["expectations"]:
+        kind, kw = exp["type"], exp["kwargs"]
+        key = f"{kind}({kw.get('column') or ','.join(kw.get('column_list', []))})"
+        col = kw.get("column")
+        if col is not None and col not in frame.columns:
+            out[key] = False
+            continue
+        if kind == "expect_table_columns_to_match_set":
+            ok = set(frame.columns) == set(kw["column_set"])
+        elif kind == "expect_table_row_count_to_be_between":
+            ok = kw["min_value"] <= len(frame) <= kw["max_value"]
+        elif kind == "expect_column_values_to_not_be_null":
+            ok = bool(frame[col].notna().all())
+        elif kind == "expect_column_values_to_be_of_type":
+            ok = isinstance(frame[col].dtype, pd.DatetimeTZDtype)
+        elif kind == "expect_column_values_to_be_between":
+            values = pd.to_numeric(frame[col], errors="coerce").dropna()
+            lo, hi = _param(kw["min_value"], params), _param(kw["max_value"], params)
+            ok = _mostly(values.between(lo, hi), kw)
+        elif kind == "expect_column_values_to_be_in_set":
+            values = frame[col].dropna()
+            ok = _mostly(values.isin(kw["value_set"]), kw)
+        elif kind == "expect_column_values_to_match_regex":
+            values = frame[col].dropna().astype(str)
+            ok = _mostly(values.str.match(re.compile(kw["regex"])), kw)
+        elif kind == "expect_compound_columns_to_be_unique":
+            ok = not frame.duplicated(kw["column_list"], keep=False).any()
+        elif kind == "expect_column_values_to_be_unique":
+            ok = not frame[col].dropna().duplicated(keep=False).any()
+        else:
+            raise NotImplementedError(kind)
+        out[key] = bool(ok)
+    return out
+
+
+def _frames(months: list[str]) -> dict[str, pd.DataFrame]:
+    parts: dict[str, list] = {}
+    for month in months:
+        for name, frame in replay_source.month_frames(month).items():
+            parts.setdefault(name.removesuffix(".csv"), []).append(frame)
+    raw = {name: pd.concat(p, ignore_index=True) if name != "planes" else p[0] for name, p in parts.items()}
+    return validation.prepare_batch(raw)
+
+
+def _time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    folder = settings.include_dir() / "expectations"
+    suites = {n: validation.load_suite(folder / f"{n}_batch.json") for n in ("flights", "weather", "planes")}
+    validation.validate_batch("warm-up", _frames(["2013-01"]), suites, {"year": 2013, "month": 1})  # imports
+
+    print(f"{'case':12s} {'rows':>8s} {'GX s':>8s} {'pandas s':>9s} {'ratio':>7s}  agree  (target ratio <= 3)")
+    for label, months in (("one month", ["2013-03"]), ("whole year", [f"2013-{m:02d}" for m in range(1, 13)])):
+        frames = _frames(months)
+        params = {"year": 2013, "month": int(months[0][5:])}
+        report = None
+
+        def run_gx():
+            nonlocal report
+            report = validation.validate_batch(label, frames, suites, params)
+
+        def run_pandas():
+            return {n: pandas_check(frames[n], suites[n], params) for n in suites}
+
+        gx_s, pd_s = _time(run_gx, args.repeat), _time(run_pandas, args.repeat)
+        gx_failed = {(s.suite, f.expectation, f.column or "") for s in report.suites for f in s.failures}
+        pd_result = run_pandas()
+        pd_failed = {(suites[n]["name"], k.split("(")[0], k.split("(")[1].rstrip(")"))
+                     for n, checks in pd_result.items() for k, ok in checks.items() if not ok}
+        rows = sum(len(f) for f in frames.values())
+        print(f"{label:12s} {rows:8d} {gx_s:8.3f} {pd_s:9.3f} {gx_s / pd_s:6.1f}x  {'yes' if gx_failed == pd_failed else 'NO'}"
+              f"  ({len(gx_failed)} failing: {sorted(e for _, e, _ in gx_failed) or 'none'})")
+    np.random.seed(0)
+
+
+if __name__ == "__main__":
+    main()
