@@ -78,4 +78,6 @@ def load_dag(dag_id: str):
 
 def task_states(dag_run) -> dict[tuple[str, int], str]:
     """``(task_id, map_index) → state`` of a finished ``dag.test()`` run."""
-    return {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+    return {
+        (ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()
+    }
