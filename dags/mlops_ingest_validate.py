@@ -26,6 +26,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
 # The SDK's EventsTimetable does not serialize in Airflow 3.3.2 (its encoder drops `_summary`); the core one does.
 from airflow.timetables.events import EventsTimetable
+
 from airflow_mlops import config
 from airflow_mlops.assets import LANDING, VALIDATED_BATCH
 from airflow_mlops.operators.ingest import IngestBatchOperator

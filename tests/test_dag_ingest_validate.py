@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_dag, task_states
 
 from airflow_mlops import replay
+
+from conftest import load_dag, task_states
 
 pytestmark = pytest.mark.slow
 DAG_ID = "mlops_ingest_validate"

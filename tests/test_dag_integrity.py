@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ROOT
 
 HEAVY = ("mlflow", "great_expectations", "feast", "bentoml", "evidently", "sklearn", "pandas")
@@ -33,7 +34,10 @@ print("RESULT" + json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.
 def parsed() -> dict:
     done = subprocess.run(
         [sys.executable, "-c", PARSE_IN_A_FRESH_INTERPRETER, str(ROOT / "dags")],
-        capture_output=True, text=True, env=os.environ.copy(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
     )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line, done.stdout[-2000:] + done.stderr[-2000:]

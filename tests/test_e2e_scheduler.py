@@ -13,11 +13,12 @@ import time
 import httpx
 import pytest
 import yaml
-from conftest import ROOT
 
 from airflow_mlops import replay
 from airflow_mlops.devstack import COMPONENTS, AirflowClient, Stack
 from airflow_mlops.hooks.lake import LakeHook
+
+from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 DAG_ID = "mlops_ingest_validate"

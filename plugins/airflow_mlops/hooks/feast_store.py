@@ -1,0 +1,271 @@
+"""The Feast feature store: one repository (``include/feature_repo``), its configuration, and what tasks do with it.
+
+Named ``feast_store`` (not ``feast``): the plugin loader registers plugin files under their bare names, and a
+``feast.py`` would shadow the library.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_mlops import settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from feast import FeatureStore, RepoConfig
+
+    from airflow_mlops.core.features import FeatureSpec
+    from airflow_mlops.hooks.lake import LakeHook
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEFINITIONS_MODULE = "definitions.py"
+
+
+def feast_home() -> Path:
+    return Path(os.environ.get("MLOPS_FEAST_HOME") or settings.mlops_home() / "feast").resolve()
+
+
+def default_repo_path() -> Path:
+    return Path(os.environ.get("MLOPS_FEAST_REPO") or settings.include_dir() / "feature_repo").resolve()
+
+
+def features_root(lake_url: str) -> str:
+    """Where Feast (DuckDB) reads the lake's feature partitions: a local folder for ``file://``, else the URL."""
+    base = lake_url.rstrip("/")
+    return f"{base.removeprefix('file://')}/features" if base.startswith("file://") else f"{base}/features"
+
+
+class FeastHook(BaseHook):
+    """Open the Feast store of ``include/feature_repo`` with this deployment's configuration.
+
+    ``feature_store.yaml`` is rendered with ``${VAR}`` from the environment (``MLOPS_FEAST_HOME`` defaults to
+    ``$MLOPS_HOME/feast``). The online store is SQLite unless the configuration says otherwise, in this order:
+    the Airflow Connection ``feast_conn_id`` (conn type ``redis``: host, port, password, extra ``db``; or extra
+    ``{"online_store": {...}}``), then ``MLOPS_FEAST_ONLINE_STORE=redis`` with ``MLOPS_FEAST_REDIS``.
+
+    :param repo_path: the feature repository; default ``MLOPS_FEAST_REPO`` or ``include/feature_repo``.
+    :param feast_conn_id: Airflow Connection with the online store; default ``MLOPS_FEAST_CONN_ID`` (none: env).
+    :param lake_root: lake root URL whose ``features/`` partitions are the offline sources; default ``MLOPS_LAKE``.
+    """
+
+    conn_name_attr = "feast_conn_id"
+    default_conn_name = "feast_default"
+    conn_type = "redis"
+    hook_name = "MLOps Feast store"
+
+    def __init__(
+        self, repo_path: str | Path | None = None, feast_conn_id: str | None = None, lake_root: str | None = None
+    ) -> None:
+        super().__init__()
+        self.repo_path = Path(repo_path).resolve() if repo_path else default_repo_path()
+        self.feast_conn_id = feast_conn_id or os.environ.get("MLOPS_FEAST_CONN_ID") or None
+        self.lake_root = (lake_root or settings.lake_url()).rstrip("/")
+
+    # -- configuration -------------------------------------------------------------------------------------
+    @property
+    def features_root(self) -> str:
+        return features_root(self.lake_root)
+
+    def online_store_config(self) -> dict[str, Any] | None:
+        """The online store override from the Connection or the environment; None keeps ``feature_store.yaml``'s."""
+        if self.feast_conn_id:
+            conn = self.get_connection(self.feast_conn_id)
+            extra = conn.extra_dejson
+            if isinstance(extra.get("online_store"), dict):
+                return dict(extra["online_store"])
+            parts = [f"{conn.host}:{conn.port or 6379}"]
+            if extra.get("db") is not None:
+                parts.append(f"db={extra['db']}")
+            if conn.password:
+                parts.append(f"password={conn.password}")
+            return {"type": "redis", "connection_string": ",".join(parts)}
+        kind = os.environ.get("MLOPS_FEAST_ONLINE_STORE", "").strip().lower()
+        if kind == "redis":
+            target = os.environ.get("MLOPS_FEAST_REDIS")
+            if not target:
+                raise ValueError("MLOPS_FEAST_ONLINE_STORE=redis needs MLOPS_FEAST_REDIS (e.g. redis:6379,db=1)")
+            return {"type": "redis", "connection_string": target}
+        if kind not in ("", "sqlite"):
+            raise ValueError(f"MLOPS_FEAST_ONLINE_STORE={kind!r}: expected sqlite or redis")
+        return None
+
+    def render_config(self) -> dict[str, Any]:
+        """``feature_store.yaml`` as a dict, variables filled, online store resolved (no Feast import)."""
+        import yaml
+
+        path = self.repo_path / "feature_store.yaml"
+        values = {**os.environ, "MLOPS_FEAST_HOME": str(feast_home()), "MLOPS_HOME": str(settings.mlops_home())}
+        values.setdefault("MLOPS_FEATURES_ROOT", self.features_root)
+
+        def fill(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {key: fill(value) for key, value in node.items()}
+            if isinstance(node, list):
+                return [fill(value) for value in node]
+            if isinstance(node, str):
+                missing = [name for name in _VAR.findall(node) if name not in values]
+                if missing:
+                    raise ValueError(f"{path}: no value for ${{{missing[0]}}}")
+                return _VAR.sub(lambda m: values[m.group(1)], node)
+            return node
+
+        raw = fill(yaml.safe_load(path.read_text()))
+        override = self.online_store_config()
+        if override is not None:
+            raw["online_store"] = override
+        return raw
+
+    @cached_property
+    def config(self) -> RepoConfig:
+        from feast import RepoConfig
+
+        raw = self.render_config()
+        for key in ("registry",):
+            target = raw[key]["path"] if isinstance(raw[key], dict) else raw[key]
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        if raw.get("online_store", {}).get("type") == "sqlite":
+            Path(raw["online_store"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+        config = RepoConfig(**raw)
+        config.repo_path = self.repo_path
+        return config
+
+    @cached_property
+    def store(self) -> FeatureStore:
+        from feast import FeatureStore
+
+        os.environ.setdefault("FEAST_USAGE", "False")
+        return FeatureStore(repo_path=str(self.repo_path), config=self.config)
+
+    @cached_property
+    def spec(self) -> FeatureSpec:
+        from airflow_mlops.core.features import load_spec
+
+        return load_spec()
+
+    # -- apply ---------------------------------------------------------------------------------------------
+    def definitions(self) -> dict[str, object]:
+        """The repository's Feast objects for this lake (the definitions module, loaded afresh)."""
+        module_path = self.repo_path / DEFINITIONS_MODULE
+        previous = os.environ.get("MLOPS_FEATURES_ROOT")
+        os.environ["MLOPS_FEATURES_ROOT"] = self.features_root
+        try:
+            loader = importlib.util.spec_from_file_location("_mlops_feature_repo_definitions", module_path)
+            if loader is None or loader.loader is None:
+                raise ValueError(f"cannot load the feature definitions {module_path}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        finally:
+            if previous is None:
+                os.environ.pop("MLOPS_FEATURES_ROOT", None)
+            else:
+                os.environ["MLOPS_FEATURES_ROOT"] = previous
+        return module.build_objects(self.features_root, self.spec)
+
+    def apply(self) -> dict[str, Any]:
+        """``feast apply`` of the repository: registers what changed, deletes what was removed, creates tables.
+
+        Idempotent: a second apply of the same definitions changes nothing. Returns what changed.
+        """
+        from feast import Entity, FeatureView, Project
+        from feast.repo_contents import RepoContents
+        from feast.repo_operations import apply_total_with_repo_instance
+
+        objects = list(self.definitions().values())
+        views = [o for o in objects if isinstance(o, FeatureView)]
+        repo = RepoContents(
+            projects=[Project(name=self.store.project, description="airflow-mlops features")],
+            data_sources=[v.batch_source for v in views],
+            feature_views=views,
+            on_demand_feature_views=[],
+            stream_feature_views=[],
+            label_views=[],
+            entities=[o for o in objects if isinstance(o, Entity)],
+            feature_services=[],
+            permissions=[],
+        )
+        registry_diff, _, _ = self.store.plan(repo)
+        changes = sorted(
+            f"{d.feast_object_type}:{d.name}:{d.transition_type.name}"
+            for d in registry_diff.feast_object_diffs
+            if d.transition_type.name != "UNCHANGED"
+        )
+        apply_total_with_repo_instance(
+            self.store, self.store.project, self.store.registry, repo, skip_source_validation=True
+        )
+        self.store.refresh_registry()
+        self.log.info("feast apply: %s", ", ".join(changes) or "no changes")
+        return {
+            "project": self.store.project,
+            "views": sorted(v.name for v in views),
+            "entities": sorted(o.name for o in objects if isinstance(o, Entity)),
+            "changes": changes,
+            "online_store": self.config.online_store.type,
+        }
+
+    # -- materialize ---------------------------------------------------------------------------------------
+    def interval_rows(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict[str, int]:
+        """Per view, how many entities have rows in ``[start, end]``: what a materialization writes online."""
+        import duckdb
+
+        counts = {}
+        for fv in self.store.list_feature_views():
+            if views and fv.name not in views:
+                continue
+            key = fv.entity_columns[0].name
+            ts = fv.batch_source.timestamp_field
+            query = (
+                f"SELECT count(DISTINCT {key}) FROM read_parquet('{fv.batch_source.path}') "
+                f"WHERE {ts} >= ?::TIMESTAMPTZ AND {ts} <= ?::TIMESTAMPTZ"
+            )
+            with duckdb.connect() as con:
+                con.execute("SET TimeZone='UTC'")
+                counts[fv.name] = int(con.execute(query, [start.isoformat(), end.isoformat()]).fetchone()[0])
+        return counts
+
+    def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> None:
+        """Write the latest row per entity with a timestamp in ``[start, end]`` to the online store."""
+        self.store.materialize(start_date=start, end_date=end, feature_views=views)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    def historical_features(self, entity_df: pd.DataFrame, refs: list[str] | None = None) -> pd.DataFrame:
+        """Point-in-time join of ``entity_df`` (join keys + ``event_timestamp``) with the offline store."""
+        job = self.store.get_historical_features(entity_df=entity_df, features=refs or self.spec.feature_refs())
+        return job.to_df()
+
+    def online_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Latest online values for flights given as ``{flight_id, carrier, origin, dest}`` (route derived).
+
+        Unknown keys get the defaults of ``features.yaml`` (NaN, counts 0, ``*_known`` 0).
+        """
+        from airflow_mlops.core.features import finish_online
+
+        entity_rows = [
+            {
+                "flight_id": row["flight_id"],
+                "carrier": row["carrier"],
+                "origin": row["origin"],
+                "route": row.get("route") or f"{row['origin']}-{row['dest']}",
+            }
+            for row in rows
+        ]
+        response = self.store.get_online_features(features=self.spec.feature_refs(), entity_rows=entity_rows)
+        out = finish_online(response.to_dict(), self.spec)
+        for row, asked in zip(out, rows, strict=True):
+            if row.get("dest") in (None, self.spec.unknown_category) and asked.get("dest"):
+                row["dest"] = asked["dest"]
+        return out
+
+    # -- lake ----------------------------------------------------------------------------------------------
+    @cached_property
+    def lake(self) -> LakeHook:
+        from airflow_mlops.hooks.lake import LakeHook
+
+        return LakeHook(root_url=self.lake_root)

@@ -1,0 +1,199 @@
+"""The Feast store with real DuckDB (offline) and SQLite (online): apply, PIT joins, materialization, online reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from airflow_mlops.core import features as F
+from airflow_mlops.core import validation
+from airflow_mlops.core.batches import month_bounds
+from airflow_mlops.settings import include_dir
+
+from features_fixtures import reference_training_set, seed_validated
+
+SPEC = F.load_spec()
+MONTHS = ("2013-01", "2013-02")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A lake with validated January and February, their feature partitions, and an applied Feast repo."""
+    from airflow_mlops.hooks.feast_store import FeastHook
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.operators.features import build_partition
+
+    home = tmp_path_factory.mktemp("feast-store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_FEAST_HOME", str(home / "feast"))
+        patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
+        lake = LakeHook(root_url=(home / "lake").as_uri())
+        for month in MONTHS:
+            seed_validated(lake, month)
+        partitions = {m: build_partition(lake, m, SPEC, logging.getLogger("test")) for m in MONTHS}
+        hook = FeastHook(lake_root=lake.root_url)
+        applied = hook.apply()
+        yield {"hook": hook, "lake": lake, "partitions": partitions, "applied": applied, "home": home}
+
+
+def _frames(store) -> dict[str, pd.DataFrame]:
+    lake = store["lake"]
+    parts = []
+    for month in MONTHS:
+        manifest = lake.read_manifest(lake.path("features", month))
+        parts.append(
+            {
+                n.rsplit(".", 1)[0]: pd.read_parquet(r["uri"].removeprefix("file://"))
+                for n, r in manifest["files"].items()
+            }
+        )
+    return {view: pd.concat([p[view] for p in parts], ignore_index=True) for view in parts[0]}
+
+
+def test_partitions_are_committed_and_rebuilds_are_no_ops(store):
+    from airflow_mlops.operators.features import build_partition
+
+    feb = store["partitions"]["2013-02"]
+    assert feb["rebuilt"] is True
+    assert feb["rows"]["labels"] == 23_611 and feb["rows"]["flight_features"] == 24_951
+    manifest = store["lake"].read_manifest(store["lake"].path("features", "2013-02"))
+    assert set(manifest["inputs"]) == {"2013-01", "2013-02"}  # December 2012 is absent: history is partial
+    again = build_partition(store["lake"], "2013-02", SPEC, logging.getLogger("test"))
+    assert again["rebuilt"] is False and again["sha256"] == feb["sha256"]
+
+
+def test_apply_registers_the_repo_and_is_idempotent(store):
+    applied = store["applied"]
+    assert applied["views"] == sorted([F.FLIGHT_VIEW, F.WEATHER_VIEW, *F.HISTORY_VIEWS.values()])
+    assert applied["entities"] == ["carrier", "flight", "origin", "route"]
+    assert applied["online_store"] == "sqlite"
+    assert any(c.endswith(":CREATE") for c in applied["changes"])
+    assert store["hook"].apply()["changes"] == []
+    views = {v.name: v for v in store["hook"].store.list_feature_views()}
+    assert views["origin_weather"].ttl == timedelta(hours=SPEC.weather_ttl_hours)
+    assert views["route_history"].batch_source.path.startswith(str(store["home"] / "lake" / "features"))
+
+
+def test_point_in_time_join_equals_merge_asof(store):
+    frames = _frames(store)
+    labels = frames[F.LABELS]
+    entity_df = labels.loc[:, ["flight_id", "event_timestamp", "carrier", "origin", "route", "is_late", "month"]]
+    feast = F.finish_training_set(store["hook"].historical_features(entity_df), SPEC)
+    reference = F.finish_training_set(reference_training_set(frames, labels, SPEC), SPEC)
+    assert len(feast) == len(labels) == 50_009
+    pd.testing.assert_frame_equal(feast, reference, check_exact=True)
+    # not trivially equal: the joins found real values, and some rows legitimately found none
+    assert feast["carrier_flights_30d"].gt(0).mean() > 0.9 and feast["route_flights_30d"].eq(0).any()
+
+
+def _online_rows(store) -> list[tuple]:
+    path = store["hook"].config.online_store.path
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return [
+            (table, *row)
+            for table in tables
+            for row in conn.execute(f'SELECT entity_key, feature_name, value, event_ts FROM "{table}" ORDER BY 1, 2')
+        ]
+
+
+def test_materializing_an_interval_twice_leaves_the_same_online_state(store):
+    hook = store["hook"]
+    start, end = month_bounds("2013-02")
+    last = end - timedelta(microseconds=1)
+    hook.materialize(start, last)
+    first = _online_rows(store)
+    hook.materialize(start, last)
+    assert _online_rows(store) == first
+    counts = hook.interval_rows(start, last)
+    assert len(first) == sum(n * len(_view_features(v)) for v, n in counts.items())
+    assert counts["flight_features"] == 24_936 and counts["origin_weather"] == 3
+
+
+def _view_features(view: str) -> list[str]:
+    return [ref.split(":")[1] for ref in SPEC.feature_refs() if ref.startswith(f"{view}:")]
+
+
+def test_online_reads_return_the_latest_values_and_defaults_for_unknown_keys(store):
+    hook = store["hook"]
+    start, end = month_bounds("2013-02")
+    hook.materialize(start, end - timedelta(microseconds=1))
+    frames = _frames(store)
+    ours = frames[F.LABELS].query("carrier == 'DL' and origin == 'LGA' and event_timestamp < @end").iloc[-1]
+    flight = frames[F.FLIGHT_VIEW].set_index("flight_id").loc[ours["flight_id"]]
+    flight["flight_id"] = ours["flight_id"]
+    (row, unknown) = hook.online_features(
+        [
+            {"flight_id": flight["flight_id"], "carrier": "DL", "origin": "LGA", "dest": flight["dest"]},
+            {"flight_id": "20990101T00-ZZ-1", "carrier": "ZZ", "origin": "XXX", "dest": "YYY"},
+        ]
+    )
+    assert row["sched_hour"] == flight["sched_hour"] and row["distance"] == flight["distance"]
+
+    def latest(view, key, value):
+        rows = frames[view][(frames[view][key] == value) & (frames[view][F.TIMESTAMP_FIELDS[view]] < end)]
+        return rows.sort_values(F.TIMESTAMP_FIELDS[view]).iloc[-1]
+
+    carrier = latest("carrier_history", "carrier", "DL")
+    assert carrier["snapshot_at"] >= pd.Timestamp("2013-02-28T12:00", tz="UTC")
+    assert row["carrier_flights_30d"] == carrier["carrier_flights_30d"] > 0
+    assert row["carrier_late_rate_7d"] == pytest.approx(carrier["carrier_late_rate_7d"])
+    assert row["route_flights_30d"] == latest("route_history", "route", f"LGA-{flight['dest']}")["route_flights_30d"]
+    assert row["temp"] == latest("origin_weather", "origin", "LGA")["temp"] and row["weather_known"] == 1
+    assert unknown["carrier_flights_7d"] == 0 and np.isnan(unknown["carrier_late_rate_7d"])
+    assert unknown["weather_known"] == 0 and np.isnan(unknown["temp"]) and unknown["plane_known"] == 0
+
+
+def test_hook_renders_sqlite_by_default_and_redis_by_configuration(store, monkeypatch):
+    from airflow_mlops.hooks.feast_store import FeastHook
+
+    default = FeastHook().render_config()
+    assert default["online_store"] == {"type": "sqlite", "path": str(store["home"] / "feast" / "online_store.db")}
+    assert default["offline_store"] == {"type": "duckdb"}
+    monkeypatch.setenv("MLOPS_FEAST_ONLINE_STORE", "redis")
+    monkeypatch.setenv("MLOPS_FEAST_REDIS", "redis:6379,db=1")
+    assert FeastHook().render_config()["online_store"] == {"type": "redis", "connection_string": "redis:6379,db=1"}
+    assert FeastHook().config.online_store.type == "redis"  # Feast accepts it: configuration only, same code
+    monkeypatch.setenv("MLOPS_FEAST_REDIS", "")
+    with pytest.raises(ValueError, match="MLOPS_FEAST_REDIS"):
+        FeastHook().render_config()
+
+
+def _suite() -> dict:
+    return validation.load_suite(include_dir() / "expectations" / "training_set.json")
+
+
+def _good_set(store) -> pd.DataFrame:
+    frames = _frames(store)
+    return F.finish_training_set(reference_training_set(frames, frames[F.LABELS], SPEC), SPEC)
+
+
+def test_training_set_suite_accepts_a_good_set(store):
+    report = validation.validate_batch("good", {"training_set": _good_set(store)}, {"training_set": _suite()}, {})
+    assert report.success, report.failure_message()
+
+
+@pytest.mark.parametrize(
+    ("plant", "expected"),
+    [
+        (lambda f: f.assign(arr_delay=1.0), "expect_table_columns_to_match_ordered_list"),
+        (lambda f: pd.concat([f, f.iloc[:50]], ignore_index=True), "expect_column_values_to_be_unique"),
+        (lambda f: f.assign(is_late=f["is_late"] * 2), "expect_column_values_to_be_in_set"),
+        (
+            lambda f: f.assign(carrier_late_rate_7d=f["carrier_late_rate_7d"] * 100),
+            "expect_column_values_to_be_between",
+        ),
+        (lambda f: f.assign(is_late=1), "expect_column_mean_to_be_between"),
+    ],
+    ids=["leaked-column", "duplicate-rows", "bad-label", "rate-out-of-range", "all-late"],
+)
+def test_training_set_suite_rejects_planted_bad_sets(store, plant, expected):
+    report = validation.validate_batch("bad", {"training_set": plant(_good_set(store))}, {"training_set": _suite()}, {})
+    assert not report.success
+    assert expected in {failure.expectation for _, failure in report.failures}, json.dumps(report.summary())[:500]
