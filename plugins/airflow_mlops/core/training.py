@@ -1,0 +1,381 @@
+"""Training: the scikit-learn pipeline a config describes, a time-based hold-out, seeded fitting.
+
+Plain functions with no Airflow import. pandas / scikit-learn are imported inside the functions so that
+importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+#: Model types a config may name; each maps to a pipeline builder below.
+MODEL_TYPES = ("hist_gradient_boosting", "logistic_regression", "random_forest")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What to train and how to judge it (``include/config/training.yaml``)."""
+
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    model_type: str = "hist_gradient_boosting"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    threads: int = 1
+    serialization_format: str = "cloudpickle"
+    holdout_months: int = 1
+    threshold: float = 0.5
+    slices: tuple[str, ...] = ("carrier", "origin", "month")
+    id_column: str = "flight_id"
+    timestamp_column: str = "event_timestamp"
+    label: str = "is_late"
+    month_column: str = "month"
+    experiment_name: str = "mlops-training"
+    registered_model_name: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"unknown model type {self.model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+        if not self.categorical and not self.numeric:
+            raise ValueError("the training config lists no features")
+        overlap = set(self.categorical) & set(self.numeric)
+        if overlap:
+            raise ValueError(f"features listed as both categorical and numeric: {sorted(overlap)}")
+        if self.holdout_months < 1:
+            raise ValueError("holdout.months must be at least 1: a model is never judged on its training data")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"evaluation.threshold must be in (0, 1), got {self.threshold}")
+        if self.serialization_format not in ("cloudpickle", "skops"):
+            raise ValueError(
+                f"model.serialization_format must be cloudpickle or skops, not {self.serialization_format!r}"
+            )
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.categorical, *self.numeric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The config in the layout of ``training.yaml`` (what is logged with a run, and read back to retrain)."""
+        return {
+            "experiment_name": self.experiment_name,
+            "registered_model_name": self.registered_model_name,
+            "id_column": self.id_column,
+            "timestamp_column": self.timestamp_column,
+            "label": self.label,
+            "month_column": self.month_column,
+            "features": {"categorical": list(self.categorical), "numeric": list(self.numeric)},
+            "model": {
+                "type": self.model_type,
+                "seed": self.seed,
+                "threads": self.threads,
+                "params": dict(self.model_params),
+                "serialization_format": self.serialization_format,
+            },
+            "holdout": {"months": self.holdout_months},
+            "evaluation": {"threshold": self.threshold, "slices": list(self.slices)},
+        }
+
+    @property
+    def sha256(self) -> str:
+        """Hash of everything that changes what is trained or how it is judged."""
+        return hashlib.sha256(json.dumps(self.to_yaml_dict(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        try:
+            features, model = data["features"], data["model"]
+            return cls(
+                categorical=tuple(features.get("categorical") or ()),
+                numeric=tuple(features.get("numeric") or ()),
+                model_type=model["type"],
+                model_params=dict(model.get("params") or {}),
+                seed=int(model.get("seed", 0)),
+                threads=int(model.get("threads", 1)),
+                serialization_format=model.get("serialization_format", "cloudpickle"),
+                holdout_months=int((data.get("holdout") or {}).get("months", 1)),
+                threshold=float((data.get("evaluation") or {}).get("threshold", 0.5)),
+                slices=tuple((data.get("evaluation") or {}).get("slices") or ()),
+                id_column=data.get("id_column", "flight_id"),
+                timestamp_column=data.get("timestamp_column", "event_timestamp"),
+                label=data.get("label", "is_late"),
+                month_column=data.get("month_column", "month"),
+                experiment_name=data.get("experiment_name", "mlops-training"),
+                registered_model_name=data.get("registered_model_name", "model"),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"the training config is incomplete: missing {err}") from err
+
+
+def load_config(path: str | Path) -> TrainingConfig:
+    """Read a training config YAML file."""
+    import yaml
+
+    target = Path(path)
+    try:
+        data = yaml.safe_load(target.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read the training config {target}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{target} must hold a mapping (features, model, holdout, evaluation)")
+    return TrainingConfig.from_dict(data)
+
+
+# -- data -------------------------------------------------------------------------------------------------
+def read_parquet_bytes(data: bytes) -> pd.DataFrame:
+    import io
+
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def check_columns(frame: pd.DataFrame, config: TrainingConfig) -> None:
+    """Raise ``ValueError`` naming every column the config needs that the frame lacks."""
+    needed = [config.id_column, config.timestamp_column, config.label, *config.features, *config.slices]
+    missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the training set lacks columns the config needs: {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A time-based split: ``train`` strictly before ``cutoff``, ``holdout`` from it on."""
+
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    train_months: list[str]
+    holdout_months: list[str]
+    cutoff: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "train_rows": len(self.train),
+            "holdout_rows": len(self.holdout),
+            "train_months": self.train_months,
+            "holdout_months": self.holdout_months,
+            "cutoff": self.cutoff,
+        }
+
+
+def _utc_months(ts: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    return pd.to_datetime(ts, utc=True).dt.strftime("%Y-%m")
+
+
+def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
+    """Hold out the newest ``holdout_months`` month(s) of the labelled rows; train on everything before.
+
+    A row's month is the ``month`` column of the training set (the batch month the feature stage assigned)
+    when there is one, else the UTC month of its event time. The split is strictly by time: training rows
+    are those whose event time is before the earliest event of the hold-out, so nothing from the hold-out's
+    period (or later) is ever trained on. Unlabelled rows are dropped. Rows are ordered by id, so the same
+    snapshot always gives the same training matrix whatever order its file has.
+
+    :raises ValueError: too few months to hold any out, or nothing left to train on.
+    """
+    import pandas as pd
+
+    check_columns(frame, config)
+    labelled = frame[frame[config.label].notna()].copy()
+    labelled[config.label] = labelled[config.label].astype(int)
+    labelled = labelled.sort_values(config.id_column, kind="stable").reset_index(drop=True)
+    ts = pd.to_datetime(labelled[config.timestamp_column], utc=True)
+    months = labelled[config.month_column].astype(str) if config.month_column in labelled else _utc_months(ts)
+    distinct = sorted(months.unique())
+    if len(distinct) <= config.holdout_months:
+        raise ValueError(
+            f"the training set covers {len(distinct)} month(s) ({', '.join(distinct) or 'none'}); "
+            f"holding out {config.holdout_months} leaves nothing to train on"
+        )
+    holdout_months = distinct[-config.holdout_months :]
+    is_holdout = months.isin(holdout_months)
+    cutoff = ts[is_holdout].min()
+    is_train = ~is_holdout & (ts < cutoff)
+    train_months = sorted(months[is_train].unique())
+    if not is_train.any():
+        raise ValueError(f"no labelled rows before the hold-out's first event {cutoff.isoformat()}")
+    return Split(
+        train=labelled[is_train].reset_index(drop=True),
+        holdout=labelled[is_holdout].reset_index(drop=True),
+        train_months=train_months,
+        holdout_months=holdout_months,
+        cutoff=cutoff.isoformat(),
+    )
+
+
+def features_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
+    """The model's input: the configured features, categoricals as strings (missing → None)."""
+    X = frame[config.features].copy()
+    for col in config.categorical:
+        X[col] = X[col].astype("object").where(X[col].notna(), None)
+    for col in config.numeric:
+        X[col] = X[col].astype("float64")
+    return X
+
+
+# -- model ------------------------------------------------------------------------------------------------
+def build_pipeline(config: TrainingConfig) -> Pipeline:
+    """An unfitted pipeline: encoding of the configured features + the configured estimator, seeded."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    cats, nums = list(config.categorical), list(config.numeric)
+    params = dict(config.model_params)
+    if config.model_type == "hist_gradient_boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        encode = ColumnTransformer(
+            [
+                (
+                    "categorical",
+                    OrdinalEncoder(
+                        handle_unknown="use_encoded_value",
+                        unknown_value=-1,
+                        encoded_missing_value=-1,
+                        dtype="float64",
+                    ),
+                    cats,
+                ),
+                ("numeric", "passthrough", nums),
+            ],
+            verbose_feature_names_out=False,
+        )
+        n_cat = len(cats)
+        # Encoded unknown/missing (-1) is treated as missing by the estimator: its own branch.
+        cat_mask = [True] * n_cat + [False] * len(nums)
+        model = HistGradientBoostingClassifier(
+            categorical_features=cat_mask if n_cat else None, random_state=config.seed, **params
+        )
+        return Pipeline([("encode", encode), ("model", model)])
+
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric_steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
+    if config.model_type == "logistic_regression":
+        numeric_steps.append(("scale", StandardScaler()))
+    encode = ColumnTransformer(
+        [
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=20)),
+                    ]
+                ),
+                cats,
+            ),
+            ("numeric", Pipeline(numeric_steps), nums),
+        ]
+    )
+    if config.model_type == "logistic_regression":
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(random_state=config.seed, **{"max_iter": 1000, **params})
+    else:
+        from sklearn.ensemble import RandomForestClassifier
+
+        model = RandomForestClassifier(random_state=config.seed, **{"n_jobs": 1, **params})
+    return Pipeline([("encode", encode), ("model", model)])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A fitted pipeline with what it was fitted on (the split) and how long it took."""
+
+    model: Pipeline
+    split: Split
+    fit_seconds: float
+    train_metrics: dict[str, float]
+
+
+def train(frame: pd.DataFrame, config: TrainingConfig) -> TrainResult:
+    """Split off the hold-out and fit the configured pipeline on the rest. Same frame + config → same model."""
+    import time
+
+    split = split_holdout(frame, config)
+    if split.train[config.label].nunique() < 2:
+        raise ValueError("the training rows hold a single class: nothing to learn")
+    X, y = features_frame(split.train, config), split.train[config.label].to_numpy()
+    empty = [c for c in config.features if X[c].isna().all()]
+    if empty:
+        raise ValueError(
+            f"features with no value at all in the training rows (fix the feature stage or the config): {', '.join(empty)}"
+        )
+    pipeline = build_pipeline(config)
+    from threadpoolctl import threadpool_limits
+
+    from airflow_mlops.core.evaluation import overall_metrics
+
+    started = time.perf_counter()
+    with threadpool_limits(config.threads):
+        pipeline.fit(X, y)
+    fit_seconds = time.perf_counter() - started
+    proba = predict_proba(pipeline, split.train, config)
+    train_metrics = {f"train_{k}": v for k, v in overall_metrics(y, proba, config.threshold).items()}
+    return TrainResult(model=pipeline, split=split, fit_seconds=fit_seconds, train_metrics=train_metrics)
+
+
+def predict_proba(model: Any, frame: pd.DataFrame, config: TrainingConfig | None = None) -> Any:
+    """P(label = 1) for each row. ``model`` is a fitted pipeline (it selects its own columns by name)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    X = features_frame(frame, config) if config is not None else frame
+    with threadpool_limits(config.threads if config is not None else 1):
+        return np.asarray(model.predict_proba(X))[:, 1]
+
+
+def pip_requirements() -> list[str]:
+    """Exact requirements for serving the pipeline (inferring them is slow and lists unrelated packages)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("scikit-learn", "pandas", "numpy", "cloudpickle", "skops"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            if package != "skops":  # skops is only needed for the skops format
+                raise
+    return pins
+
+
+def git_commit(root: str | Path) -> tuple[str, bool]:
+    """The code version: ``MLOPS_GIT_COMMIT`` if set (e.g. baked into an image), else ``git rev-parse HEAD``.
+
+    :return: (commit or ``"unknown"``, whether tracked files differ from it).
+    """
+    import os
+    import subprocess
+
+    pinned = os.environ.get("MLOPS_GIT_COMMIT")
+    if pinned:
+        return pinned, False
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return head or "unknown", bool(status)

@@ -1,0 +1,283 @@
+"""The embedded serving process: ``bentoml serve`` of ``include/serving/service.py`` on 127.0.0.1, managed by the suite.
+
+    python -m airflow_mlops.serving_process up [--port 3000]    # start (if not running) and wait for /readyz
+    python -m airflow_mlops.serving_process status
+    python -m airflow_mlops.serving_process down
+
+State under ``MLOPS_HOME``: ``run/<name>.pid``, ``run/serving.token`` (the admin token, 0600) and
+``logs/<name>.log``. The server runs in its own process group, so ``down`` stops its workers too; SIGTERM first
+(BentoML runs the service's shutdown hook: the inference log is flushed), SIGKILL after a grace period.
+Used by ``DeployModelOperator``, ``InfraValidateOperator`` (a second, pinned server on a free port), the tests
+and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airflow_mlops import settings
+
+SERVICE = "include/serving/service.py:FlightDelayService"
+TOKEN_FILE = "serving.token"
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def admin_token(home: Path | None = None) -> str:
+    """The embedded server's admin token (created on first use, mode 0600)."""
+    path = (home or settings.mlops_home()) / "run" / TOKEN_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+class ServingError(RuntimeError):
+    """The serving process exited or did not become ready; the message carries the tail of its log."""
+
+
+@dataclass
+class ServingProcess:
+    """One ``bentoml serve`` on ``127.0.0.1:<port>``, known by its pid file.
+
+    :param name: names the pid and log files: ``serving`` for the embedded server, ``serving-<x>`` for others.
+    :param env: extra environment for the server (e.g. ``MLOPS_SERVING_MODEL_VERSION`` to pin a version).
+    """
+
+    port: int = 3000
+    name: str = "serving"
+    home: Path = field(default_factory=settings.mlops_home)
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "run" / f"{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "run" / TOKEN_FILE
+
+    def pid(self) -> int | None:
+        """The running server's pid (its process group id), or None; a stale pid file is removed."""
+        if not self.pidfile.exists():
+            return None
+        pid = int(self.pidfile.read_text().split()[0])
+        if _group_alive(pid):
+            return pid
+        self.pidfile.unlink(missing_ok=True)
+        return None
+
+    def recorded_port(self) -> int | None:
+        if not self.pidfile.exists():
+            return None
+        parts = self.pidfile.read_text().split()
+        return int(parts[1]) if len(parts) > 1 else None
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        venv_bin = str(Path(sys.executable).parent)
+        admin_token(self.home)
+        env.update(
+            {
+                "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+                "MLOPS_HOME": str(self.home),
+                "MLOPS_SERVING_TOKEN_FILE": str(self.token_file),
+                "BENTOML_HOME": env.get("BENTOML_HOME") or str(self.home / "bentoml"),
+                "BENTOML_DO_NOT_TRACK": "true",
+                "DO_NOT_TRACK": "1",
+                "FEAST_USAGE": "False",
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or "1",
+                "PYTHONWARNINGS": "ignore",
+            }
+        )
+        env.update(self.env)
+        return env
+
+    def start(self) -> int:
+        """Start the server unless one with this name runs; returns its pid (does not wait for readiness)."""
+        running = self.pid()
+        if running is not None:
+            return running
+        if _port_in_use(self.host, self.port):
+            raise ServingError(f"port {self.port} on {self.host} is already taken by another process")
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        bentoml = Path(sys.executable).with_name("bentoml")
+        command = [str(bentoml), "serve", SERVICE, "--host", self.host, "--port", str(self.port)]
+        with self.logfile.open("ab") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                command,
+                cwd=settings.project_root(),
+                env=self.environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{proc.pid} {self.port}")
+        self._proc = proc
+        return proc.pid
+
+    def wait_ready(self, timeout: float = 120.0, on_poll: object = None) -> float:
+        """Poll ``/readyz`` until 200; returns seconds waited.
+
+        :param on_poll: called with an ``httpx.Client`` between polls; may raise to give up early.
+        :raises ServingError: the process exited, or ``timeout`` passed (with the log's tail).
+        """
+        import httpx
+
+        started = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=5.0) as http:
+            while True:
+                if self.pid() is None:
+                    raise ServingError(f"{self.name} exited before it was ready:\n{self.log_tail()}")
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        return time.monotonic() - started
+                except httpx.HTTPError:
+                    pass
+                if callable(on_poll):
+                    on_poll(http)
+                if time.monotonic() - started > timeout:
+                    raise ServingError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+                time.sleep(0.5)
+
+    def stop(self, grace: float = 30.0) -> bool:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds; True if something was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(pid):
+            time.sleep(0.2)
+        if _group_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        proc = getattr(self, "_proc", None)
+        if proc is not None:
+            proc.wait(timeout=10)
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.logfile.exists():
+            return "(no log)"
+        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader still "exists"; reap it if it is our child.
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return False
+    except ChildProcessError:
+        pass
+    return True
+
+
+class _NoChampion(Exception):
+    pass
+
+
+def _stop_waiting_without_champion(http: object) -> None:
+    import httpx
+
+    try:
+        state = http.post("/info", json={})  # type: ignore[attr-defined]
+    except httpx.HTTPError:
+        return
+    if state.status_code == 200 and "does not exist yet" in (state.json().get("load_error") or ""):
+        raise _NoChampion(state.json()["load_error"])
+
+
+def embedded(port: int | None = None) -> ServingProcess:
+    """The embedded server of ``MLOPS_HOME`` (port: argument, ``MLOPS_SERVING_PORT``, the pid file, else 3000)."""
+    process = ServingProcess(home=settings.mlops_home())
+    process.port = int(port or os.environ.get("MLOPS_SERVING_PORT") or process.recorded_port() or 3000)
+    return process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.serving_process", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args(argv)
+    process = embedded(args.port)
+    if args.command == "up":
+        pid = process.start()
+        print(f"serving (pid {pid}) on {process.url}, log: {process.logfile}", flush=True)
+        try:
+            waited = process.wait_ready(args.timeout, on_poll=_stop_waiting_without_champion)
+        except _NoChampion as err:
+            print(f"up, not ready: {err} (the training DAG's deploy step, or `up` again later, loads it)")
+            return 0
+        except ServingError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(
+            f"ready after {waited:.1f} s. Try:\n  curl -s -X POST {process.url}/predict -H 'Content-Type: application/json' "
+            '-d \'{"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", '
+            '"scheduled_departure": "2013-01-01T05:15:00", "tailnum": "N14228"}\''
+        )
+    elif args.command == "down":
+        print("stopped serving" if process.stop() else "serving was not running")
+    else:
+        pid = process.pid()
+        state = f"running, pid {pid}, {process.url}" if pid else "stopped"
+        print(f"serving        {state}")
+        return 0 if pid else 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Monitoring operators against real backends: MLflow (SQLite), the lake (tmp), Evidently (workspace in tmp).
+
+A champion is trained on a sample of January–March 2013 (training_fixtures). The inference log gets, through the
+serving stage's own writer, predictions of that champion for:
+* May 2013: other January–March flights (same distribution as the reference) stamped as May departures;
+* June 2013: the same flights with ``distance`` shifted (a planted drift);
+* April 2013: the real April flights, whose outcomes arrive with the validated April batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features_fixtures import seed_validated
+from training_fixtures import build_frame, run_pipeline, task_context, write_configs, write_snapshot
+
+pytestmark = pytest.mark.slow
+
+MODEL = "flight_delay_test"
+MONITORING_YAML = """
+reference: {bins: 20, max_categories: 100, sample_rows: 3000}
+drift:
+  method: psi
+  threshold: 0.1
+  min_rows: 500
+  report_max_rows: 5000
+  quality: {max_missing_increase: 0.1}
+prediction_drift: {threshold: 0.1}
+performance: {metrics: [roc_auc, log_loss, brier], slice_columns: [carrier, origin], min_rows: 500, min_slice_size: 300}
+policy:
+  drift_share: 0.5
+  feature_drift: {distance: 0.2}
+  prediction_drift: 0.5
+  performance_decay: {overall: {roc_auc: 0.2}}
+  cooldown_days: 45
+  cap: {period: year, max: 4}
+mlflow: {experiment_name: mlops-monitoring-test}
+evidently: {project: monitoring-test}
+"""
+
+
+def _restamp(frame: pd.DataFrame, month: str) -> pd.DataFrame:
+    """The same flights, departing in ``month`` (unique ids; features untouched)."""
+    out = frame.copy()
+    start = pd.Timestamp(f"{month}-01", tz="UTC")
+    departures = start + pd.to_timedelta(np.arange(len(out)) % (28 * 24), unit="h")
+    out["event_timestamp"] = departures
+    out["flight_id"] = (
+        departures.strftime("%Y%m%dT%H")
+        + "-"
+        + out["carrier"]
+        + "-"
+        + pd.Series(np.arange(len(out)), index=out.index).astype(str)
+    )
+    return out
+
+
+def _log_rows(frame: pd.DataFrame, proba: np.ndarray, features: list[str], version: str) -> list[dict]:
+    now = pd.Timestamp.now(tz="UTC")
+    rows = []
+    for i, (rec, p) in enumerate(zip(frame.to_dict("records"), proba, strict=True)):
+        row = {
+            "request_id": f"r{i}",
+            "batch_id": "b",
+            "timestamp": now,
+            "flight_id": rec["flight_id"],
+            "input_carrier": rec["carrier"],
+            "input_origin": rec["origin"],
+            "input_dest": rec["dest"],
+            "input_flight": 1,
+            "input_scheduled_departure": rec["event_timestamp"],
+            "input_tailnum": None,
+        }
+        row.update({f: rec[f] for f in features})
+        row.update(
+            {
+                "defaults_used": "",
+                "probability_late": float(p),
+                "late": bool(p >= 0.35),
+                "threshold": 0.35,
+                "model_name": MODEL,
+                "model_version": version,
+                "latency_ms": 1.0,
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("monitoring")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLOPS_MLFLOW_ARTIFACTS", (root / "artifacts").as_uri())
+        mp.setenv("MLOPS_LAKE", (root / "lake").as_uri())
+        mp.setenv("MLOPS_EVIDENTLY_WORKSPACE", str(root / "evidently"))
+        mp.setenv("MLOPS_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+        import mlflow
+
+        from airflow_mlops.core import training
+        from airflow_mlops.core.inference_log import LakePartWriter
+        from airflow_mlops.hooks.lake import LakeHook
+
+        lake = LakeHook()
+        lake.ensure_zones()
+        full = build_frame((1, 2, 3))
+        in_snapshot = full.sample(frac=0.3, random_state=0)
+        rest = full.drop(in_snapshot.index).sample(n=3000, random_state=1)
+        paths = write_configs(root / "config")
+        (root / "config" / "monitoring.yaml").write_text(MONITORING_YAML)
+        paths["monitoring"] = str(root / "config" / "monitoring.yaml")
+        out = run_pipeline(write_snapshot(lake, in_snapshot.reset_index(drop=True)), paths, "manual__champion")
+        assert out["promoted"] != "skipped", out["gate"]
+        config = training.load_config(paths["config"])
+        model = mlflow.sklearn.load_model(f"models:/{MODEL}/1")
+
+        def score(frame):
+            return training.predict_proba(model, frame, config)
+
+        same = _restamp(rest, "2013-05")
+        shifted = _restamp(rest, "2013-06").assign(distance=lambda f: f["distance"] * 1.7 + 300)
+        april = build_frame((4,)).sample(n=4000, random_state=2)
+        # The feature stage's and the serving log's key: "<UTC hour %Y%m%dT%H>-<carrier>-<flight>".
+        hour, rest_of_id = april["flight_id"].str.split("-", n=1).str[0], april["flight_id"].str.split("-", n=1).str[1]
+        april["flight_id"] = hour.str.slice(0, 11) + "-" + rest_of_id
+        writer = LakePartWriter(lake)
+        for frame in (same, shifted, april):
+            writer(_log_rows(frame, score(frame), config.features, "1"))
+        seed_validated(lake, "2013-04")
+        yield {"root": root, "lake": lake, "paths": paths, "config": config, "april": april}
+
+
+def _op(cls, stack, **kwargs):
+    return cls(
+        task_id=kwargs.pop("task_id", "check"),
+        registered_model_name=MODEL,
+        config_path=stack["paths"]["monitoring"],
+        **kwargs,
+    )
+
+
+def _run(op, run_id="manual__m"):
+    context = task_context(op.task_id, run_id)
+    context["outlet_events"] = defaultdict(lambda: SimpleNamespace(extra=None))
+    return op.execute(context), context
+
+
+@pytest.fixture(scope="module")
+def same_month(stack):
+    from airflow_mlops.operators.monitoring import DriftCheckOperator
+
+    return _run(_op(DriftCheckOperator, stack, month="2013-05"))
+
+
+def test_no_drift_on_a_same_distribution_split(stack, same_month):
+    result, context = same_month
+    assert (result["status"], result["source"]) == ("ok", "traffic")
+    assert 3000 <= result["rows"] < 3050  # + real April flights departing on May 1 in UTC (evening, New York time)
+    assert result["drifted_columns"] == [], result["scores"]
+    assert result["prediction_drift"] < 0.1
+    assert result["batch"] == {"rows": 0}  # no validated May in this lake
+    key = context["ti"].xcom["report_key"]
+    assert key == result["report_key"] == f"reports/monitoring/drift/2013-05/{MODEL}-v1.html"
+    assert (
+        stack["lake"].path(key).read_text().lstrip().lower().startswith("<!doctype html")
+        or "<html" in stack["lake"].path(key).read_text()[:500].lower()
+    )
+
+
+@pytest.fixture(scope="module")
+def shifted_month(stack, same_month):
+    from airflow_mlops.operators.monitoring import REFERENCE_ZONE, DriftCheckOperator
+
+    manifest = stack["lake"].read_manifest(stack["lake"].path(REFERENCE_ZONE, MODEL, "1"))
+    result, _ = _run(_op(DriftCheckOperator, stack, month="2013-06"))
+    return result, manifest
+
+
+def test_a_planted_shift_is_detected_and_the_reference_is_reused(stack, shifted_month):
+    from airflow_mlops.operators.monitoring import REFERENCE_ZONE
+
+    result, manifest = shifted_month
+    assert "distance" in result["drifted_columns"], result["scores"]
+    assert result["scores"]["distance"] > 0.2
+    assert stack["lake"].read_manifest(stack["lake"].path(REFERENCE_ZONE, MODEL, "1")) == manifest  # not rebuilt
+
+    from airflow_mlops.hooks.evidently_workspace import EvidentlyHook
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+
+    assert len(EvidentlyHook().list_runs("monitoring-test")) >= 2
+    client = MlflowHook().client
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["drift_score.distance"] == pytest.approx(result["scores"]["distance"])
+    assert run.data.tags["mlops.monitoring.version"] == "1"
+    champion_model_id = client.get_model_version(MODEL, "1").model_id
+    history = client.get_metric_history(result["mlflow_run_id"], "drift_share")
+    assert history[-1].step == 201306 and history[-1].model_id == champion_model_id
+    assert "mlops.monitoring.drift.2013-06" in client.get_model_version(MODEL, "1").tags
+
+
+def test_the_batch_side_carries_the_flight_level_features_and_the_label(stack):
+    from airflow_mlops.core import drift
+    from airflow_mlops.operators.monitoring import DriftCheckOperator
+
+    op = _op(DriftCheckOperator, stack)
+    frame = op._batch_features("2013-04", stack["config"])
+    assert {"carrier", "origin", "dest", "distance", "sched_hour", "weekday", "plane_age", "is_late"} <= set(
+        frame.columns
+    )
+    champion = op.champion()
+    profile, _ = op.reference(champion, drift.DriftSettings.from_config(op.config))
+    result = drift.compare(
+        profile,
+        frame,
+        drift.DriftSettings(),
+        columns=["carrier", "origin", "distance"],
+        prediction_column=None,
+        label="is_late",
+    )
+    assert 0.1 < result.label_rate < 0.5 and result.reference_label_rate is not None
+
+
+def test_performance_joins_outcomes_and_compares_with_the_holdout(stack):
+    from airflow_mlops.operators.monitoring import PerformanceCheckOperator
+
+    result, context = _run(_op(PerformanceCheckOperator, stack, month="2013-04"))
+    assert result["status"] == "ok", result
+    assert 3500 < result["rows"] <= 4000  # cancelled / diverted flights have no outcome
+    assert result["live"]["roc_auc"] > 0.6 and abs(result["decay"]["roc_auc"]) < 0.1
+    assert set(result["holdout"]) >= {"roc_auc", "log_loss", "brier"}
+    assert context["ti"].xcom["report_key"] == f"reports/monitoring/performance/2013-04/{MODEL}-v1.html"
+
+    none, _ = _run(_op(PerformanceCheckOperator, stack, month="2013-05"))
+    assert none["status"] == "no_outcomes"  # no validated May: outcomes unknown, not a failure
+
+
+def test_no_champion_skips(stack):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_mlops.operators.monitoring import DriftCheckOperator
+
+    op = DriftCheckOperator(
+        task_id="d", month="2013-05", registered_model_name="nobody", config_path=stack["paths"]["monitoring"]
+    )
+    with pytest.raises(AirflowSkipException, match="no champion model yet"):
+        _run(op)
+
+
+def test_policy_emits_once_per_interval_and_skips_otherwise(stack, same_month, shifted_month):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_mlops.assets import RETRAIN_REQUESTED
+    from airflow_mlops.operators.monitoring import POLICY_ZONE, RetrainingPolicyOperator
+
+    shifted = shifted_month[0]
+
+    def policy(summary, try_number):
+        op = RetrainingPolicyOperator(
+            task_id="retraining_policy", drift=summary, performance=None, config_path=stack["paths"]["monitoring"]
+        )
+        context = task_context("retraining_policy", "manual__p", try_number=try_number)
+        context["outlet_events"] = defaultdict(lambda: SimpleNamespace(extra=None))
+        try:
+            return op.execute(context), context
+        except AirflowSkipException:
+            return None, context
+
+    decision, context = policy(shifted, 1)
+    assert decision is not None and decision["retrain"], decision
+    extra = context["outlet_events"][RETRAIN_REQUESTED].extra
+    assert extra["month"] == "2013-06" and extra["model"] == MODEL and extra["champion_version"] == "1"
+    assert extra["interval_start"].startswith("2013-06-01") and any("distance" in r for r in extra["reasons"])
+
+    again, context = policy(shifted, 2)  # a retry of the same check
+    assert again is None and context["outlet_events"][RETRAIN_REQUESTED].extra is None
+    assert context["ti"].xcom["decision"]["suppressed_by"] == "dedupe"
+
+    quiet, context = policy(same_month[0], 1)
+    assert quiet is None and context["outlet_events"][RETRAIN_REQUESTED].extra is None
+    assert context["ti"].xcom["decision"]["suppressed_by"] is None  # no trigger (and May is within the cooldown anyway)
+    stored = sorted(p.name for p in stack["lake"].path(POLICY_ZONE, MODEL).iterdir() if not p.name.startswith("."))
+    assert stored == ["20130501T000000--20130601T000000.json", "20130601T000000--20130701T000000.json"]

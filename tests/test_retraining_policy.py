@@ -1,0 +1,159 @@
+"""The retraining policy: thresholds, cooldown, dedupe, cap and retries, as pure decisions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from airflow_mlops.core import retraining_policy as rp
+from airflow_mlops.core.batches import month_bounds
+
+POLICY = rp.RetrainingPolicy(
+    drift_share=0.3,
+    feature_drift={"distance": 0.25},
+    prediction_drift=0.2,
+    performance_decay={"roc_auc": 0.03},
+    slice_performance_decay={"roc_auc": 0.08},
+    cooldown_days=45,
+    cap_period="year",
+    max_per_period=2,
+)
+
+
+def interval(month: str) -> rp.Interval:
+    return rp.Interval(*month_bounds(month))
+
+
+def drift(share=0.0, scores=None, pred=0.0, rows=10_000, enough=True) -> dict:
+    return {
+        "status": "ok",
+        "rows": rows,
+        "enough_rows": enough,
+        "drift_share": share,
+        "drifted_columns": ["x"] if share else [],
+        "scores": scores or {},
+        "prediction_drift": pred,
+    }
+
+
+def perf(roc_decay=0.0, slices=None, enough=True, status="ok") -> dict:
+    return {
+        "status": status,
+        "rows": 5_000,
+        "enough_rows": enough,
+        "decay": {"roc_auc": roc_decay},
+        "live": {"roc_auc": 0.7},
+        "holdout": {"roc_auc": 0.7 + roc_decay},
+        "slice_decay": slices or {},
+    }
+
+
+def positive(month: str) -> rp.PolicyDecision:
+    return rp.decide(POLICY, interval(month), drift(share=0.9), None, [])
+
+
+@pytest.mark.parametrize(
+    ("d", "p", "retrain", "needle"),
+    [
+        pytest.param(drift(), perf(), False, "no trigger", id="quiet"),
+        pytest.param(drift(share=0.3), None, True, "drift share 0.30 >= 0.30", id="drift-share-at-threshold"),
+        pytest.param(drift(share=0.29), None, False, "no trigger", id="drift-share-below"),
+        pytest.param(
+            drift(scores={"distance": 0.26, "temp": 0.9}), None, True, "feature distance drift", id="named-feature"
+        ),
+        pytest.param(drift(scores={"temp": 0.9}), None, False, "no trigger", id="unnamed-feature-alone"),
+        pytest.param(drift(pred=0.21), None, True, "prediction drift 0.210", id="prediction-drift"),
+        pytest.param(drift(), perf(roc_decay=0.031), True, "roc_auc decayed by 0.0310", id="overall-decay"),
+        pytest.param(drift(), perf(roc_decay=-0.05), False, "no trigger", id="improved"),
+        pytest.param(
+            drift(),
+            perf(slices={"carrier=UA": {"roc_auc": 0.09}, "carrier=AA": {"roc_auc": 0.01}}),
+            True,
+            "1 slice(s): carrier=UA",
+            id="slice-decay",
+        ),
+        pytest.param(drift(share=0.9, enough=False), None, False, "drift not judged", id="too-few-rows"),
+        pytest.param(
+            drift(), perf(roc_decay=0.5, status="no_outcomes"), False, "performance not judged", id="no-outcomes"
+        ),
+        pytest.param(None, None, False, "no drift summary", id="no-signals"),
+    ],
+)
+def test_thresholds(d, p, retrain, needle):
+    decision = rp.decide(POLICY, interval("2013-03"), d, p, [])
+    assert decision.retrain is retrain
+    assert any(needle in r for r in decision.reasons), decision.reasons
+
+
+def test_a_policy_without_triggers_never_retrains():
+    decision = rp.decide(rp.RetrainingPolicy(), interval("2013-03"), drift(share=1.0, pred=9), perf(roc_decay=1), [])
+    assert (decision.retrain, decision.suppressed_by) == (False, "no_policy")
+
+
+@pytest.mark.parametrize(
+    ("earlier", "month", "retrain", "brake"),
+    [
+        pytest.param(["2013-01"], "2013-02", False, "cooldown", id="31-days-after"),
+        pytest.param(["2013-01"], "2013-03", True, None, id="59-days-after"),
+        pytest.param(["2013-05"], "2013-04", False, "cooldown", id="backfill-before-a-trigger"),
+        pytest.param(["2013-01", "2013-04"], "2013-08", False, "cap", id="cap-reached"),
+        pytest.param(["2012-11", "2013-04"], "2013-08", True, None, id="cap-counts-the-period-only"),
+        pytest.param(["2013-03"], "2013-03", False, "dedupe", id="same-interval"),
+    ],
+)
+def test_brakes(earlier, month, retrain, brake):
+    history = [positive(m) for m in earlier]
+    decision = rp.decide(POLICY, interval(month), drift(share=0.9), None, history)
+    assert (decision.retrain, decision.suppressed_by) == (retrain, brake), decision.reasons
+    if brake:
+        assert any(r.startswith("drift share") for r in decision.reasons), "a held trigger still says why it fired"
+
+
+def test_negative_decisions_do_not_brake():
+    history = [rp.decide(POLICY, interval("2013-02"), drift(), None, [])]
+    assert rp.decide(POLICY, interval("2013-03"), drift(share=0.9), None, history).retrain
+
+
+def test_retries_of_one_interval_trigger_exactly_once():
+    """A check retried, cleared or backfilled many times: the stored record makes every later attempt a no."""
+    record: dict | None = None
+    outcomes = []
+    for attempt in range(5):
+        history = rp.history_from_records([record] if record else [])
+        decision = rp.decide(
+            POLICY,
+            interval("2013-06"),
+            drift(share=0.9),
+            None,
+            history,
+            decided_by={"run_id": "r1", "try_number": str(attempt + 1)},
+        )
+        record = rp.record_for_interval(record, decision)
+        outcomes.append(decision.retrain)
+    assert outcomes == [True, False, False, False, False]
+    assert record["evaluations"] == 5 and record["triggered"]["decided_by"]["try_number"] == "1"
+    assert record["latest"]["suppressed_by"] == "dedupe"
+
+
+def test_a_first_negative_check_may_trigger_later_once_outcomes_arrive():
+    record = rp.record_for_interval(
+        None, rp.decide(POLICY, interval("2013-06"), drift(), perf(status="no_outcomes"), [])
+    )
+    later = rp.decide(POLICY, interval("2013-06"), drift(), perf(roc_decay=0.1), rp.history_from_records([record]))
+    assert later.retrain
+
+
+def test_config_file_and_interval_keys(tmp_path):
+    from airflow_mlops import settings
+
+    policy = rp.load_policy(settings.include_dir() / "config" / "monitoring.yaml")
+    assert policy.has_triggers and policy.cooldown_days > 0 and policy.max_per_period
+    assert interval("2013-03").key == "20130301T000000--20130401T000000"
+    assert rp.Interval.parse("2013-03-01T00:00:00+00:00", "2013-04-01T00:00:00+00:00") == interval("2013-03")
+    assert rp.period_of(datetime(2013, 5, 1, tzinfo=UTC), "quarter") == "2013-Q2"
+    with pytest.raises(ValueError, match="cap period"):
+        rp.RetrainingPolicy.from_dict({"cap": {"period": "week", "max": 1}})
+    (tmp_path / "m.yaml").write_text("drift: {}\n")
+    with pytest.raises(ValueError, match="no 'policy' section"):
+        rp.load_policy(tmp_path / "m.yaml")

@@ -1,0 +1,227 @@
+"""Real HTTP to a real ``bentoml serve``: predictions, bad input, infra validation, a swap under load, the inference log.
+
+One server for the module (started by ``DeployModelOperator`` as the DAG would), on a free loopback port in a
+temporary MLOPS stack (serving_fixtures). Candidates for infra validation each get their own pinned server.
+Every answered request id is collected; the last test stops the server and compares them with the log.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import serving_fixtures as sf
+
+from training_fixtures import task_context
+
+pytestmark = pytest.mark.slow
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from airflow_mlops.serving_process import free_port
+
+    home = tmp_path_factory.mktemp("serving")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in sf.stack_env(home).items():
+            mp.setenv(key, value)
+        port = free_port()
+        mp.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{port}")
+        built = sf.build_stack(home)
+        built.update(port=port, url=f"http://127.0.0.1:{port}", answered=set())
+        yield built
+
+
+@pytest.fixture(scope="module")
+def server(stack):
+    """The embedded server, started by DeployModelOperator (nothing answers yet → it starts one)."""
+    from airflow_mlops.operators.serving import DeployModelOperator
+    from airflow_mlops.serving_process import embedded
+
+    process = embedded(stack["port"])
+    try:
+        out = DeployModelOperator(task_id="deploy", registered_model_name=sf.MODEL).execute(task_context("deploy"))
+        assert out["action"] == "started" and out["version"] == "1", out
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def http(server, stack):
+    with httpx.Client(base_url=stack["url"], timeout=30.0) as client:
+        yield client
+
+
+def _record(stack, body):
+    ids = [p["request_id"] for p in body["predictions"]] if "predictions" in body else [body["request_id"]]
+    stack["answered"].update(ids)
+
+
+def test_single_and_batch_predictions(http, stack):
+    c = sf.canned()
+    one = http.post("/predict", json=c["single"][0])
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["flight_id"] == "20130101T10-UA-1545" and body["model_version"] == "1"
+    assert 0 <= body["probability_late"] <= 1 and body["late"] == (body["probability_late"] >= body["threshold"])
+    assert body["defaults_used"] == []
+    _record(stack, body)
+    batch = http.post("/predict_batch", json=c["batch"])
+    assert batch.status_code == 200, batch.text
+    answers = batch.json()["predictions"]
+    assert len(answers) == 3 and len({a["request_id"] for a in answers}) == 3
+    assert "carrier_history" in answers[2]["defaults_used"] and "flight" in answers[2]["defaults_used"]  # ZZ 9999
+    _record(stack, batch.json())
+
+
+BAD = {
+    "missing-field": (
+        "/predict",
+        {"carrier": "UA", "flight": 1545, "origin": "EWR", "scheduled_departure": "2013-01-01T05:15:00"},
+        "dest",
+    ),
+    "wrong-type": (
+        "/predict",
+        {
+            "carrier": "UA",
+            "flight": "soon",
+            "origin": "EWR",
+            "dest": "IAH",
+            "scheduled_departure": "2013-01-01T05:15:00",
+        },
+        "flight",
+    ),
+    "unknown-airport": (
+        "/predict",
+        {"carrier": "UA", "flight": 1, "origin": "EWR", "dest": "XQZ", "scheduled_departure": "2013-01-01T05:15:00"},
+        "dest",
+    ),
+    "empty-batch": ("/predict_batch", {"flights": []}, "flights"),
+    "oversized-batch": ("/predict_batch", None, "flights"),
+    "not-json": ("/predict", b"{not json", None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_is_4xx_with_field_detail(http, case):
+    route, body, field = BAD[case]
+    if body is None:
+        body = {"flights": [sf.canned()["single"][0]] * 21}  # the test config allows 20
+    response = (
+        http.post(route, content=body, headers={"Content-Type": "application/json"})
+        if isinstance(body, bytes)
+        else http.post(route, json=body)
+    )
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    if field:
+        assert field in {str(d["loc"][0]) for d in response.json()["detail"]}, response.text
+
+
+def test_health_and_metrics(http):
+    assert http.get("/readyz").status_code == 200
+    assert http.get("/livez").status_code == 200
+    metrics = http.get("/metrics")
+    assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    info = http.post("/info", json={}).json()
+    assert info["model_version"] == "1" and info["alias"] == "champion" and info["inference_log"]["failed_flushes"] == 0
+
+
+def test_admin_reload_needs_the_token(http):
+    assert http.post("/admin/reload", json={"version": "1"}).status_code == 403
+    assert http.post("/admin/reload", json={"version": "1"}, headers={"X-MLOPS-Token": "wrong"}).status_code == 403
+
+
+@pytest.fixture(scope="module")
+def versions(stack):
+    return {"good": sf.register_second(stack), "unloadable": sf.register_unloadable(), "wrong": sf.register_wrong()}
+
+
+def _registered(version: str) -> dict:
+    return {"name": sf.MODEL, "version": version, "run_id": "r", "gate": {"approved": True, "champion_version": "1"}}
+
+
+@pytest.mark.parametrize("kind", ["unloadable", "wrong"])
+def test_infra_validation_rejects_a_bad_candidate_and_champion_stays(server, versions, kind):
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.operators.serving import InfraValidateOperator, InfraValidationError
+
+    version = versions[kind]
+    context = task_context("infra_validate")
+    with pytest.raises(InfraValidationError, match="failed infrastructure validation"):
+        InfraValidateOperator(task_id="infra_validate", registered=_registered(version)).execute(context)
+    decision = context["ti"].xcom["infra_validation"]
+    assert not decision["approved"] and decision["checks"]["ready"] is False
+    assert "cannot serve" in decision["reasons"][0]
+    hook = MlflowHook()
+    tags = hook.client.get_model_version(sf.MODEL, version).tags
+    assert tags["mlops.infra_validation.approved"] == "false"
+    assert hook.alias_version(sf.MODEL, "champion") == "1"
+
+
+def test_infra_validation_approves_a_good_candidate(server, versions):
+    from airflow_mlops.operators.serving import InfraValidateOperator
+
+    out = InfraValidateOperator(task_id="infra_validate", registered=_registered(versions["good"])).execute(
+        task_context("infra_validate")
+    )
+    decision = out["infra_validation"]
+    assert decision["approved"], decision["reasons"]
+    assert all(decision["checks"].values()) and decision["latency_ms"]["p95"] <= decision["latency_ms"]["budget_p95"]
+    assert out["version"] == versions["good"] and out["gate"]["approved"]  # what PromoteModelOperator takes
+
+
+def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
+    from airflow_mlops.operators.serving import DeployModelOperator
+
+    stop, out = tmp_path / "stop", tmp_path / "results.json"
+    code = f"import serving_fixtures as s; s.client_loop({stack['url']!r}, {str(stop)!r}, {str(out)!r}, threads=4)"
+    client = subprocess.Popen([sys.executable, "-c", code], cwd=TESTS)
+    try:
+        ready = Path(f"{out}.ready")
+        deadline = time.monotonic() + 120
+        while not ready.exists() and client.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), "the client process never got an answer"
+        time.sleep(1.0)
+        deployed = DeployModelOperator(
+            task_id="deploy", version=versions["good"], registered_model_name=sf.MODEL
+        ).execute(task_context("deploy"))
+        time.sleep(3.0)
+    finally:
+        stop.touch()
+        client.wait(timeout=120)
+    assert deployed["action"] == "swapped" and deployed["from_version"] == "1"
+    results = json.loads(out.read_text())
+    failed = [r for r in results if r["status"] != 200]
+    assert not failed, failed[:5]
+    seen = [r["version"] for r in results]
+    assert set(seen) == {"1", versions["good"]}, set(seen)
+    assert seen.index(versions["good"]) > 0  # requests were answered by v1 before the swap
+    stack["answered"].update(r["request_id"] for r in results)
+    again = DeployModelOperator(task_id="deploy", version=versions["good"], registered_model_name=sf.MODEL).execute(
+        task_context("deploy")
+    )
+    assert again["action"] == "unchanged"
+
+
+def test_inference_log_holds_exactly_the_answered_requests(server, stack):
+    """Last in the module: a clean shutdown flushes the buffer; bad requests were never logged."""
+    from airflow_mlops.core.inference_log import read_inference_log
+
+    assert server.stop()
+    frame = read_inference_log(stack["lake"])
+    assert len(frame) == len(stack["answered"]) > 0
+    assert set(frame["request_id"]) == stack["answered"]
+    assert frame["request_id"].is_unique
+    assert {"input_carrier", "flight_id", "carrier_late_rate_7d", "probability_late", "model_version"} <= set(
+        frame.columns
+    )
+    assert frame["timestamp"].dt.tz is not None and frame["model_version"].notna().all()
