@@ -43,12 +43,13 @@ test-e2e: install
 
 up: install
 	$(PY) -m airflow_mlops.devstack up
+	$(PY) -m airflow_mlops.serving_process up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m airflow_mlops.devstack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m airflow_mlops.serving_process down; $(PY) -m airflow_mlops.devstack down; fi
 
 status: install
-	$(PY) -m airflow_mlops.devstack status
+	$(PY) -m airflow_mlops.devstack status; $(PY) -m airflow_mlops.serving_process status
 
 lint: install
 	$(VENV)/bin/ruff check dags plugins include tests benchmarks

@@ -36,19 +36,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    env = dict(os.environ, AIRFLOW_HOME=tempfile.mkdtemp(prefix="bench-parse-"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"), PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        AIRFLOW_HOME=tempfile.mkdtemp(prefix="bench-parse-"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        PYTHONWARNINGS="ignore",
+    )
     results = []
     for _ in range(args.repeat):
-        out = subprocess.run([sys.executable, "-c", PARSE, str(ROOT / "dags"), ",".join(HEAVY)], env=env,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", PARSE, str(ROOT / "dags"), ",".join(HEAVY)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         results.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT"))[6:]))
     times = [r["seconds"] for r in results]
     median = statistics.median(times)
     heavy = sorted({m for r in results for m in r["heavy"]})
-    print(f"dag folder parse: {len(list((ROOT / 'dags').glob('*.py')))} files, {results[0]['dags']} DAGs, "
-          f"{results[0]['errors']} import errors")
-    print(f"  median {median:.3f} s  min {min(times):.3f} s  max {max(times):.3f} s  over {len(times)} fresh interpreters")
+    print(
+        f"dag folder parse: {len(list((ROOT / 'dags').glob('*.py')))} files, {results[0]['dags']} DAGs, "
+        f"{results[0]['errors']} import errors"
+    )
+    print(
+        f"  median {median:.3f} s  min {min(times):.3f} s  max {max(times):.3f} s  over {len(times)} fresh interpreters"
+    )
     print(f"  ratio to the 1 s budget: {median / 1.0:.2f}   heavy modules loaded: {heavy or 'none'}")
 
 

@@ -99,21 +99,27 @@ def main() -> None:
         params = {"year": 2013, "month": int(months[0][5:])}
         report = None
 
-        def run_gx():
+        def run_gx(label=label, frames=frames, params=params):
             nonlocal report
             report = validation.validate_batch(label, frames, suites, params)
 
-        def run_pandas():
+        def run_pandas(frames=frames, params=params):
             return {n: pandas_check(frames[n], suites[n], params) for n in suites}
 
         gx_s, pd_s = _time(run_gx, args.repeat), _time(run_pandas, args.repeat)
         gx_failed = {(s.suite, f.expectation, f.column or "") for s in report.suites for f in s.failures}
         pd_result = run_pandas()
-        pd_failed = {(suites[n]["name"], k.split("(")[0], k.split("(")[1].rstrip(")"))
-                     for n, checks in pd_result.items() for k, ok in checks.items() if not ok}
+        pd_failed = {
+            (suites[n]["name"], k.split("(")[0], k.split("(")[1].rstrip(")"))
+            for n, checks in pd_result.items()
+            for k, ok in checks.items()
+            if not ok
+        }
         rows = sum(len(f) for f in frames.values())
-        print(f"{label:12s} {rows:8d} {gx_s:8.3f} {pd_s:9.3f} {gx_s / pd_s:6.1f}x  {'yes' if gx_failed == pd_failed else 'NO'}"
-              f"  ({len(gx_failed)} failing: {sorted(e for _, e, _ in gx_failed) or 'none'})")
+        print(
+            f"{label:12s} {rows:8d} {gx_s:8.3f} {pd_s:9.3f} {gx_s / pd_s:6.1f}x  {'yes' if gx_failed == pd_failed else 'NO'}"
+            f"  ({len(gx_failed)} failing: {sorted(e for _, e, _ in gx_failed) or 'none'})"
+        )
     np.random.seed(0)
 
 

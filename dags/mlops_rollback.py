@@ -12,7 +12,7 @@ Trigger from the UI (with params) or `POST /api/v2/dags/mlops_rollback/dagRuns`
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,7 @@ from airflow.sdk import DAG, Param
 
 from airflow_mlops import settings
 from airflow_mlops.operators.registry import RollbackModelOperator
+from airflow_mlops.operators.serving import DeployModelOperator
 
 
 def _model_name() -> str:
@@ -52,13 +53,15 @@ with DAG(
             description="Why (kept in the promotion ledger).",
         ),
     },
-    default_args={"owner": "ml-engineering", "retries": 0},
+    # A retried rollback finds its own ledger entry and does not roll back twice.
+    default_args={"owner": "ml-engineering", "retries": 1, "retry_delay": timedelta(seconds=10)},
     tags=["mlops", "registry", "rollback", "mlflow"],
     doc_md=__doc__,
 ) as dag:
-    RollbackModelOperator(
+    rollback = RollbackModelOperator(
         task_id="rollback_model",
         registered_model_name="{{ params.registered_model_name }}",
         to_version="{{ params.to_version or '' }}",
         reason="{{ params.reason }}",
     )
+    DeployModelOperator(task_id="deploy_model", version=rollback.output)

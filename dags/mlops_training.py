@@ -32,6 +32,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 from airflow_mlops.assets import RETRAIN_REQUESTED
 from airflow_mlops.operators.gate import ModelGateOperator
 from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
+from airflow_mlops.operators.serving import DeployModelOperator, InfraValidateOperator
 from airflow_mlops.operators.training import (
     EvaluateChallengerOperator,
     ResolveTrainingSetOperator,
@@ -40,7 +41,7 @@ from airflow_mlops.operators.training import (
 
 with DAG(
     dag_id="mlops_training",
-    description="Training set → train → evaluate vs champion → gate → register (challenger) → promote (champion)",
+    description="Training set → train → evaluate vs champion → gate → register (challenger) → infra-validate → promote (champion) → deploy",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 4 * * 1", timezone="UTC"), assets=RETRAIN_REQUESTED),
     start_date=datetime(2025, 1, 1),
     catchup=False,
@@ -77,7 +78,10 @@ with DAG(
         evaluation=evaluated.output,
         force_bless="{{ params.force_bless }}",
         force_bless_reason="{{ params.force_bless_reason or '' }}",
-        retries=0,
     )
     registered = RegisterModelOperator(task_id="register_model", gate=gate.output)
-    PromoteModelOperator(task_id="promote_model", registered=registered.output, retries=0)
+    # A candidate must answer correctly in the real serving stack before it may become champion.
+    validated = InfraValidateOperator(task_id="infra_validate", registered=registered.output)
+    # Promotion is compare-and-set on the ledger: a retry finds its own entry and never promotes twice.
+    promoted = PromoteModelOperator(task_id="promote_model", registered=validated.output)
+    DeployModelOperator(task_id="deploy_model", version=promoted.output)

@@ -26,14 +26,24 @@ def _outcome(lake, month: str, digest: str) -> dict:
     quarantine = lake.path("quarantine", month, digest[:12])
     if validated and validated.get("batch_sha256") == digest:
         suites = validated["validation"]["suites"]
-        return {"status": "validated", "failed": [], "where": lake.url(lake.path("validated", month)),
-                "report": f"reports/data_docs/{suites[0]['docs_page']}"}
+        return {
+            "status": "validated",
+            "failed": [],
+            "where": lake.url(lake.path("validated", month)),
+            "report": f"reports/data_docs/{suites[0]['docs_page']}",
+        }
     manifest = lake.read_manifest(quarantine)
     if manifest:
-        failed = [f"{f['expectation']}({f['column'] or ''})" for s in manifest["validation"]["suites"] for f in s["failed"]]
+        failed = [
+            f"{f['expectation']}({f['column'] or ''})" for s in manifest["validation"]["suites"] for f in s["failed"]
+        ]
         page = next((s["docs_page"] for s in manifest["validation"]["suites"] if s["failed"]), None)
-        return {"status": "QUARANTINED", "failed": failed, "where": lake.url(quarantine),
-                "report": f"reports/data_docs/{page}" if page else None}
+        return {
+            "status": "QUARANTINED",
+            "failed": failed,
+            "where": lake.url(quarantine),
+            "report": f"reports/data_docs/{page}" if page else None,
+        }
     return {"status": "pending", "failed": [], "where": "", "report": None}
 
 
@@ -44,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--months", nargs="+", default=["2013-01", "2013-02", "2013-03"], help="good months to land")
-    parser.add_argument("--corrupt", nargs="*", default=["2013-04:duplicate_keys"], metavar="MONTH:KIND",
-                        help="broken batches to land (kinds: python -m airflow_mlops.replay corruptions)")
+    parser.add_argument(
+        "--corrupt",
+        nargs="*",
+        default=["2013-04:duplicate_keys"],
+        metavar="MONTH:KIND",
+        help="broken batches to land (kinds: python -m airflow_mlops.replay corruptions)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the pipeline")
     args = parser.parse_args(argv)
 
@@ -76,18 +91,20 @@ def main(argv: list[str] | None = None) -> int:
             break
         time.sleep(3)
     else:
-        print(f"error: not every batch was processed within {args.timeout:.0f} s; see {stack.home / 'logs'}",
-              file=sys.stderr)
+        print(
+            f"error: not every batch was processed within {args.timeout:.0f} s; see {stack.home / 'logs'}",
+            file=sys.stderr,
+        )
         return 1
     client.wait_idle(INGEST_DAG, timeout=args.timeout)
 
     print()
     print(f"{'month':8s} {'flights':>8s}  {'batch':12s}  {'result':11s}  failing expectations")
-    for month, kind, digest, rows in landed:
+    for month, _kind, digest, rows in landed:
         o = outcomes[(month, digest)]
         print(f"{month:8s} {rows:8d}  {digest[:12]}  {o['status']:11s}  {', '.join(o['failed']) or '-'}")
     print()
-    for month, kind, digest, _ in landed:
+    for month, _kind, digest, _ in landed:
         o = outcomes[(month, digest)]
         print(f"{month} {o['status'].lower()}: {o['where']}")
         if o["report"]:

@@ -8,21 +8,43 @@ from __future__ import annotations
 
 from airflow_mlops import __version__
 
+INTEGRATION = "airflow-mlops"
+
 
 def get_provider_info() -> dict:
+    def group(*modules: str) -> list[dict]:
+        return [{"integration-name": INTEGRATION, "python-modules": list(modules)}]
+
     return {
         "package-name": "airflow-mlops",
         "name": "airflow-mlops",
         "description": "Operators, sensors, triggers and DAGs for the automated MLOps loop.",
         "versions": [__version__],
-        "integrations": [{"integration-name": "airflow-mlops", "tags": ["software"]}],
-        "operators": [
-            {
-                "integration-name": "airflow-mlops",
-                "python-modules": ["airflow_mlops.operators.ingest", "airflow_mlops.operators.validation"],
-            }
+        "integrations": [{"integration-name": INTEGRATION, "tags": ["software"]}],
+        "operators": group(
+            "airflow_mlops.operators.ingest",
+            "airflow_mlops.operators.validation",
+            "airflow_mlops.operators.features",
+            "airflow_mlops.operators.feature_store",
+            "airflow_mlops.operators.training",
+            "airflow_mlops.operators.gate",
+            "airflow_mlops.operators.registry",
+            "airflow_mlops.operators.serving",
+            "airflow_mlops.operators.monitoring",
+        ),
+        "hooks": group(
+            "airflow_mlops.hooks.lake",
+            "airflow_mlops.hooks.feast_store",
+            "airflow_mlops.hooks.mlflow_registry",
+            "airflow_mlops.hooks.bentoml_serving",
+            "airflow_mlops.hooks.evidently_workspace",
+        ),
+        "sensors": group("airflow_mlops.sensors.model_alias"),
+        "triggers": group("airflow_mlops.triggers.lake_flag", "airflow_mlops.triggers.model_alias"),
+        "extra-links": [
+            "airflow_mlops.links.DataDocsLink",
+            "airflow_mlops.links_mlflow.MlflowRunLink",
+            "airflow_mlops.links_mlflow.MlflowModelVersionLink",
+            "airflow_mlops.links_monitoring.MonitoringReportLink",
         ],
-        "hooks": [{"integration-name": "airflow-mlops", "python-modules": ["airflow_mlops.hooks.lake"]}],
-        "triggers": [{"integration-name": "airflow-mlops", "python-modules": ["airflow_mlops.triggers.lake_flag"]}],
-        "extra-links": ["airflow_mlops.links.DataDocsLink"],
     }

@@ -156,6 +156,13 @@ class PromoteModelOperator(BaseOperator):
         registered = _parse(self.registered)
         gate = registered.get("gate") or {}
         _skip_unless_approved({**gate, "run_id": registered.get("run_id")}, "promotion")
+        infra = registered.get("infra_validation")
+        if infra is not None and infra.get("approved") is not True:
+            # Like the gate, re-checked here: a candidate that failed in the serving stack never moves champion.
+            raise PromotionConflictError(
+                f"{registered['name']} v{registered['version']} did not pass infra "
+                f"validation: {'; '.join(infra.get('reasons', [])) or 'no decision'}"
+            )
         name, version = registered["name"], str(registered["version"])
         try:
             entry, appended = self.mlflow_hook.transition(
