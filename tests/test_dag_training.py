@@ -41,9 +41,8 @@ def serving_endpoint():
 
 @pytest.fixture(scope="module")
 def snapshots():
-    from airflow_mlops.hooks.lake import LakeHook
-
     from airflow_mlops.hooks.feast_store import FeastHook
+    from airflow_mlops.hooks.lake import LakeHook
 
     lake = LakeHook()
     lake.ensure_zones()
