@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_mlops import settings
+from airflow_mlops.processes import group_alive as _group_alive
+from airflow_mlops.processes import signal_group as _signal_group
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
@@ -179,21 +181,6 @@ class Stack:
 
 def _airflow() -> str:
     return shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 class AirflowClient:

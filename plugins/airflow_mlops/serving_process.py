@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_mlops import settings
+from airflow_mlops.processes import group_alive as _group_alive
+from airflow_mlops.processes import signal_group as _signal_group
 
 SERVICE = "include/serving/service.py:FlightDelayService"
 TOKEN_FILE = "serving.token"
@@ -195,33 +197,6 @@ def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie leader still "exists"; reap it if it is our child.
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return False
-    except ChildProcessError:
-        pass
-    return True
 
 
 class _NoChampion(Exception):
