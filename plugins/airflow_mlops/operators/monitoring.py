@@ -393,28 +393,8 @@ def _champion_summary(champion: dict[str, Any]) -> dict[str, Any]:
     return {"model": champion["name"], "champion_version": champion["version"], "champion_run_id": champion["run_id"]}
 
 
-class DriftCheckOperator(MonitoringMixin, BaseOperator):
-    """Data, prediction and data-quality drift of a month's traffic and newest batch against the champion's reference.
-
-    Traffic: the inference log's predictions whose flight departs in the month (event time, not when it was
-    answered), every model feature plus ``probability_late``. Batch: the flight-level features of
-    ``validated/<month>/`` (carrier, origin, dest, schedule, distance, fleet) and its late rate. Scores come from
-    the champion's cached reference profile (``core.drift``); the Evidently report shows the same columns with
-    the same method on a seeded sample. The policy reads the traffic's figures, or the batch's when the month
-    had too little traffic.
-
-    :param month: ``YYYY-MM`` (templated); empty: the triggering asset events' month, else the data interval's.
-    :param registered_model_name: default ``registered_model_name`` of the training config (templated).
-    :param champion_alias: alias of the model monitored.
-    :param config_path: monitoring YAML; default ``include/config/monitoring.yaml`` (templated).
-    :param training_config_path: training YAML, for the model name; default ``include/config/training.yaml``.
-    :param inference_log_zone: lake zone of the inference log.
-    :param evidently_workspace: workspace folder; default ``MLOPS_EVIDENTLY_WORKSPACE`` or ``$MLOPS_HOME/evidently``.
-    :return: (XCom) status, month, interval, model, champion_version, source, rows, drift_share, drifted_columns,
-        scores, prediction_drift, quality_issues, traffic and batch summaries, report_key, evidently/MLflow run ids.
-        The report's lake key is also pushed under ``report_key`` (the task's extra link).
-    :raises AirflowSkipException: no champion yet: nothing to monitor.
-    """
+class _ChampionCheckOperator(MonitoringMixin, BaseOperator):
+    """What the drift and performance checks share: their arguments, templated fields and report link."""
 
     template_fields = ("month", "registered_model_name", "config_path")
     operator_extra_links = (MonitoringReportLink(),)
@@ -446,6 +426,30 @@ class DriftCheckOperator(MonitoringMixin, BaseOperator):
         self.lake_root = lake_root
         self.lake_conn_id = lake_conn_id
         self.evidently_workspace = evidently_workspace
+
+
+class DriftCheckOperator(_ChampionCheckOperator):
+    """Data, prediction and data-quality drift of a month's traffic and newest batch against the champion's reference.
+
+    Traffic: the inference log's predictions whose flight departs in the month (event time, not when it was
+    answered), every model feature plus ``probability_late``. Batch: the flight-level features of
+    ``validated/<month>/`` (carrier, origin, dest, schedule, distance, fleet) and its late rate. Scores come from
+    the champion's cached reference profile (``core.drift``); the Evidently report shows the same columns with
+    the same method on a seeded sample. The policy reads the traffic's figures, or the batch's when the month
+    had too little traffic.
+
+    :param month: ``YYYY-MM`` (templated); empty: the triggering asset events' month, else the data interval's.
+    :param registered_model_name: default ``registered_model_name`` of the training config (templated).
+    :param champion_alias: alias of the model monitored.
+    :param config_path: monitoring YAML; default ``include/config/monitoring.yaml`` (templated).
+    :param training_config_path: training YAML, for the model name; default ``include/config/training.yaml``.
+    :param inference_log_zone: lake zone of the inference log.
+    :param evidently_workspace: workspace folder; default ``MLOPS_EVIDENTLY_WORKSPACE`` or ``$MLOPS_HOME/evidently``.
+    :return: (XCom) status, month, interval, model, champion_version, source, rows, drift_share, drifted_columns,
+        scores, prediction_drift, quality_issues, traffic and batch summaries, report_key, evidently/MLflow run ids.
+        The report's lake key is also pushed under ``report_key`` (the task's extra link).
+    :raises AirflowSkipException: no champion yet: nothing to monitor.
+    """
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -609,7 +613,7 @@ def _drift_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-class PerformanceCheckOperator(MonitoringMixin, BaseOperator):
+class PerformanceCheckOperator(_ChampionCheckOperator):
     """The champion's live performance on a month: logged predictions joined with the outcomes that arrived.
 
     Outcomes: ``validated/<month>/flights.parquet`` (``arr_delay > threshold_minutes`` of features.yaml), joined
@@ -625,37 +629,6 @@ class PerformanceCheckOperator(MonitoringMixin, BaseOperator):
         worst_slice_decay, report_key, evidently/MLflow run ids.
     :raises AirflowSkipException: no champion yet.
     """
-
-    template_fields = ("month", "registered_model_name", "config_path")
-    operator_extra_links = (MonitoringReportLink(),)
-    ui_color = "#e8f0fe"
-
-    def __init__(
-        self,
-        *,
-        month: str | None = None,
-        registered_model_name: str | None = None,
-        champion_alias: str = "champion",
-        config_path: str | None = None,
-        training_config_path: str | None = None,
-        inference_log_zone: str = "inference_log",
-        mlflow_conn_id: str = MlflowHook.default_conn_name,
-        lake_root: str | None = None,
-        lake_conn_id: str | None = None,
-        evidently_workspace: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.month = month
-        self.registered_model_name = registered_model_name
-        self.champion_alias = champion_alias
-        self.config_path = config_path
-        self.training_config_path = training_config_path
-        self.inference_log_zone = inference_log_zone
-        self.mlflow_conn_id = mlflow_conn_id
-        self.lake_root = lake_root
-        self.lake_conn_id = lake_conn_id
-        self.evidently_workspace = evidently_workspace
 
     def execute(self, context: Context) -> dict[str, Any]:
         import mlflow
