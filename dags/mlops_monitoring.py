@@ -4,8 +4,10 @@
 Stages 9–10 of the MLOps loop: is the champion still right for the traffic it answers, and should it be retrained?
 
 **Runs on** (any of):
-* the `features` Asset (data-aware scheduling): a month's validated batch is in the feature store, so its
-  outcomes (arrival delays) are known; the month is the newest in the event's extra (`month` / `months`);
+* the `features` **and** `outcomes` Assets (data-aware scheduling, both updated since the last run): a month's
+  features are in the store and the upstream system announced that month's outcomes (arrival delays), e.g.
+  `POST /api/v2/assets/events` with `{"asset_id": <outcomes>, "extra": {"month": "2013-03"}}`; the month is
+  the newest in the events' extra (`month` / `months`);
 * the UI or the REST API with `{"month": "2013-03"}` as conf.
 
 **Does**: `drift_check` compares the month's traffic (inference-log predictions of flights departing in the
@@ -19,7 +21,8 @@ and logs its metrics to MLflow, linked to the champion's model. `retraining_poli
 `include/config/monitoring.yaml` (thresholds, cooldown in days of data, cap per period, one trigger per data
 interval): a retrain emits the `retrain_requested` Asset event (extra: reasons, interval, month, model,
 champion_version), which runs `mlops_training`; otherwise the task is skipped and nothing is emitted.
-No champion yet: every task is skipped.
+No champion yet: the checks are skipped and the policy applies its bootstrap rule (`policy.bootstrap`): once
+enough validated months exist it asks for the first model.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from airflow_mlops.assets import FEATURES, RETRAIN_REQUESTED
+from airflow_mlops.assets import FEATURES, OUTCOMES, RETRAIN_REQUESTED
 from airflow_mlops.operators.monitoring import (
     DriftCheckOperator,
     PerformanceCheckOperator,
@@ -38,7 +41,7 @@ from airflow_mlops.operators.monitoring import (
 with DAG(
     dag_id="mlops_monitoring",
     description="Champion vs live traffic: drift → performance → retraining policy (→ retrain_requested)",
-    schedule=[FEATURES],
+    schedule=(FEATURES & OUTCOMES),
     catchup=False,
     max_active_runs=1,
     params={
@@ -59,6 +62,9 @@ with DAG(
         task_id="retraining_policy",
         drift=drift.output,
         performance=performance.output,
+        month="{{ params.month or '' }}",
         outlets=[RETRAIN_REQUESTED],
+        # Runs when the checks were skipped (no champion yet): the policy's bootstrap rule decides then.
+        trigger_rule="none_failed",
     )
     drift >> performance >> policy

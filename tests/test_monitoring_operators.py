@@ -287,3 +287,67 @@ def test_policy_emits_once_per_interval_and_skips_otherwise(stack, same_month, s
     assert context["ti"].xcom["decision"]["suppressed_by"] is None  # no trigger (and May is within the cooldown anyway)
     stored = sorted(p.name for p in stack["lake"].path(POLICY_ZONE, MODEL).iterdir() if not p.name.startswith("."))
     assert stored == ["20130501T000000--20130601T000000.json", "20130601T000000--20130701T000000.json"]
+
+
+def test_policy_bootstraps_the_first_model_without_a_champion(stack, tmp_path):
+    """No champion: the checks skip, the policy asks for the first model once enough months are validated."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_mlops.assets import RETRAIN_REQUESTED
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.operators.monitoring import RetrainingPolicyOperator
+
+    config = tmp_path / "monitoring.yaml"
+    config.write_text(
+        MONITORING_YAML.replace(
+            "cap: {period: year, max: 4}", "cap: {period: year, max: 4}\n  bootstrap: {min_months: 2}"
+        )
+    )
+    lake = LakeHook(root_url=(tmp_path / "lake").as_uri())
+    lake.ensure_zones()
+
+    def policy(month, try_number=1):
+        op = RetrainingPolicyOperator(
+            task_id="retraining_policy",
+            drift=None,
+            performance=None,
+            month=month,
+            registered_model_name="nobody_yet",
+            config_path=str(config),
+            lake_root=lake.root_url,
+        )
+        context = task_context("retraining_policy", f"asset_triggered__{month}", try_number=try_number)
+        context["outlet_events"] = defaultdict(lambda: SimpleNamespace(extra=None))
+        try:
+            return op.execute(context), context
+        except AirflowSkipException as skipped:
+            return str(skipped), context
+
+    seed_validated(lake, "2013-04")
+    waiting, context = policy("2013-04")
+    assert "the first model needs 2" in waiting and context["outlet_events"][RETRAIN_REQUESTED].extra is None
+
+    seed_validated(lake, "2013-05")
+    decision, context = policy("2013-05")
+    assert decision["retrain"] and decision["triggers"][0].startswith("bootstrap"), decision
+    extra = context["outlet_events"][RETRAIN_REQUESTED].extra
+    assert extra["model"] == "nobody_yet" and extra["month"] == "2013-05" and extra["champion_version"] is None
+
+    retried, context = policy("2013-05", try_number=2)
+    assert "never twice" in retried and context["outlet_events"][RETRAIN_REQUESTED].extra is None
+
+
+def test_policy_skips_when_a_champion_exists_but_the_checks_did_not_run(stack):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_mlops.operators.monitoring import RetrainingPolicyOperator
+
+    op = RetrainingPolicyOperator(
+        task_id="retraining_policy",
+        drift=None,
+        month="2013-05",
+        registered_model_name=MODEL,
+        config_path=stack["paths"]["monitoring"],
+    )
+    with pytest.raises(AirflowSkipException, match="checks were skipped"):
+        _run(op)

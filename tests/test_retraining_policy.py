@@ -157,3 +157,38 @@ def test_config_file_and_interval_keys(tmp_path):
     (tmp_path / "m.yaml").write_text("drift: {}\n")
     with pytest.raises(ValueError, match="no 'policy' section"):
         rp.load_policy(tmp_path / "m.yaml")
+
+
+BOOTSTRAP = rp.RetrainingPolicy(drift_share=0.3, cooldown_days=45, max_per_period=1, bootstrap_min_months=2)
+
+
+@pytest.mark.parametrize(
+    ("policy", "months", "earlier", "retrain", "brake", "needle"),
+    [
+        pytest.param(BOOTSTRAP, 1, [], False, None, "the first model needs 2", id="too-little-data"),
+        pytest.param(BOOTSTRAP, 2, [], True, None, "bootstrap: no champion yet", id="enough-data"),
+        pytest.param(BOOTSTRAP, 3, ["2013-02"], True, None, "bootstrap", id="cooldown-does-not-apply"),
+        pytest.param(BOOTSTRAP, 3, ["2013-01", "2013-02"], True, None, "bootstrap", id="cap-does-not-apply"),
+        pytest.param(BOOTSTRAP, 3, ["2013-03"], False, "dedupe", "never twice", id="same-interval"),
+        pytest.param(POLICY, 12, [], False, "no_bootstrap", "does not bootstrap", id="bootstrap-off"),
+    ],
+)
+def test_bootstrap_without_a_champion(policy, months, earlier, retrain, brake, needle):
+    history = [rp.decide_bootstrap(BOOTSTRAP, interval(m), 5, []) for m in earlier]
+    decision = rp.decide_bootstrap(policy, interval("2013-03"), months, history, month="2013-03", model="m")
+    assert (decision.retrain, decision.suppressed_by) == (retrain, brake), decision.reasons
+    assert any(needle in r for r in decision.reasons), decision.reasons
+    assert decision.champion_version is None and decision.month == "2013-03"
+
+
+def test_a_bootstrap_trigger_starts_the_cooldown_of_drift_triggers():
+    first = rp.decide_bootstrap(BOOTSTRAP, interval("2013-02"), 2, [])
+    later = rp.decide(BOOTSTRAP, interval("2013-03"), drift(share=0.9), None, [first])
+    assert (later.retrain, later.suppressed_by) == (False, "cooldown")
+
+
+def test_bootstrap_setting_is_read_and_checked():
+    assert rp.RetrainingPolicy.from_dict({"bootstrap": {"min_months": 3}}).bootstrap_min_months == 3
+    assert rp.RetrainingPolicy.from_dict({"bootstrap": {"min_months": None}}).bootstrap_min_months is None
+    with pytest.raises(ValueError, match="bootstrap_min_months"):
+        rp.RetrainingPolicy.from_dict({"bootstrap": {"min_months": 0}})

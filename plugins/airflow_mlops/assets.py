@@ -36,3 +36,6 @@ MODEL_PROMOTED = Asset(name="model_promoted", uri="mlops://mlflow/model_promoted
 FEATURES = Asset(name="features", uri="mlops://feast/features", group="mlops")
 #: A point-in-time training set was committed to the lake; extra: uri, sha256, rows, months, manifest_uri.
 TRAINING_SET = Asset(name="training_set", uri="mlops://lake/training_sets", group="mlops")
+#: The true outcomes (arrival delays) of a month's flights are known: posted through the REST API by the upstream
+#: system that records them (in the replay: after the month's traffic was answered); extra: ``month``.
+OUTCOMES = Asset(name="outcomes", uri="mlops://upstream/outcomes", group="mlops")

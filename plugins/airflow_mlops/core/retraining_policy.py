@@ -13,6 +13,11 @@ Brakes, applied in order to a would-be retrain:
   replay of 2013 runs in 2026) of another interval that triggered.
 * **cap** — at most ``max_per_period`` triggering intervals per calendar ``period`` (month, quarter, year) of data.
 
+**Bootstrap.** With no champion there is nothing to monitor, and nothing answers traffic: once
+``bootstrap_min_months`` months of validated data exist, the policy asks for the first model (trigger
+``bootstrap``). Dedupe applies to it; cooldown and cap do not (a service without a model is an outage, not a
+drift). ``bootstrap_min_months: null`` leaves the first training to a person or the schedule.
+
 A negative decision is not final: the interval may be checked again (e.g. once its outcomes arrive) and may then
 trigger — once. ``decide`` is a pure function of the signals, the policy and the earlier decisions; persisting
 them is the caller's job (``RetrainingPolicyOperator`` keeps one JSON file per interval in the lake).
@@ -42,6 +47,7 @@ class RetrainingPolicy:
     cooldown_days: int = 0
     cap_period: str = "year"
     max_per_period: int | None = None
+    bootstrap_min_months: int | None = None
 
     def __post_init__(self) -> None:
         if self.cap_period not in PERIODS:
@@ -50,6 +56,8 @@ class RetrainingPolicy:
             raise ValueError("cooldown_days cannot be negative")
         if self.max_per_period is not None and self.max_per_period < 0:
             raise ValueError("max_per_period cannot be negative")
+        if self.bootstrap_min_months is not None and self.bootstrap_min_months < 1:
+            raise ValueError("bootstrap_min_months must be at least 1 (or null: no bootstrap)")
         if self.drift_share is not None and not 0 < self.drift_share <= 1:
             raise ValueError(f"drift_share must be in (0, 1], got {self.drift_share}")
 
@@ -89,7 +97,12 @@ class RetrainingPolicy:
             cooldown_days=int(data.get("cooldown_days", 0)),
             cap_period=str(cap.get("period", "year")),
             max_per_period=None if cap.get("max") is None else int(cap["max"]),
+            bootstrap_min_months=_int_or_none((data.get("bootstrap") or {}).get("min_months")),
         )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def load_policy(path: str | Path) -> RetrainingPolicy:
@@ -294,6 +307,62 @@ def decide(
                 "cap",
                 **base,
             )
+    return PolicyDecision(True, fired, fired, None, **base)
+
+
+def decide_bootstrap(
+    policy: RetrainingPolicy,
+    interval: Interval,
+    months_available: int,
+    history: list[PolicyDecision],
+    *,
+    now: datetime | None = None,
+    **context: Any,
+) -> PolicyDecision:
+    """Decide for ``interval`` when there is no champion: train the first model once enough months exist."""
+    base = dict(
+        interval_key=interval.key,
+        interval_start=interval.start.isoformat(),
+        interval_end=interval.end.isoformat(),
+        policy_sha256=policy.sha256,
+        decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        month=context.get("month"),
+        model=context.get("model"),
+        champion_version=None,
+        decided_by=dict(context.get("decided_by") or {}),
+    )
+    if policy.bootstrap_min_months is None:
+        return PolicyDecision(
+            False,
+            ["no champion yet, and the policy does not bootstrap one (policy.bootstrap)"],
+            [],
+            "no_bootstrap",
+            **base,
+        )
+    if months_available < policy.bootstrap_min_months:
+        return PolicyDecision(
+            False,
+            [
+                f"no champion yet: {months_available} validated month(s) of data, the first model needs "
+                f"{policy.bootstrap_min_months} (one is held out)"
+            ],
+            [],
+            None,
+            **base,
+        )
+    fired = [f"bootstrap: no champion yet and {months_available} validated month(s) of data: train the first model"]
+    same = [d for d in history if d.retrain and d.interval_key == interval.key]
+    if same:
+        return PolicyDecision(
+            False,
+            [
+                f"interval {interval.key} already triggered a retrain (decided {same[0].decided_at}): never twice",
+                *fired,
+            ],
+            fired,
+            "dedupe",
+            **base,
+        )
     return PolicyDecision(True, fired, fired, None, **base)
 
 

@@ -64,6 +64,16 @@ def _parse(value: Any) -> Any:
     return value
 
 
+def _is_month(name: str) -> bool:
+    from airflow_mlops.core.batches import parse_month
+
+    try:
+        parse_month(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _blank(value: Any) -> bool:
     return value is None or str(value).strip() in ("", "None", "null")
 
@@ -759,14 +769,20 @@ class RetrainingPolicyOperator(BaseOperator):
     The decision is stored before the event is emitted: if emitting fails, the retry finds the interval decided
     and does not ask again (at most once). Re-post it by hand through the REST API if that happens.
 
+    With no champion the checks are skipped and this task (``trigger_rule="none_failed"`` in the DAG) applies the
+    policy's bootstrap rule instead: once ``policy.bootstrap.min_months`` validated months exist up to the
+    month, it asks for the first model.
+
     :param drift: the XCom of ``DriftCheckOperator`` (templated).
     :param performance: the XCom of ``PerformanceCheckOperator`` (templated; may be empty).
+    :param month: ``YYYY-MM`` for the bootstrap case, resolved like the checks' (templated).
+    :param registered_model_name: default from the training config (templated).
     :param config_path: monitoring YAML with the ``policy`` section (templated).
     :return: (XCom) the decision (retrain, reasons, triggers, suppressed_by, interval, model, champion_version).
     :raises AirflowSkipException: the policy does not ask for a retrain (decision recorded first).
     """
 
-    template_fields = ("drift", "performance", "config_path")
+    template_fields = ("drift", "performance", "month", "registered_model_name", "config_path")
     ui_color = "#fce8e6"
 
     def __init__(
@@ -774,7 +790,11 @@ class RetrainingPolicyOperator(BaseOperator):
         *,
         drift: dict | str | None,
         performance: dict | str | None = None,
+        month: str | None = None,
+        registered_model_name: str | None = None,
+        champion_alias: str = "champion",
         config_path: str | None = None,
+        training_config_path: str | None = None,
         mlflow_conn_id: str = MlflowHook.default_conn_name,
         lake_root: str | None = None,
         lake_conn_id: str | None = None,
@@ -784,7 +804,11 @@ class RetrainingPolicyOperator(BaseOperator):
         super().__init__(**kwargs)
         self.drift = drift
         self.performance = performance
+        self.month = month
+        self.registered_model_name = registered_model_name
+        self.champion_alias = champion_alias
         self.config_path = config_path
+        self.training_config_path = training_config_path
         self.mlflow_conn_id = mlflow_conn_id
         self.lake_root = lake_root
         self.lake_conn_id = lake_conn_id
@@ -806,26 +830,37 @@ class RetrainingPolicyOperator(BaseOperator):
         drift_summary = _parse(self.drift) or None
         perf_summary = _parse(self.performance) or None
         source = drift_summary or perf_summary
-        if not isinstance(source, dict) or not source.get("interval_start"):
-            raise AirflowSkipException("no monitoring summary to decide on (the checks were skipped)")
         policy = rp.load_policy(self.config_path or default_config_path())
+        if not isinstance(source, dict) or not source.get("interval_start"):
+            source = self._without_summaries(context)
         interval = rp.Interval.parse(source["interval_start"], source["interval_end"])
         model = source["model"]
         folder = self.lake.path(POLICY_ZONE, model)
         records = self._records(folder)
         existing = records.pop(interval.key, None)
         history = rp.history_from_records([*records.values(), *([existing] if existing else [])])
-        decision = rp.decide(
-            policy,
-            interval,
-            drift_summary,
-            perf_summary,
-            history,
-            month=source.get("month"),
-            model=model,
-            champion_version=source.get("champion_version"),
-            decided_by=airflow_lineage(context),
-        )
+        if source.get("bootstrap"):
+            decision = rp.decide_bootstrap(
+                policy,
+                interval,
+                source["months_available"],
+                history,
+                month=source.get("month"),
+                model=model,
+                decided_by=airflow_lineage(context),
+            )
+        else:
+            decision = rp.decide(
+                policy,
+                interval,
+                drift_summary,
+                perf_summary,
+                history,
+                month=source.get("month"),
+                model=model,
+                champion_version=source.get("champion_version"),
+                decided_by=airflow_lineage(context),
+            )
         record = rp.record_for_interval(existing, decision)
         path = folder / f"{interval.key}.json"
         self.lake.write_file(path, json.dumps(record, indent=2, sort_keys=True).encode(), rows=1)
@@ -858,6 +893,39 @@ class RetrainingPolicyOperator(BaseOperator):
             "policy_sha256": decision.policy_sha256,
         }
         return small
+
+    def _without_summaries(self, context: Context) -> dict[str, Any]:
+        """The checks were skipped: with no champion, the bootstrap case for the month; otherwise skip."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_mlops.core import training
+        from airflow_mlops.core.batches import month_bounds, parse_month
+
+        name = (
+            self.registered_model_name
+            or training.load_config(
+                self.training_config_path or str(settings.include_dir() / "config" / "training.yaml")
+            ).registered_model_name
+        )
+        if self.mlflow_hook.alias_version(name, self.champion_alias) is not None:
+            raise AirflowSkipException("no monitoring summary to decide on (the checks were skipped)")
+        month = month_from_context(self.month, context)
+        start, end = month_bounds(month)
+        validated = self.lake.path("validated")
+        months = sorted(
+            entry.name
+            for entry in (validated.iterdir() if validated.exists() else [])
+            if _is_month(entry.name) and parse_month(entry.name) <= month and self.lake.read_manifest(entry)
+        )
+        self.log.info("no %s model yet; validated months up to %s: %s", self.champion_alias, month, months or "none")
+        return {
+            "bootstrap": True,
+            "month": month,
+            "model": name,
+            "interval_start": start.isoformat(),
+            "interval_end": end.isoformat(),
+            "months_available": len(months),
+        }
 
     def _records(self, folder: Any) -> dict[str, dict[str, Any]]:
         if not folder.exists():
