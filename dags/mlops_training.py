@@ -5,7 +5,7 @@ Stages 5–7 of the MLOps loop, tracked in MLflow (connection `mlflow_default`; 
 under `MLOPS_HOME`, artifacts in the lake).
 
 **Runs on** (any of):
-* the weekly schedule;
+* the weekly schedule (`training.schedule_cron` in `include/config/pipeline.yaml`);
 * a `retrain_requested` Asset event (the monitoring stage, or `POST /api/v2/assets/events`; an
   extra `training_set_uri` picks the snapshot);
 * the UI / REST API with params: `training_set_uri`, and `force_bless` + `force_bless_reason` to override
@@ -24,11 +24,12 @@ ledger, compare-and-set). Roll back with the `mlops_rollback` DAG.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from airflow_mlops import config
 from airflow_mlops.assets import RETRAIN_REQUESTED
 from airflow_mlops.operators.gate import ModelGateOperator
 from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
@@ -39,11 +40,17 @@ from airflow_mlops.operators.training import (
     TrainModelOperator,
 )
 
+CRON = config.section("training").get("schedule_cron")
+
 with DAG(
     dag_id="mlops_training",
     description="Training set → train → evaluate vs champion → gate → register (challenger) → infra-validate → promote (champion) → deploy",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 4 * * 1", timezone="UTC"), assets=RETRAIN_REQUESTED),
-    start_date=datetime(2025, 1, 1),
+    # No start_date: when the DAG is unpaused its clock waits for the next slot instead of running the last one.
+    schedule=(
+        AssetOrTimeSchedule(timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=RETRAIN_REQUESTED)
+        if CRON
+        else RETRAIN_REQUESTED
+    ),
     catchup=False,
     max_active_runs=1,
     params={

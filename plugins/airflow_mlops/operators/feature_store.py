@@ -77,6 +77,17 @@ def _moment(value: Any, fallback: Any, name: str) -> datetime:
     return moment
 
 
+def months_in_interval(start: datetime, end: datetime) -> list[str]:
+    """``YYYY-MM`` of every calendar month that ``[start, end)`` touches (UTC)."""
+    months, year, month = [], start.year, start.month
+    while (year, month) < (end.year, end.month) or (
+        (year, month) == (end.year, end.month) and end > end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    ):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
 class MaterializeFeaturesOperator(_FeastOperator):
     """Materialize exactly ``[interval_start, interval_end)`` into the online store.
 
@@ -138,8 +149,12 @@ class MaterializeFeaturesOperator(_FeastOperator):
             "total_rows": total,
             "seconds": round(seconds, 3),
         }
+        months = months_in_interval(start, end)
         for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = {k: result[k] for k in ("interval_start", "interval_end", "rows")}
+            context["outlet_events"][outlet].extra = {
+                "months": months,
+                **{k: result[k] for k in ("interval_start", "interval_end", "rows")},
+            }
         return result
 
 
