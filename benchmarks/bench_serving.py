@@ -48,11 +48,11 @@ from airflow_mlops.hooks.mlflow_registry import MlflowHook
 
 hook = MlflowHook()
 model = load_version(hook.client, os.environ["MLOPS_SERVING_MODEL_NAME"], hook.alias_version(os.environ["MLOPS_SERVING_MODEL_NAME"], "champion"))
-spec, store = load_spec(), FeastHook().store
+spec, features = load_spec(), FeastHook().online_reader
 
 def answer(body):
     flight = FlightRequest.model_validate_json(body)
-    rows, defaulted = lookup_features(store, spec, [flight])
+    rows, defaulted = lookup_features(features, spec, [flight])
     p = model.score(rows)[0]
     return {{"flight_id": rows[0]["flight_id"], "probability_late": p, "late": p >= model.threshold,
             "model_version": model.version, "defaults_used": defaulted[0]}}
@@ -153,26 +153,31 @@ def main() -> int:
 
     # -- in-process: feature lookup vs model call -------------------------------------------------------------
     from airflow_mlops.core.features import load_spec
-    from airflow_mlops.core.serving_model import load_version, lookup_features
+    from airflow_mlops.core.serving_model import entity_rows, load_version, lookup_features
     from airflow_mlops.core.serving_schemas import FlightRequest
     from airflow_mlops.hooks.feast_store import FeastHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
 
-    spec, store = load_spec(), FeastHook().store
+    hook = FeastHook()
+    spec, features, store = load_spec(), hook.online_reader, hook.store
     model = load_version(MlflowHook().client, sf.MODEL, "1")
     flights = [FlightRequest(**b) for b in bodies]
-    lookups, scores = [], []
+    lookups, scores, generic = [], [], []
     for i in range(1200):
         flight = flights[i % len(flights)]
         t0 = time.perf_counter()
-        rows, _ = lookup_features(store, spec, [flight])
+        rows, _ = lookup_features(features, spec, [flight])
         t1 = time.perf_counter()
         model.score(rows)
         t2 = time.perf_counter()
+        # Feast's generic read of the same entities, for comparison (what lookup_features used before).
+        store.get_online_features(features=spec.feature_refs(), entity_rows=entity_rows([flight])).to_dict()
+        t3 = time.perf_counter()
         if i >= 200:
             lookups.append((t1 - t0) * 1000.0)
             scores.append((t2 - t1) * 1000.0)
-    lk, sc = percentiles(lookups), percentiles(scores)
+            generic.append((t3 - t2) * 1000.0)
+    lk, sc, gen = percentiles(lookups), percentiles(scores), percentiles(generic)
 
     # -- servers ---------------------------------------------------------------------------------------------
     bento = ServingProcess(port=free_port(), name="bench-bento", home=home)
@@ -219,9 +224,10 @@ def main() -> int:
             bare.wait(30)
 
     print(
-        f"\nonline feature lookup (Feast SQLite, 5 views, in process): p50 {lk[0]:.2f} ms  p99 {lk[1]:.2f} ms"
+        f"\nonline feature lookup (Feast SQLite, 5 views, prepared reader): p50 {lk[0]:.2f} ms  p99 {lk[1]:.2f} ms"
         f"   target p99 <= 1 ms: {'met' if lk[1] <= 1.0 else 'MISSED'}"
     )
+    print(f"  (Feast's generic get_online_features of the same rows:   p50 {gen[0]:.2f} ms  p99 {gen[1]:.2f} ms)")
     print(f"model call (HistGradientBoosting pipeline, 1 row):         p50 {sc[0]:.2f} ms  p99 {sc[1]:.2f} ms\n")
     print(f"{'server':18s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'5xx':>5s}")
     for name, r in results.items():

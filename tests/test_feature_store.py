@@ -197,3 +197,82 @@ def test_training_set_suite_rejects_planted_bad_sets(store, plant, expected):
     report = validation.validate_batch("bad", {"training_set": plant(_good_set(store))}, {"training_set": _suite()}, {})
     assert not report.success
     assert expected in {failure.expectation for _, failure in report.failures}, json.dumps(report.summary())[:500]
+
+
+# -- the bulk materialization and the prepared reader (hooks/feast_online.py) against Feast's own paths ---------
+def _online_tables(store) -> list[tuple]:
+    """Every column Feast's SQLite store writes, every row."""
+    path = store["hook"].config.online_store.path
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return [
+            (table, *row)
+            for table in tables
+            for row in conn.execute(
+                f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{table}" ORDER BY 1, 2'
+            )
+        ]
+
+
+def _wipe_online(store) -> None:
+    with sqlite3.connect(store["hook"].config.online_store.path) as conn:
+        for (table,) in list(conn.execute("SELECT name FROM sqlite_master WHERE type='table'")):
+            conn.execute(f'DELETE FROM "{table}"')
+
+
+def test_bulk_materialization_writes_exactly_what_feast_writes(store):
+    hook = store["hook"]
+    start = month_bounds("2013-02")[0]
+    last = start + timedelta(days=7) - timedelta(microseconds=1)
+    _wipe_online(store)
+    hook.store.materialize(start_date=start, end_date=last)  # Feast's own path: the reference
+    feast = _online_tables(store)
+    _wipe_online(store)
+    written = hook.materialize(start, last)
+    assert _online_tables(store) == feast and len(feast) > 40_000
+    assert written == hook.interval_rows(start, last)
+    assert hook.materialize(start, last) == written and _online_tables(store) == feast  # idempotent
+    views = {v.name: v for v in hook.store.list_feature_views()}
+    assert any(until >= last for _, until in views[F.FLIGHT_VIEW].materialization_intervals)
+
+
+def _sample_rows(store, end) -> list[dict]:
+    frames = _frames(store)
+    labels = frames[F.LABELS][frames[F.LABELS]["event_timestamp"] < end].sample(200, random_state=3)
+    rows = labels.loc[:, ["flight_id", "carrier", "origin", "route"]].to_dict("records")
+    return [*rows, {"flight_id": "20990101T00-ZZ-1", "carrier": "ZZ", "origin": "XXX", "route": "XXX-YYY"}]
+
+
+def test_the_prepared_reader_returns_what_get_online_features_returns(store):
+    hook = store["hook"]
+    start, end = month_bounds("2013-02")
+    hook.materialize(start, end - timedelta(microseconds=1))
+    rows = _sample_rows(store, end)
+    expected = hook.store.get_online_features(features=SPEC.feature_refs(), entity_rows=rows).to_dict()
+    reader = hook.online_reader
+    assert reader.read(rows) == expected
+    assert reader.read(rows[:1]) == {k: v[:1] for k, v in expected.items()}
+    assert expected["carrier_flights_7d"][-1] is None and expected["carrier_flights_7d"][0] is not None
+
+
+@pytest.mark.parametrize("writer", ["other-connection", "same-connection"])
+def test_the_reader_cache_never_serves_values_older_than_the_last_materialization(store, writer):
+    from airflow_mlops.hooks.feast_store import FeastHook
+
+    start, end = month_bounds("2013-02")
+    middle = start + timedelta(days=10)
+    reading = FeastHook(lake_root=store["lake"].root_url)
+    writing = reading if writer == "same-connection" else FeastHook(lake_root=store["lake"].root_url)
+    reader = reading.online_reader
+    assert reader.caching
+    writing.materialize(start, middle - timedelta(microseconds=1))
+    rows = _sample_rows(store, middle)
+    before = reader.read(rows)
+    misses = reader.misses
+    assert reader.read(rows) == before and reader.misses == misses  # served from the cache, nothing read
+    writing.materialize(middle, end - timedelta(microseconds=1))  # a new materialization commits
+    after = reader.read(rows)
+    fresh = store["hook"].store.get_online_features(features=SPEC.feature_refs(), entity_rows=rows).to_dict()
+    assert after == fresh and reader.misses > misses
+    changed = [n for n in ("carrier_late_rate_7d", "route_flights_30d", "temp") if after[n] != before[n]]
+    assert len(changed) == 3, "the second interval must change the cached views, or this test proves nothing"

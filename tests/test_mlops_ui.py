@@ -361,7 +361,9 @@ def test_ui_data_docs_extra_link_of_a_validate_task(stack, client, browser):
     assert links.get("Data Docs")
 
     _login(browser, stack)
-    browser.get(f"{stack.url}/dags/{INGEST}/runs/{run_id}/tasks/validate_batch/mapped/0")
+    browser.get(
+        f"{stack.url}/dags/{INGEST}/runs/{run_id}/tasks/validate_batch/mapped/0/details"
+    )  # extra links live here
     button = _wait(
         browser,
         lambda d: [b for b in d.find_elements(By.XPATH, "//a|//button") if b.text.strip() == "Data Docs"],

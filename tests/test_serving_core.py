@@ -66,22 +66,16 @@ def test_batch_size_limits():
     assert len(BatchRequest(flights=[GOOD, GOOD]).flights) == 2
 
 
-class FakeResponse:
-    def __init__(self, values):
-        self.values = values
-
-    def to_dict(self):
-        return self.values
-
-
 class FakeStore:
     """Answers like Feast's online store: None for keys it does not know."""
 
     def __init__(self, known_flight: bool):
         self.known_flight = known_flight
 
-    def get_online_features(self, features, entity_rows):
-        names = [ref.split(":")[1] for ref in features]
+    def read(self, entity_rows):
+        from airflow_mlops.core.features import load_spec
+
+        names = [ref.split(":")[1] for ref in load_spec().feature_refs()]
         values = {name: [1.0] * len(entity_rows) for name in names}
         values["dest"] = ["IAH"] * len(entity_rows)
         if not self.known_flight:
@@ -89,7 +83,7 @@ class FakeStore:
                 values[name] = [None] * len(entity_rows)
         for name in [n for n in names if n.startswith("route_")]:
             values[name] = [None] * len(entity_rows)
-        return FakeResponse(values)
+        return values
 
 
 def test_lookup_names_defaulted_entities_and_keeps_what_the_request_states():

@@ -94,7 +94,7 @@ class FlightDelayService:
         self.mlflow = MlflowHook()
         self.client = self.mlflow.client
         self.spec = load_spec()
-        self.store = FeastHook().store
+        self.features = FeastHook().online_reader
         self.canned = [FlightRequest(**r) for r in _canned()["single"]]
         self.slot: Any = None
         self.load_error: str | None = None
@@ -147,7 +147,7 @@ class FlightDelayService:
         """Answer the canned requests with ``loaded``: every answer must be a probability."""
         from airflow_mlops.core.serving_model import check_answers, lookup_features
 
-        rows, _ = lookup_features(self.store, self.spec, self.canned)
+        rows, _ = lookup_features(self.features, self.spec, self.canned)
         try:
             answers = loaded.score(rows)
         except Exception as err:  # noqa: BLE001 - a model that cannot score is a failed check
@@ -255,7 +255,7 @@ class FlightDelayService:
         if self.slot is None:
             raise ServiceUnavailable(self.load_error or "no model loaded yet")
         model = self.slot.current  # read once: a swap during this request does not change its model
-        rows, defaulted = lookup_features(self.store, self.spec, flights)
+        rows, defaulted = lookup_features(self.features, self.spec, flights)
         probabilities = model.score(rows)
         ids = (
             [uuid.uuid4().hex for _ in flights]

@@ -1,7 +1,8 @@
 """Scoring requests: online features for a request, the loaded model, and its atomic swap. No Airflow, no BentoML.
 
-* ``lookup_features`` asks the Feast online store for every entity of each flight in one call, notes which
-  entities were unknown (Feast answers None), fills the defaults of ``features.yaml`` and overrides what the
+* ``lookup_features`` reads every entity of each flight from the Feast online store (a prepared
+  ``OnlineFeatureReader``: one ``online_read`` per view, slow-moving views cached until the store commits), notes
+  which entities were unknown (Feast answers None), fills the defaults of ``features.yaml`` and overrides what the
   request itself states (carrier, origin, destination, and — for a flight the store does not know — the
   scheduled local hour and weekday).
 * ``LoadedModel`` is one registry version with the training config it was fitted under (logged with its run),
@@ -48,13 +49,14 @@ def entity_rows(requests: list[FlightRequest]) -> list[dict[str, Any]]:
 
 
 def lookup_features(
-    store: Any, spec: F.FeatureSpec, requests: list[FlightRequest]
+    reader: Any, spec: F.FeatureSpec, requests: list[FlightRequest]
 ) -> tuple[list[dict[str, Any]], list[list[str]]]:
     """Online features per request and, per request, the entities that fell back to defaults.
 
-    :param store: a ``feast.FeatureStore`` (anything with ``get_online_features(features=, entity_rows=)``).
+    :param reader: ``FeastHook().online_reader`` (anything with ``read(entity_rows) -> {column: values}``, the
+        columns of ``get_online_features(...).to_dict()``).
     """
-    values = store.get_online_features(features=spec.feature_refs(), entity_rows=entity_rows(requests)).to_dict()
+    values = reader.read(entity_rows(requests))
     groups = entity_groups(spec)
     defaulted = [
         [entity for entity, names in groups.items() if all(values[name][i] is None for name in names if name in values)]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
     from airflow_mlops.core.features import FeatureSpec
+    from airflow_mlops.hooks.feast_online import OnlineFeatureReader
     from airflow_mlops.hooks.lake import LakeHook
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -230,15 +231,31 @@ class FeastHook(BaseHook):
                 counts[fv.name] = int(con.execute(query, [start.isoformat(), end.isoformat()]).fetchone()[0])
         return counts
 
-    def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> None:
-        """Write the latest row per entity with a timestamp in ``[start, end]`` to the online store."""
-        self.store.materialize(start_date=start, end_date=end, feature_views=views)
+    def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict[str, int]:
+        """Write the latest row per entity with a timestamp in ``[start, end]`` to the online store.
+
+        The online state of ``FeatureStore.materialize`` (Feast's own path, 3-4x slower on a month: see
+        ``feast_online``), written in bulk. Returns the entity rows written per view.
+        """
+        from airflow_mlops.hooks.feast_online import materialize_latest
+
+        return materialize_latest(self.store, start, end, views)
 
     # -- reads ---------------------------------------------------------------------------------------------
     def historical_features(self, entity_df: pd.DataFrame, refs: list[str] | None = None) -> pd.DataFrame:
         """Point-in-time join of ``entity_df`` (join keys + ``event_timestamp``) with the offline store."""
         job = self.store.get_historical_features(entity_df=entity_df, features=refs or self.spec.feature_refs())
         return job.to_df()
+
+    @cached_property
+    def online_reader(self) -> OnlineFeatureReader:
+        """Prepared reads of every feature of ``features.yaml``; the slow-moving views are cached until a commit."""
+        from airflow_mlops.core.features import FLIGHT_VIEW
+        from airflow_mlops.hooks.feast_online import OnlineFeatureReader
+
+        refs = self.spec.feature_refs()
+        views = {ref.split(":", 1)[0] for ref in refs}
+        return OnlineFeatureReader(self.store, refs, cache_views=views - {FLIGHT_VIEW})
 
     def online_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Latest online values for flights given as ``{flight_id, carrier, origin, dest}`` (route derived).
@@ -256,8 +273,7 @@ class FeastHook(BaseHook):
             }
             for row in rows
         ]
-        response = self.store.get_online_features(features=self.spec.feature_refs(), entity_rows=entity_rows)
-        out = finish_online(response.to_dict(), self.spec)
+        out = finish_online(self.online_reader.read(entity_rows), self.spec)
         for row, asked in zip(out, rows, strict=True):
             if row.get("dest") in (None, self.spec.unknown_category) and asked.get("dest"):
                 row["dest"] = asked["dest"]
