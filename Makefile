@@ -9,7 +9,7 @@ ifeq ($(UV),)
 UV := python3 -m uv
 endif
 
-.PHONY: help install demo test test-fast test-e2e up down status lint bench lock clean
+.PHONY: help install demo test test-fast test-e2e test-production up down status lint bench lock clean
 
 help:
 	@echo "make demo       run the main job end to end on the embedded profile (Airflow on 127.0.0.1:8080)"
@@ -36,10 +36,13 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not e2e and not production" $(PYTEST_ARGS)
 
 test-e2e: install
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+test-production: install
+	$(PY) -m pytest -m production $(PYTEST_ARGS)
 
 up: install
 	$(PY) -m airflow_mlops.devstack up

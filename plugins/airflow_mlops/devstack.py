@@ -1,17 +1,29 @@
-"""The embedded Airflow of the default profile: start, stop and talk to it.
+"""The native Airflow of both profiles: start, stop and talk to it.
 
     python -m airflow_mlops.devstack up      # API server + UI on 127.0.0.1:8080, scheduler, DAG processor, triggerer
     python -m airflow_mlops.devstack status
     python -m airflow_mlops.devstack down
 
-Everything lives under ``MLOPS_HOME``: the Airflow home (SQLite, LocalExecutor), one log file per component in
-``logs/``, pid files in ``run/``. Each component runs in its own process group, so ``down`` also stops the
-task processes a component started. ``MLOPS_AIRFLOW_PORT`` picks another port.
+``MLOPS_PROFILE`` picks the profile (configuration only; the DAGs and operators are the same):
+
+* ``embedded`` (default): SQLite metadata DB and LocalExecutor, MLflow on SQLite, Feast online store on SQLite.
+* ``production``: CeleryExecutor on PostgreSQL and Redis, plus ``airflow celery worker`` and an MLflow tracking
+  server (PostgreSQL backend, artifacts in the lake) as components; the Feast online store on Redis. Where the
+  services are: ``MLOPS_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432``, the databases
+  ``MLOPS_AIRFLOW_DB``/``MLOPS_MLFLOW_DB``, default ``airflow``/``mlflow``, are created if missing),
+  ``MLOPS_REDIS_URL`` (default ``redis://127.0.0.1:6379``; Celery broker in db ``MLOPS_CELERY_REDIS_DB`` = 0,
+  Feast in db ``MLOPS_FEAST_REDIS_DB`` = 1), ``MLOPS_MLFLOW_PORT`` (default 5000). It is what
+  ``docker-compose.yaml`` runs, as processes on this machine.
+
+Everything else lives under ``MLOPS_HOME``: the Airflow home, one log file per component in ``logs/``, pid files
+in ``run/``. Each component runs in its own process group, so ``down`` also stops the task processes a component
+started. ``MLOPS_AIRFLOW_PORT`` picks another port. ``down`` and ``status`` use the profile ``up`` recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -28,19 +40,137 @@ from airflow_mlops.processes import group_alive as _group_alive
 from airflow_mlops.processes import signal_group as _signal_group
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The components of each profile; ``celery-worker`` is ``airflow celery worker``, ``mlflow-server`` is
+#: ``mlflow server``.
+PROFILES = {"embedded": COMPONENTS, "production": (*COMPONENTS, "celery-worker", "mlflow-server")}
+ALL_COMPONENTS = PROFILES["production"]
 ADMIN_USER = "admin"
+PROFILE_FILE = "profile"
+#: Written to a component's log before each start: readiness is judged on the log after the newest one.
+START_MARK = "=== started"
+
+
+@dataclass(frozen=True)
+class ProductionServices:
+    """Where the production profile's PostgreSQL, Redis and MLflow server are (``MLOPS_*`` variables)."""
+
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
+    airflow_db: str = "airflow"
+    mlflow_db: str = "mlflow"
+    redis_url: str = "redis://127.0.0.1:6379"
+    celery_redis_db: int = 0
+    feast_redis_db: int = 1
+    mlflow_port: int = 5000
+
+    @classmethod
+    def from_env(cls) -> ProductionServices:
+        env, default = os.environ, cls()
+        return cls(
+            postgres_url=(env.get("MLOPS_POSTGRES_URL") or default.postgres_url).rstrip("/"),
+            airflow_db=env.get("MLOPS_AIRFLOW_DB") or default.airflow_db,
+            mlflow_db=env.get("MLOPS_MLFLOW_DB") or default.mlflow_db,
+            redis_url=(env.get("MLOPS_REDIS_URL") or default.redis_url).rstrip("/"),
+            celery_redis_db=int(env.get("MLOPS_CELERY_REDIS_DB") or default.celery_redis_db),
+            feast_redis_db=int(env.get("MLOPS_FEAST_REDIS_DB") or default.feast_redis_db),
+            mlflow_port=int(env.get("MLOPS_MLFLOW_PORT") or default.mlflow_port),
+        )
+
+    def database_url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
+        return f"{driver}://{self.postgres_url.split('://', 1)[1]}/{database}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"{self.redis_url}/{self.celery_redis_db}"
+
+    @property
+    def feast_redis(self) -> str:
+        """Feast's redis ``connection_string``: ``host:port,db=N[,password=...]``."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.redis_url)
+        parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", f"db={self.feast_redis_db}"]
+        if url.password:
+            parts.append(f"password={url.password}")
+        return ",".join(parts)
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def ensure_databases(self) -> list[str]:
+        """Create the Airflow and MLflow databases when missing (as the compose file's init service does)."""
+        import psycopg2
+        from psycopg2 import sql
+
+        created = []
+        conn = psycopg2.connect(self.database_url("postgres", driver="postgresql"))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                for name in dict.fromkeys((self.airflow_db, self.mlflow_db)):
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                    if cur.fetchone() is None:
+                        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                        created.append(name)
+        finally:
+            conn.close()
+        return created
+
+    def env(self) -> dict[str, str]:
+        """What every component, task and the serving process of this profile share."""
+        return {
+            "MLOPS_PROFILE": "production",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url(self.airflow_db),
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.database_url(self.airflow_db, driver="db+postgresql"),
+            # The MLflow server as the suite finds it (MlflowHook: the mlflow_default connection).
+            "AIRFLOW_CONN_MLFLOW_DEFAULT": self.mlflow_url,
+            "MLOPS_FEAST_ONLINE_STORE": "redis",
+            "MLOPS_FEAST_REDIS": self.feast_redis,
+        }
+
+
+def current_profile(home: Path | None = None) -> str:
+    """``MLOPS_PROFILE``, else the profile ``up`` recorded under ``MLOPS_HOME``, else ``embedded``."""
+    profile = os.environ.get("MLOPS_PROFILE", "").strip().lower()
+    if not profile:
+        recorded = (home or settings.mlops_home()) / "run" / PROFILE_FILE
+        profile = recorded.read_text().strip() if recorded.exists() else "embedded"
+    if profile not in PROFILES:
+        raise ValueError(f"MLOPS_PROFILE={profile!r}: expected one of {', '.join(PROFILES)}")
+    return profile
+
+
+def profile_env() -> dict[str, str]:
+    """The service settings of the current profile for a process outside Airflow (e.g. the serving process)."""
+    if current_profile() != "production":
+        return {}
+    services = ProductionServices.from_env().env()
+    keep = ("MLOPS_", "AIRFLOW_CONN_")
+    return {k: v for k, v in services.items() if k.startswith(keep)}
 
 
 @dataclass(frozen=True)
 class Stack:
-    """One embedded Airflow: its home, its port and the environment every component shares."""
+    """One native Airflow: its home, its port, its profile and the environment every component shares."""
 
     home: Path
     port: int = 8080
+    profile: str = "embedded"
 
     @classmethod
     def from_env(cls) -> Stack:
-        return cls(home=settings.mlops_home(), port=int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080")))
+        home = settings.mlops_home()
+        return cls(home=home, port=int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080")), profile=current_profile(home))
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return PROFILES[self.profile]
+
+    @property
+    def services(self) -> ProductionServices:
+        return ProductionServices.from_env()
 
     @property
     def airflow_home(self) -> Path:
@@ -55,6 +185,14 @@ class Stack:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _fernet_key(self) -> str:
+        path = self.airflow_home / ".fernet_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
             path.chmod(0o600)
         return path.read_text().strip()
 
@@ -88,6 +226,14 @@ class Stack:
                 "PYTHONWARNINGS": "ignore",
             }
         )
+        if self.profile == "production":
+            env.update(self.services.env())
+            env.update(
+                {
+                    "AIRFLOW__CORE__FERNET_KEY": self._fernet_key(),
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": env.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "4"),
+                }
+            )
         return env
 
     # -- processes -----------------------------------------------------------------------------------------
@@ -95,11 +241,18 @@ class Stack:
         return self.home / "run" / f"{component}.pid"
 
     def pids(self) -> dict[str, int]:
+        """The running components (of any profile: ``down`` stops what another profile left)."""
         alive = {}
-        for component in COMPONENTS:
+        for component in ALL_COMPONENTS:
             path = self._pidfile(component)
             if path.exists():
                 pid = int(path.read_text())
+                try:
+                    # A component this process started and that exited is a zombie until reaped.
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        raise ProcessLookupError(pid)
+                except ChildProcessError:
+                    pass
                 try:
                     os.kill(pid, 0)
                     alive[component] = pid
@@ -116,42 +269,105 @@ class Stack:
             raise RuntimeError(f"airflow db migrate failed (exit {done.returncode}); see {log}")
 
     def up(self, timeout: float = 180.0) -> None:
-        """Start the components that are not running, then wait until the API reports all of them healthy."""
+        """Start the components that are not running, then wait until all of them are healthy."""
         (self.home / "run").mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         running = self.pids()
-        if len(running) < len(COMPONENTS):
-            if not running:
-                print(f"preparing the metadata DB in {self.airflow_home} ...", flush=True)
-                self.migrate()
-            for component in COMPONENTS:
-                if component in running:
-                    continue
-                log = (self.home / "logs" / f"{component}.log").open("ab")
-                proc = subprocess.Popen(
-                    [_airflow(), *component.split()],
-                    env=self.env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    cwd=self.home,
+        if stray := sorted(set(running) - set(self.components)):
+            raise RuntimeError(f"{', '.join(stray)} of another profile still run: `make down` first")
+        if len(running) < len(self.components):
+            if self.profile == "production":
+                for name in self.services.ensure_databases():
+                    print(f"created PostgreSQL database {name}", flush=True)
+            if "api-server" not in running and _port_taken(self.port):
+                # Another server there would answer the health checks in this stack's place.
+                raise RuntimeError(
+                    f"port {self.port} on 127.0.0.1 is taken by another process: stop it, or set MLOPS_AIRFLOW_PORT"
                 )
-                self._pidfile(component).write_text(str(proc.pid))
-                print(f"started {component} (pid {proc.pid}), log: {log.name}", flush=True)
+            if not running:
+                print(f"preparing the metadata DB ({self.profile} profile) ...", flush=True)
+                self.migrate()
+            (self.home / "run" / PROFILE_FILE).write_text(self.profile)
+            # The MLflow server first: it migrates its own database while Airflow starts.
+            for component in sorted(self.components, key=lambda c: c != "mlflow-server"):
+                if component not in running:
+                    self.start(component)
         self.wait_healthy(timeout)
 
+    def command(self, component: str) -> list[str]:
+        """The command line of a component."""
+        if component == "mlflow-server":
+            lake = os.environ.get("MLOPS_LAKE") or (self.home / "lake").as_uri()
+            if lake.startswith("file://"):
+                Path(lake.removeprefix("file://"), "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
+            services = self.services
+            return [
+                shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow",
+                "server",
+                "--backend-store-uri",
+                services.database_url(services.mlflow_db),
+                # Runs, models and their files in the lake, uploaded and served through the server.
+                "--artifacts-destination",
+                f"{lake.rstrip('/')}/mlflow-artifacts",
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(services.mlflow_port),
+                # One worker natively (each imports MLflow: ~1 GB and a slow start on a small host); compose runs 2.
+                "--workers",
+                os.environ.get("MLOPS_MLFLOW_WORKERS", "1"),
+            ]
+        if component == "celery-worker":
+            return [_airflow(), "celery", "worker"]
+        if component == "scheduler":
+            # Tasks fork from the scheduler (LocalExecutor): import the heavy libraries once, there.
+            return [sys.executable, "-m", "airflow_mlops.preload", "scheduler"]
+        return [_airflow(), *component.split()]
+
+    def start(self, component: str) -> int:
+        """Start one component in its own process group (its log: ``logs/<component>.log``); returns its pid."""
+        command = self.command(component)
+        with (self.home / "logs" / f"{component}.log").open("ab") as log:
+            log.write(f"\n{START_MARK} {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                command,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
+        self._pidfile(component).write_text(str(proc.pid))
+        print(f"started {component} (pid {proc.pid}), log: {log.name}", flush=True)
+        return proc.pid
+
+    def _since_start(self, component: str) -> str:
+        """The component's log since its latest start."""
+        path = self.home / "logs" / f"{component}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text[text.rfind(START_MARK) :] if START_MARK in text else text
+
     def wait_healthy(self, timeout: float = 180.0) -> dict:
+        """Wait until the API reports every Airflow component healthy (and, in production, the MLflow server
+        answers and the Celery worker is ready); returns the API's health document."""
         import httpx
 
         deadline, last = time.monotonic() + timeout, "no answer yet"
         while time.monotonic() < deadline:
-            missing = [c for c in COMPONENTS if c not in self.pids()]
+            missing = [c for c in self.components if c not in self.pids()]
             if missing:
                 raise RuntimeError(f"{', '.join(missing)} exited; see {self.home / 'logs'}")
             try:
                 health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
                 states = {k: v.get("status") for k, v in health.items() if isinstance(v, dict)}
+                if self.profile == "production":
+                    mlflow = httpx.get(f"{self.services.mlflow_url}/health", timeout=5)
+                    states["mlflow_server"] = "healthy" if mlflow.status_code == 200 else f"HTTP {mlflow.status_code}"
+                    ready = " ready." in self._since_start("celery-worker")
+                    states["celery_worker"] = "healthy" if ready else "starting"
                 if states and all(s == "healthy" for s in states.values()):
                     return health
                 last = json.dumps(states)
@@ -173,10 +389,19 @@ class Stack:
                 _signal_group(pid, signal.SIGKILL)
             self._pidfile(component).unlink(missing_ok=True)
             print(f"stopped {component} (pid {pid})", flush=True)
+        (self.home / "run" / PROFILE_FILE).unlink(missing_ok=True)
 
     def admin_password(self) -> str:
         path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
         return json.loads(path.read_text())[ADMIN_USER]
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _airflow() -> str:
@@ -257,16 +482,22 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, TimeoutError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(f"Airflow is up: {stack.url}  (login: {ADMIN_USER} / {stack.admin_password()})")
+        print(f"Airflow is up ({stack.profile} profile): {stack.url}  (login: {ADMIN_USER} / {stack.admin_password()})")
+        if stack.profile == "production":
+            services = stack.services
+            print(
+                f"MLflow: {services.mlflow_url}  Celery broker: {services.broker_url}  Feast online: redis {services.feast_redis}"
+            )
         print(f"logs: {stack.home / 'logs'}   stop with: make down")
     elif args.command == "down":
         stack.down()
     else:
         pids = stack.pids()
-        for component in COMPONENTS:
+        print(f"profile        {stack.profile}")
+        for component in stack.components:
             state = f"running, pid {pids[component]}" if component in pids else "stopped"
             print(f"{component:14s} {state}")
-        return 0 if len(pids) == len(COMPONENTS) else 3
+        return 0 if all(c in pids for c in stack.components) else 3
     return 0
 
 

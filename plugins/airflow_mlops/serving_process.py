@@ -100,7 +100,10 @@ class ServingProcess:
         return int(parts[1]) if len(parts) > 1 else None
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        from airflow_mlops.devstack import profile_env
+
+        # The profile's services (production: the MLflow server, Feast on Redis) as Airflow's components see them.
+        env = {**os.environ, **profile_env()}
         venv_bin = str(Path(sys.executable).parent)
         admin_token(self.home)
         env.update(
