@@ -165,16 +165,18 @@ def stack(tmp_path_factory):
         finally:
             from airflow_mlops import serving_process
 
-            if stack is not None:
-                stack.down()
-            serving_process.embedded(serving_port).stop()
-            leftovers = _processes_with(home)
-            for pid in leftovers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for database in databases.values():
-                _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
+            try:
+                if stack is not None:
+                    stack.down()
+                serving_process.embedded(serving_port).stop()
+            finally:  # whatever failed above, no process, database or Redis key outlives the module
+                leftovers = _processes_with(home)
+                for pid in leftovers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                for database in databases.values():
+                    _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
     assert stack.pids() == {}
     assert leftovers == [], f"processes of the stack still ran after down: {leftovers}"
 

@@ -247,16 +247,9 @@ class Stack:
             path = self._pidfile(component)
             if path.exists():
                 pid = int(path.read_text())
-                try:
-                    # A component this process started and that exited is a zombie until reaped.
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        raise ProcessLookupError(pid)
-                except ChildProcessError:
-                    pass
-                try:
-                    os.kill(pid, 0)
+                if _running(pid):
                     alive[component] = pid
-                except ProcessLookupError:
+                else:
                     path.unlink()
         return alive
 
@@ -402,6 +395,20 @@ def _port_taken(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs; a component this process started and that exited is a zombie until reaped here."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _airflow() -> str:
