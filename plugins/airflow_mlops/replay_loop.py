@@ -105,7 +105,7 @@ def batch_outcome(lake: Any, month: str, digest: str) -> dict[str, Any]:
 
 
 class MemorySampler:
-    """Peak resident memory of a set of process trees (the stack, the serving process, this process)."""
+    """Peak memory (proportional set size) of a set of process trees (the stack, the serving process, this one)."""
 
     def __init__(self, roots: Callable[[], list[int]], interval: float = 1.0) -> None:
         self.roots = roots
@@ -130,9 +130,13 @@ class MemorySampler:
                     continue
                 seen.add(proc.pid)
                 try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
+                    # PSS: tasks forked from the scheduler share its preloaded libraries; RSS would count them twice.
+                    total += proc.memory_full_info().pss
+                except (psutil.Error, AttributeError):
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        continue
         return total
 
     def _run(self) -> None:

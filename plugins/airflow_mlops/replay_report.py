@@ -17,7 +17,7 @@ from airflow_mlops.replay_loop import STAGES, MonthRow
 COLUMNS = (
     ("month", 8),
     ("flights", 7),
-    ("validation", 22),
+    ("validation", 27),
     ("answered", 8),
     ("drift", 5),
     ("live AUC", 8),

@@ -39,3 +39,11 @@ def lake_conn_id() -> str | None:
 
 def include_dir() -> Path:
     return Path(os.environ.get("MLOPS_INCLUDE", project_root() / "include")).resolve()
+
+
+def serving_url() -> str:
+    """The serving endpoint: ``MLOPS_SERVING_URL``, else the embedded server on 127.0.0.1:``MLOPS_SERVING_PORT``
+    (default 3000). An Airflow connection ``bentoml_default`` overrides both for the hook."""
+    if os.environ.get("MLOPS_SERVING_URL"):
+        return os.environ["MLOPS_SERVING_URL"].rstrip("/")
+    return f"http://127.0.0.1:{int(os.environ.get('MLOPS_SERVING_PORT') or 3000)}"

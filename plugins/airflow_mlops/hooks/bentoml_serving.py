@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from airflow_mlops import settings
+
 if TYPE_CHECKING:
     import httpx
-
-DEFAULT_URL = "http://127.0.0.1:3000"
 
 
 class BentoServingHook(BaseHook):
@@ -60,7 +60,7 @@ class BentoServingHook(BaseHook):
             if conn.host:
                 host = conn.host if "://" in conn.host else f"{conn.schema or 'http'}://{conn.host}"
                 return f"{host}:{conn.port}" if conn.port else host
-        return (os.environ.get("MLOPS_SERVING_URL") or DEFAULT_URL).rstrip("/")
+        return settings.serving_url()
 
     @property
     def is_embedded(self) -> bool:
