@@ -477,6 +477,31 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._ok(self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"))["task_instances"]
 
+    def asset_id(self, uri: str) -> int:
+        """The id of the Asset with ``uri`` (it exists once a DAG using it was parsed)."""
+        for asset in self._ok(self.http.get("/api/v2/assets", params={"uri_pattern": uri, "limit": 100}))["assets"]:
+            if asset["uri"] == uri:
+                return asset["id"]
+        raise LookupError(f"no asset {uri} (is a DAG that uses it parsed?)")
+
+    def post_asset_event(self, uri: str, extra: dict | None = None) -> dict:
+        """Announce an update of an Asset, as an upstream system does: ``POST /api/v2/assets/events``."""
+        return self._ok(
+            self.http.post("/api/v2/assets/events", json={"asset_id": self.asset_id(uri), "extra": extra or {}})
+        )
+
+    def asset_events(self, uri: str, limit: int = 100) -> list[dict]:
+        """The newest events of the Asset with ``uri``, newest first."""
+        params = {"asset_id": self.asset_id(uri), "order_by": "-timestamp", "limit": limit}
+        return self._ok(self.http.get("/api/v2/assets/events", params=params))["asset_events"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> object:
+        """A task's XCom value, or None if it pushed none."""
+        response = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        if response.status_code == 404:
+            return None
+        return self._ok(response)["value"]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.devstack", description=__doc__.split("\n")[0])

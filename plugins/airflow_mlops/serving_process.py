@@ -104,6 +104,11 @@ class ServingProcess:
 
         # The profile's services (production: the MLflow server, Feast on Redis) as Airflow's components see them.
         env = {**os.environ, **profile_env()}
+        # Started from an Airflow task, the environment carries the task runner's DB block
+        # ("airflow-db-not-allowed:///"), which Airflow refuses at import; the server never touches Airflow's DB.
+        for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN"):
+            if env.get(name, "").startswith("airflow-db-not-allowed"):
+                env.pop(name)
         venv_bin = str(Path(sys.executable).parent)
         admin_token(self.home)
         env.update(
@@ -218,9 +223,16 @@ def _stop_waiting_without_champion(http: object) -> None:
 
 
 def embedded(port: int | None = None) -> ServingProcess:
-    """The embedded server of ``MLOPS_HOME`` (port: argument, ``MLOPS_SERVING_PORT``, the pid file, else 3000)."""
+    """The embedded server of ``MLOPS_HOME`` (port: argument, ``MLOPS_SERVING_PORT`` or the port of a loopback
+    ``MLOPS_SERVING_URL`` — where ``DeployModelOperator`` puts it —, the pid file, else 3000)."""
+    from urllib.parse import urlsplit
+
     process = ServingProcess(home=settings.mlops_home())
-    process.port = int(port or os.environ.get("MLOPS_SERVING_PORT") or process.recorded_port() or 3000)
+    configured = None
+    if os.environ.get("MLOPS_SERVING_PORT") or os.environ.get("MLOPS_SERVING_URL"):
+        parts = urlsplit(settings.serving_url())
+        configured = parts.port if parts.hostname in ("127.0.0.1", "localhost") else None
+    process.port = int(port or configured or process.recorded_port() or 3000)
     return process
 
 
