@@ -102,7 +102,9 @@ def plot_png(rows: list[MonthRow]) -> bytes:
     if live:
         auc_ax.plot(*zip(*live, strict=True), marker="o", color="#1f4e79", label="champion: live ROC AUC")
     if hold:
-        auc_ax.plot(*zip(*hold, strict=True), ls="--", color="#7f7f7f", label="champion: hold-out ROC AUC")
+        auc_ax.plot(
+            *zip(*hold, strict=True), ls="--", marker="_", ms=14, color="#7f7f7f", label="champion: hold-out ROC AUC"
+        )
     values = [v for _, v in live + hold]
     low = min(values, default=0.6)
     auc_ax.set_ylim(min(0.5, low - 0.02), 1.0)
