@@ -103,15 +103,22 @@ def evaluate(
 
 
 def plot_curves(y_true: Any, curves: dict[str, Any], path: str) -> None:
-    """ROC and calibration curves of each named model's probabilities, side by side, to a PNG at ``path``."""
+    """ROC and calibration curves of each named model's probabilities, side by side, to a PNG at ``path``.
+
+    Drawn on a bare ``Figure`` (no pyplot state) with a fixed layout and fixed legend corners: ``tight_layout``
+    draws the figure once more to measure it, and ``loc="best"`` tests the legend against every point of an
+    ROC curve; together they were half the cost of the plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
-    fig, (roc_ax, cal_ax) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    roc_ax, cal_ax = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
     for name, proba in curves.items():
         fpr, tpr, _ = roc_curve(y_true, proba)
         roc_ax.plot(fpr, tpr, label=name)
@@ -121,8 +128,6 @@ def plot_curves(y_true: Any, curves: dict[str, Any], path: str) -> None:
     roc_ax.set(title="ROC on the hold-out", xlabel="false positive rate", ylabel="true positive rate")
     cal_ax.plot([0, 1], [0, 1], ls="--", c="grey")
     cal_ax.set(title="Calibration on the hold-out", xlabel="mean predicted", ylabel="observed late rate")
-    roc_ax.legend()
-    cal_ax.legend()
-    fig.tight_layout()
+    roc_ax.legend(loc="lower right")
+    cal_ax.legend(loc="upper left")
     fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -123,7 +123,7 @@ def load_config(path: str | Path) -> TrainingConfig:
 
     target = Path(path)
     try:
-        data = yaml.safe_load(target.read_text())
+        data = yaml.load(target.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"cannot read the training config {target}: {err}") from err
     if not isinstance(data, dict):

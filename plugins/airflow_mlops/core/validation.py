@@ -6,11 +6,16 @@ The suites live in ``include/expectations/*.json`` (GX 1.x suite format). Values
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import io
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +59,13 @@ class SuiteOutcome:
     success: bool
     evaluated: int
     failures: tuple[ExpectationFailure, ...]
-    result: dict = field(repr=False, compare=False)
+    gx_result: Any = field(repr=False, compare=False)
     docs_page: str | None = None
+
+    @cached_property
+    def result(self) -> dict:
+        """The full GX result as JSON; converted on first use (only a quarantined batch needs it)."""
+        return self.gx_result.to_json_dict()
 
     def summary(self) -> dict:
         return {
@@ -194,6 +204,123 @@ def _failure(result: dict) -> ExpectationFailure:
     )
 
 
+class _GxRuntime:
+    """One ephemeral GX context per process, with its data source, batch definitions and suites built once.
+
+    Building these objects costs GX about as much as validating a month (store round trips, freshness checks,
+    serialization), and none of them depends on the batch: only the dataframe and the suite parameters do.
+    Suites are cached by content, so an edited suite file is picked up on the next call.
+    """
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.source = self.context.data_sources.add_pandas("batch")
+        self._definitions: dict[str, Any] = {}
+        self._suites: dict[str, Any] = {}
+        self._stored_suites: dict[str, str] = {}  # suite name -> content key of the version in the store
+        self._docs_dir: Path | None = None
+
+    def batch_definition(self, frame_name: str) -> Any:
+        if frame_name not in self._definitions:
+            asset = self.source.add_dataframe_asset(frame_name)
+            self._definitions[frame_name] = asset.add_batch_definition_whole_dataframe("whole")
+        return self._definitions[frame_name]
+
+    @staticmethod
+    def _key(suite_json: dict) -> str:
+        return hashlib.sha256(json.dumps(suite_json, sort_keys=True, default=str).encode()).hexdigest()
+
+    def suite(self, suite_json: dict) -> Any:
+        import great_expectations as gx
+
+        key = self._key(suite_json)
+        if key not in self._suites:
+            self._suites[key] = gx.ExpectationSuite(**copy.deepcopy(suite_json))
+        return self._suites[key]
+
+    def validate(self, frame_name: str, frame: pd.DataFrame, suite_json: dict, parameters: dict[str, Any]) -> Any:
+        """Run one suite on one frame in a single validator call (no checkpoint, no stores).
+
+        Pass/fail first (``BOOLEAN_ONLY``: no unexpected-value lists to compute), then only the expectations
+        that failed again with ``DETAIL_FORMAT`` for their counts and examples; a passing batch, the common
+        case, pays for the verdicts alone. Pandas copy-on-write is on during the run: GX filters the whole
+        frame for each column check, which otherwise copies every column of it each time.
+        """
+        import pandas as pd
+        from great_expectations.validator.v1_validator import Validator
+
+        validator = Validator(
+            self.batch_definition(frame_name), result_format=VERDICT_FORMAT, batch_parameters={"dataframe": frame}
+        )
+        # pandas 3 always copies on write (and deprecates the option).
+        cow = pd.option_context("mode.copy_on_write", True) if pd.__version__[0] == "2" else contextlib.nullcontext()
+        with cow:
+            result = validator.validate_expectation_suite(self.suite(suite_json), parameters)
+            failed = [i for i, r in enumerate(result.results) if not r.success]
+            if failed:
+                validator.result_format = DETAIL_FORMAT
+                for i in failed:
+                    expectation = result.results[i].expectation_config.to_domain_obj()
+                    result.results[i] = validator.validate_expectation(expectation, parameters)
+        return result
+
+    def render_docs(self, docs_dir: Path, results: list[tuple[dict, Any]], run_id: Any) -> None:
+        """Render the validation pages of ``results`` (and their suites' pages) into ``docs_dir``.
+
+        Only these pages and the static assets are built, not the site index; the results are taken out of
+        the in-memory store again so a long-lived process does not accumulate them.
+        """
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+
+        if docs_dir != self._docs_dir:
+            config = {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+            if self._docs_dir is None:
+                self.context.add_data_docs_site(site_name="lake", site_config=config)
+            else:
+                self.context.update_data_docs_site(site_name="lake", site_config=config)
+            self._docs_dir = docs_dir
+        store = self.context.validation_results_store
+        identifiers = []
+        for suite_json, result in results:
+            suite = self.suite(suite_json)
+            key = self._key(suite_json)
+            if self._stored_suites.get(suite.name) != key:  # the suite's own page, linked from the result's
+                self.context.suites.add_or_update(suite)
+                self._stored_suites[suite.name] = key
+            suite_id = ExpectationSuiteIdentifier(name=suite.name)
+            result_id = ValidationResultIdentifier(
+                expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=result.batch_id
+            )
+            store.set(result_id, result)
+            identifiers += [result_id, suite_id]
+        try:
+            self.context.build_data_docs(site_names=["lake"], resource_identifiers=identifiers, build_index=False)
+        finally:
+            for identifier in identifiers[::2]:
+                store.remove_key(identifier)
+
+
+#: Every expectation is judged with the cheapest format, which carries no counts.
+VERDICT_FORMAT = {"result_format": "BOOLEAN_ONLY"}
+#: A failed one is re-run for its unexpected count and percentage (what the failure message names) and up to
+#: 20 example values (for the quarantined report); SUMMARY/COMPLETE would add value counts and row indexes.
+DETAIL_FORMAT = {"result_format": "BASIC"}
+
+_runtime: _GxRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
 def validate_batch(
     batch_id: str,
     frames: dict[str, pd.DataFrame],
@@ -205,71 +332,57 @@ def validate_batch(
 ) -> ValidationReport:
     """Run each suite on its frame (``suites`` maps a frame name to a suite) and collect the outcomes.
 
-    With ``docs_dir``, GX Data Docs for the run are rendered there (a static site). ``run_time`` fixes the
-    run's identity so that re-validating the same batch rewrites the same pages.
+    With ``docs_dir``, GX Data Docs pages for the run are rendered there (static pages, no index). ``run_time``
+    fixes the run's identity so that re-validating the same batch rewrites the same pages. The GX context is
+    built once per process and reused (calls are serialized).
     """
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    global _runtime
+    from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
+    from great_expectations.core.run_identifier import RunIdentifier
 
     missing = sorted(set(suites) - set(frames))
     if missing:
         raise ValueError(f"no frame for suite(s) of {', '.join(missing)}")
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    actions = []
-    if docs_dir is not None:
-        context.add_data_docs_site(
-            site_name="lake",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["lake"]))
-    source = context.data_sources.add_or_update_pandas("batch")
-    outcomes = []
-    for frame_name, suite_json in suites.items():
-        suite = context.suites.add_or_update(gx.ExpectationSuite(**json.loads(json.dumps(suite_json))))
-        definition = source.add_dataframe_asset(frame_name).add_batch_definition_whole_dataframe("whole")
-        validation = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=f"{suite.name}", data=definition, suite=suite)
-        )
-        checkpoint = context.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=f"{suite.name}_checkpoint",
-                validation_definitions=[validation],
-                actions=actions,
-                result_format={"result_format": "BASIC"},
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = _GxRuntime()
+        run_id = RunIdentifier(run_name=batch_id, run_time=run_time)
+        results = []
+        for frame_name, suite_json in suites.items():
+            result = _runtime.validate(frame_name, frames[frame_name], suite_json, parameters)
+            result.meta.update(
+                run_id=run_id,
+                validation_time=run_id.run_time,
+                batch_parameters={"dataframe": DATAFRAME_REPLACEMENT_STR},
             )
-        )
-        run_id = gx.RunIdentifier(run_name=batch_id, run_time=run_time)
-        result = checkpoint.run(
-            batch_parameters={"dataframe": frames[frame_name]}, expectation_parameters=parameters, run_id=run_id
-        )
-        (validation_result,) = result.run_results.values()
-        result_json = validation_result.to_json_dict()
-        failed = tuple(_failure(r) for r in result_json["results"] if not r["success"])
+            results.append((suite_json, result))
+        if docs_dir is not None:
+            _runtime.render_docs(docs_dir, results, run_id)
+
+    outcomes = []
+    for suite_json, result in results:
+        name = suite_json["name"]
+        failed = tuple(_failure(r.to_json_dict()) for r in result.results if not r.success)
         page = None
         if docs_dir is not None:
-            pages = sorted((docs_dir / "validations" / suite.name / batch_id).rglob("*.html"))
+            pages = sorted((docs_dir / "validations" / name / batch_id).rglob("*.html"))
             page = str(pages[-1].relative_to(docs_dir)) if pages else None
         outcomes.append(
             SuiteOutcome(
-                suite=suite.name,
-                success=bool(result_json["success"]),
-                evaluated=len(result_json["results"]),
+                suite=name,
+                success=bool(result.success),
+                evaluated=len(result.results),
                 failures=failed,
-                result=result_json,
+                gx_result=result,
                 docs_page=page,
             )
         )
         log.info(
             "suite %s on %s: %s (%d expectations, %d failed)",
-            suite.name,
+            name,
             batch_id,
-            "passed" if result_json["success"] else "FAILED",
-            len(result_json["results"]),
+            "passed" if result.success else "FAILED",
+            len(result.results),
             len(failed),
         )
     return ValidationReport(batch_id=batch_id, suites=tuple(outcomes), notes=tuple(notes))
