@@ -477,6 +477,16 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._ok(self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"))["task_instances"]
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[str]:
+        """A task attempt's log events (their messages), oldest first."""
+        response = self.http.get(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": True},
+            headers={"Accept": "application/json"},
+        )
+        content = (self._ok(response) or {}).get("content") or []
+        return [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content]
+
     def asset_id(self, uri: str) -> int:
         """The id of the Asset with ``uri`` (it exists once a DAG using it was parsed)."""
         for asset in self._ok(self.http.get("/api/v2/assets", params={"uri_pattern": uri, "limit": 100}))["assets"]:

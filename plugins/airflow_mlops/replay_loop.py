@@ -384,11 +384,21 @@ class YearReplay:
         gate = self._xcom(TRAINING_DAG, run_id, "model_gate") or {}
         row.gate = "approved" if gate.get("approved") else "rejected" if gate else None
         row.gate_reasons = list(gate.get("reasons") or [])[:6]
-        states = {t["task_id"]: t["state"] for t in self.client.task_instances(TRAINING_DAG, run_id)}
+        instances = self.client.task_instances(TRAINING_DAG, run_id)
+        states = {t["task_id"]: t["state"] for t in instances}
         if run["state"] != "success":
-            raise ReplayError(
-                f"the training run of {row.month} failed ({states}): {self.run_link(TRAINING_DAG, run_id)}"
-            )
+            # A candidate refused by infra validation (or a broken step) is an outcome of the loop: the champion
+            # stays, the reasons go in the table, and the replay goes on.
+            failed = [t for t in instances if t["state"] == "failed"]
+            reasons = []
+            for task in failed:
+                lines = self.client.task_log(TRAINING_DAG, run_id, task["task_id"], task.get("try_number") or 1)
+                said = [ln for ln in lines if "infra validation" in ln or "Error" in ln or "failed" in ln.lower()]
+                reasons.append(f"{task['task_id']} failed: {(said or lines or ['(no log)'])[-1][:300]}")
+            what = "infra failed" if "infra_validate" in {t["task_id"] for t in failed} else "run failed"
+            row.gate = f"{row.gate or '?'}, {what}"
+            row.gate_reasons = reasons + row.gate_reasons
+            self.log(f"   training run failed: {self.run_link(TRAINING_DAG, run_id)}")
         if states.get("promote_model") == "success":
             promoted = self._xcom(TRAINING_DAG, run_id, "promote_model")
             row.promoted = str(promoted["to_version"]) if isinstance(promoted, dict) else None

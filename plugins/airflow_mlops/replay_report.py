@@ -22,7 +22,7 @@ COLUMNS = (
     ("drift", 5),
     ("live AUC", 8),
     ("retrain", 7),
-    ("gate", 8),
+    ("gate", 10),
     ("champion", 8),
 )
 
@@ -121,9 +121,15 @@ def plot_png(rows: list[MonthRow]) -> bytes:
                 fontsize=8,
                 color="#2e7d32",
             )
-        elif r.gate == "rejected":
+        elif r.gate and r.gate != "approved":
             auc_ax.annotate(
-                "gate rejected", (i + 0.5, 0.98), rotation=90, va="top", ha="right", fontsize=8, color="#b00020"
+                f"not promoted: {r.gate}",
+                (i + 0.5, 0.98),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=8,
+                color="#b00020",
             )
         if r.quarantined:
             auc_ax.annotate("quarantined", (i, 0.52), ha="center", fontsize=8, color="#b00020")
