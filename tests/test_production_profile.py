@@ -123,7 +123,7 @@ def stack(tmp_path_factory):
     config = yaml.safe_load((ROOT / "include" / "config" / "pipeline.yaml").read_text())
     config["ingest"].update(schedule_first_month="2099-12", schedule_last_month="2099-12")
     (home / "pipeline.yaml").write_text(yaml.safe_dump(config))
-    # Infra validation's p95 latency budget (150 ms) is a performance gate, tested by test_serving and the
+    # Infra validation's p95 latency budget (500 ms) is a performance gate, tested by test_serving and the
     # benchmarks; on a 2-core machine shared with other suites it measured 157 ms here. This test is about the
     # profile: a looser budget, everything else as shipped.
     serving = yaml.safe_load((ROOT / "include" / "config" / "serving.yaml").read_text())
@@ -380,8 +380,15 @@ def test_months_through_the_loop(stack, client):
 
     # Every task went through Celery: its result backend (PostgreSQL) holds one row per task executed.
     services = ProductionServices.from_env()
-    (done,) = _pg_query(services.airflow_db, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0]
-    assert done >= 2 * 2 + 2 * 4 + 8  # ingest + validate, 4 feature tasks, 8 training tasks
+    # (A task's row is written when its Celery task returns, just after Airflow sees the task succeed.)
+    _wait(
+        lambda: (
+            _pg_query(services.airflow_db, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0][0]
+            >= 2 * 2 + 2 * 4 + 8
+        ),  # ingest + validate per month, 4 feature tasks per month, 8 training tasks
+        60,
+        "fewer Celery task results than tasks run",
+    )
 
     # Online features of February are in Redis and answer for a February flight.
     import pandas as pd
