@@ -7,7 +7,6 @@ flag start a run, and read a task's Data Docs link, all over loopback HTTP.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import httpx
@@ -17,17 +16,12 @@ import yaml
 from airflow_mlops import replay
 from airflow_mlops.devstack import COMPONENTS, AirflowClient, Stack
 from airflow_mlops.hooks.lake import LakeHook
+from airflow_mlops.serving_process import free_port
 
 from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 DAG_ID = "mlops_ingest_validate"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +37,7 @@ def stack(tmp_path_factory):
         patch.setenv("MLOPS_HOME", str(home))
         for name in [k for k in os.environ if k.startswith("AIRFLOW")]:
             patch.delenv(name)
-        stack = Stack(home=home, port=_free_port())
+        stack = Stack(home=home, port=free_port())
         try:
             stack.up(timeout=240)
             yield stack

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,18 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from airflow_mlops.serving_process import free_port
+
 from training_fixtures import build_frame, run_pipeline, write_configs, write_snapshot
 
 pytestmark = pytest.mark.slow
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 MODEL = "flight_delay_test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _admin(sql: str) -> None:
@@ -57,7 +52,7 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     db = f"mlops_test_{uuid.uuid4().hex[:10]}"
     _admin(f'CREATE DATABASE "{db}"')
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.Popen(

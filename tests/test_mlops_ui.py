@@ -11,7 +11,6 @@ Screenshots go to ``tests/artifacts/``.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from airflow_mlops.devstack import AirflowClient, Stack
+from airflow_mlops.serving_process import free_port
 
 from conftest import ROOT
 from training_fixtures import build_frame, run_pipeline, shuffle_labels, task_context, write_configs, write_snapshot
@@ -31,12 +31,6 @@ INGEST = "mlops_ingest_validate"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SEEDED: dict = {}  # what _seed made (the stack is a frozen dataclass)
 MONTHS = {"2013-04": (0.05, 0.02, 0.74, 0.16), "2013-05": (0.15, 0.08, 0.72, 0.17), "2013-06": (0.45, 0.31, 0.66, 0.19)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _seed(home: Path) -> dict:
@@ -98,11 +92,11 @@ def stack(tmp_path_factory):
         patch.setenv("MLOPS_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
         patch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5000")  # gives the MLflow extra links an address
         # No serving endpoint in this test: the rollback DAG's deploy task fails; its rollback task is what counts.
-        patch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.2:{_free_port()}")
+        patch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.2:{free_port()}")
         seeded = _seed(home)
         for name in [k for k in os.environ if k.startswith("AIRFLOW")]:
             patch.delenv(name)
-        stack = Stack(home=home, port=_free_port())
+        stack = Stack(home=home, port=free_port())
         try:
             stack.up(timeout=240)
             SEEDED.update(seeded)

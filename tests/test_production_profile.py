@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +31,7 @@ import yaml
 
 from airflow_mlops import replay
 from airflow_mlops.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
+from airflow_mlops.serving_process import free_port
 
 from conftest import ROOT
 
@@ -41,12 +41,6 @@ INGEST, FEATURES, TRAINING = "mlops_ingest_validate", "mlops_features", "mlops_t
 #: Zones the suite commits with manifests (``mlflow-artifacts/`` belongs to the MLflow server, ``reports/`` to GX).
 COMMITTED_ZONES = ("raw", "validated", "features", "training_sets")
 MONTH_ROWS = {"2013-01": 27004, "2013-02": 24951}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pg_admin(sql: str) -> None:
@@ -129,7 +123,7 @@ def stack(tmp_path_factory):
     serving = yaml.safe_load((ROOT / "include" / "config" / "serving.yaml").read_text())
     serving["infra_validation"]["latency_budget_ms"] = 2000
     (home / "serving.yaml").write_text(yaml.safe_dump(serving))
-    serving_port = _free_port()
+    serving_port = free_port()
     stack = None
     with pytest.MonkeyPatch.context() as patch:
         for name in [k for k in os.environ if k.startswith(("AIRFLOW", "MLFLOW_"))]:
@@ -146,17 +140,17 @@ def stack(tmp_path_factory):
         # Celery's broker keys and Feast's entity keys do not collide: one index for the test, flushed at the end.
         patch.setenv("MLOPS_CELERY_REDIS_DB", str(redis_db))
         patch.setenv("MLOPS_FEAST_REDIS_DB", str(redis_db))
-        patch.setenv("MLOPS_MLFLOW_PORT", str(_free_port()))
+        patch.setenv("MLOPS_MLFLOW_PORT", str(free_port()))
         patch.setenv("MLOPS_SERVING_PORT", str(serving_port))
         patch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{serving_port}")
         # Every port a component listens on is free, so the test can run next to another stack.
-        patch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(_free_port()))
-        patch.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(_free_port()))
-        patch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT", str(_free_port()))
+        patch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
+        patch.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
+        patch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT", str(free_port()))
         # A task whose worker died is failed (and retried) after 60 s without heartbeat instead of 300 s.
         patch.setenv("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "60")
         try:
-            stack = Stack(home=home, port=_free_port(), profile="production")
+            stack = Stack(home=home, port=free_port(), profile="production")
             stack.up(timeout=600)
             # This process reads the stack's MLflow server and Feast store as its tasks do.
             for name, value in profile_env().items():

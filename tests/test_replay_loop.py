@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import yaml
+
+from airflow_mlops.serving_process import free_port
 
 from conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MONTHS = ["2013-01", "2013-02", "2013-03"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +40,8 @@ def replayed(tmp_path_factory):
         patch.setenv("MLOPS_CONFIG", str(home / "pipeline.yaml"))
         patch.setenv("MLOPS_HOME", str(home))
         patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
-        patch.setenv("MLOPS_AIRFLOW_PORT", str(_free_port()))
-        patch.setenv("MLOPS_SERVING_PORT", str(_free_port()))
+        patch.setenv("MLOPS_AIRFLOW_PORT", str(free_port()))
+        patch.setenv("MLOPS_SERVING_PORT", str(free_port()))
         stack = Stack.from_env()
         try:
             status = demo.main(["--months", "2013-01:2013-03", "--corrupt", "2013-02:null_column", "--timeout", "900"])

@@ -188,6 +188,19 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def _internal_port(self, name: str) -> int:
+        """A port for a component's internal server (log servers, health check), chosen free once per home, so two
+        stacks on one machine (``make demo`` and ``make test``) never fight over Airflow's fixed defaults."""
+        path = self.home / "run" / "ports.json"
+        ports = json.loads(path.read_text()) if path.exists() else {}
+        if name not in ports:
+            from airflow_mlops.serving_process import free_port
+
+            ports[name] = free_port()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(ports, indent=2))
+        return int(ports[name])
+
     def _fernet_key(self) -> str:
         path = self.airflow_home / ".fernet_key"
         if not path.exists():
@@ -226,6 +239,12 @@ class Stack:
                 "PYTHONWARNINGS": "ignore",
             }
         )
+        for name in (
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+        ):
+            env.setdefault(name, str(self._internal_port(name)))
         if self.profile == "production":
             env.update(self.services.env())
             env.update(
