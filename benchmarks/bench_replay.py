@@ -49,6 +49,7 @@ def main() -> int:
     from airflow_mlops.serving_process import embedded
 
     started = time.perf_counter()
+    status = 1
     try:
         status = demo.main(["--months", args.months, "--corrupt"])
         total = time.perf_counter() - started
@@ -57,7 +58,10 @@ def main() -> int:
         if not args.keep:
             embedded().stop()
             Stack.from_env().down()
-            shutil.rmtree(home, ignore_errors=True)
+            if status == 0:
+                shutil.rmtree(home, ignore_errors=True)
+            else:
+                print(f"kept {home} (logs, lake) to see what failed", file=sys.stderr)
     meta = summary["meta"]
     months = summary["months"]
     print()
