@@ -228,6 +228,21 @@ def triggers(
     return fired, notes
 
 
+def _identity(policy: RetrainingPolicy, interval: Interval, now: datetime | None, context: dict[str, Any]) -> dict:
+    """What every decision records besides its verdict: the interval, the policy, when, for whom, by whom."""
+    return dict(
+        interval_key=interval.key,
+        interval_start=interval.start.isoformat(),
+        interval_end=interval.end.isoformat(),
+        policy_sha256=policy.sha256,
+        decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        month=context.get("month"),
+        model=context.get("model"),
+        champion_version=context.get("champion_version"),
+        decided_by=dict(context.get("decided_by") or {}),
+    )
+
+
 def decide(
     policy: RetrainingPolicy,
     interval: Interval,
@@ -240,17 +255,7 @@ def decide(
 ) -> PolicyDecision:
     """Decide for ``interval`` given the checks' summaries and the earlier decisions (any intervals)."""
     fired, notes = triggers(policy, drift, performance)
-    base = dict(
-        interval_key=interval.key,
-        interval_start=interval.start.isoformat(),
-        interval_end=interval.end.isoformat(),
-        policy_sha256=policy.sha256,
-        decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        month=context.get("month"),
-        model=context.get("model"),
-        champion_version=context.get("champion_version"),
-        decided_by=dict(context.get("decided_by") or {}),
-    )
+    base = _identity(policy, interval, now, context)
     if not policy.has_triggers:
         return PolicyDecision(
             False, ["the policy configures no trigger: never retrain", *notes], [], "no_policy", **base
@@ -320,17 +325,7 @@ def decide_bootstrap(
     **context: Any,
 ) -> PolicyDecision:
     """Decide for ``interval`` when there is no champion: train the first model once enough months exist."""
-    base = dict(
-        interval_key=interval.key,
-        interval_start=interval.start.isoformat(),
-        interval_end=interval.end.isoformat(),
-        policy_sha256=policy.sha256,
-        decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        month=context.get("month"),
-        model=context.get("model"),
-        champion_version=None,
-        decided_by=dict(context.get("decided_by") or {}),
-    )
+    base = _identity(policy, interval, now, {**context, "champion_version": None})
     if policy.bootstrap_min_months is None:
         return PolicyDecision(
             False,
