@@ -258,9 +258,27 @@ def browser():
 
 
 def _wait(driver, condition, timeout: float = 60.0, what: str = ""):
+    """Wait for a condition; the Airflow UI is React and re-renders, so an element found in one poll may be
+    gone in the next (StaleElementReferenceException): such a poll counts as "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.3).until(condition, message=what)
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(condition, message=what)
+
+
+def _click(driver, find, timeout: float = 60.0, what: str = "") -> None:
+    """Find an element and click it, finding it afresh whenever a re-render replaced it in between."""
+
+    def found_and_clicked(d) -> bool:
+        elements = find(d)
+        if not elements:
+            return False
+        elements[0].click()  # a stale element raises: ignored by _wait, found again next poll
+        return True
+
+    _wait(driver, found_and_clicked, timeout=timeout, what=what)
 
 
 def _login(driver, stack) -> None:
@@ -282,10 +300,9 @@ def test_ui_mlops_page_in_the_airflow_nav(stack, client, browser):
 
     _login(browser, stack)
     # The nav entry opens the page inside the Airflow UI (an iframe at /plugin/mlops).
-    _wait(
+    _click(
         browser, lambda d: d.find_elements(By.XPATH, "//a[contains(@href, 'plugin/mlops')]"), what="the MLOps nav entry"
     )
-    browser.find_element(By.XPATH, "//a[contains(@href, 'plugin/mlops')]").click()
     frame = _wait(
         browser, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[src*='mlops/ui']"), what="the page frame"
     )[0]
@@ -358,14 +375,14 @@ def test_ui_data_docs_extra_link_of_a_validate_task(stack, client, browser):
     browser.get(
         f"{stack.url}/dags/{INGEST}/runs/{run_id}/tasks/validate_batch/mapped/0/details"
     )  # extra links live here
-    button = _wait(
-        browser,
-        lambda d: [b for b in d.find_elements(By.XPATH, "//a|//button") if b.text.strip() == "Data Docs"],
-        what="the Data Docs extra link",
-    )[0]
+
+    def data_docs_links(d):
+        return [b for b in d.find_elements(By.XPATH, "//a|//button") if b.text.strip() == "Data Docs"]
+
+    _wait(browser, data_docs_links, what="the Data Docs extra link")
     browser.save_screenshot(str(ARTIFACTS / "validate_task_extra_link.png"))
     handles = set(browser.window_handles)
-    button.click()
+    _click(browser, data_docs_links, what="the Data Docs extra link")
     _wait(browser, lambda d: len(d.window_handles) > len(handles) or "/mlops/lake/" in d.current_url, what="the link")
     new = set(browser.window_handles) - handles
     if new:
