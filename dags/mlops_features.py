@@ -4,7 +4,8 @@
 Stages 3–4 of the MLOps loop: from a validated month to Feast (offline + online) and a training set.
 
 **Runs on** (any of):
-* the `validated_batch` Asset (data-aware scheduling): the months of the triggering events;
+* the `validated_batch` Asset (data-aware scheduling): the months of the triggering events, plus any validated
+  month before them still without features (events folded into one run, a re-sent quarantined month);
 * the REST API or the UI with `{"month": "2013-03"}` as conf: that month (rebuilt only if its inputs changed).
 
 **Does**: `build_features` writes `features/<month>/` in the lake (flight, weather and history features plus the

@@ -39,6 +39,30 @@ def test_manifest_commits_a_directory(lake):
     assert (folder / MANIFEST).exists()
 
 
+def test_committed_months_lists_only_month_folders_with_a_manifest(lake):
+    for month in ("2013-03", "2013-01"):
+        folder = lake.path("validated", month)
+        lake.write_manifest(folder, [lake.write_file(folder / "a.parquet", b"1", rows=1)], month=month)
+    lake.write_file(lake.path("validated", "2013-02", "a.parquet"), b"1", rows=1)  # written, never committed
+    lake.write_file(lake.path("validated", "notes", "a.txt"), b"1", rows=1)
+    assert lake.committed_months("validated") == ["2013-01", "2013-03"]
+    assert lake.committed_months("features") == []
+
+
+def test_build_features_catches_up_validated_months_left_without_features(lake):
+    """Events folded into one run may name only the last month: the months behind it are built too."""
+    from airflow_mlops.operators.features import BuildFeaturesOperator
+
+    for zone, months in (("validated", ("2013-01", "2013-02", "2013-03", "2013-04")), ("features", ("2013-01",))):
+        for month in months:
+            folder = lake.path(zone, month)
+            lake.write_manifest(folder, [lake.write_file(folder / "a.parquet", b"1", rows=1)], month=month)
+    op = BuildFeaturesOperator(task_id="build_features", lake_root=lake.root_url)
+    # 2013-04 is validated but later than the month asked for: left for its own run
+    assert op._with_months_left_behind(["2013-03"]) == ["2013-02", "2013-03"]
+    assert op._with_months_left_behind(["2013-01"]) == ["2013-01"]  # a rebuild asked for by an event
+
+
 def test_lake_root_comes_from_the_environment(lake_root):
     from airflow_mlops.hooks.lake import LakeHook
 

@@ -112,3 +112,18 @@ class LakeHook(BaseHook):
         if not path.exists():
             return None
         return json.loads(path.read_bytes())
+
+    def committed_months(self, zone: str) -> list[str]:
+        """The months committed (manifest written) in ``zone``, e.g. ``validated``, oldest first."""
+        from airflow_mlops.core.batches import parse_month
+
+        folder = self.path(zone)
+        months = []
+        for entry in folder.iterdir() if folder.exists() else []:
+            try:
+                month = parse_month(entry.name)
+            except ValueError:
+                continue  # not a month folder (a report, a temporary file)
+            if month == entry.name and (entry / MANIFEST).exists():
+                months.append(month)
+        return sorted(months)

@@ -64,16 +64,6 @@ def _parse(value: Any) -> Any:
     return value
 
 
-def _is_month(name: str) -> bool:
-    from airflow_mlops.core.batches import parse_month
-
-    try:
-        parse_month(name)
-    except ValueError:
-        return False
-    return True
-
-
 def _blank(value: Any) -> bool:
     return value is None or str(value).strip() in ("", "None", "null")
 
@@ -899,7 +889,7 @@ class RetrainingPolicyOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_mlops.core import training
-        from airflow_mlops.core.batches import month_bounds, parse_month
+        from airflow_mlops.core.batches import month_bounds
 
         name = (
             self.registered_model_name
@@ -911,12 +901,7 @@ class RetrainingPolicyOperator(BaseOperator):
             raise AirflowSkipException("no monitoring summary to decide on (the checks were skipped)")
         month = month_from_context(self.month, context)
         start, end = month_bounds(month)
-        validated = self.lake.path("validated")
-        months = sorted(
-            entry.name
-            for entry in (validated.iterdir() if validated.exists() else [])
-            if _is_month(entry.name) and parse_month(entry.name) <= month and self.lake.read_manifest(entry)
-        )
+        months = [m for m in self.lake.committed_months("validated") if m <= month]
         self.log.info("no %s model yet; validated months up to %s: %s", self.champion_alias, month, months or "none")
         return {
             "bootstrap": True,
