@@ -134,7 +134,16 @@ def stack(tmp_path_factory):
         for frame in (same, shifted, april):
             writer(_log_rows(frame, score(frame), config.features, "1"))
         seed_validated(lake, "2013-04")
-        yield {"root": root, "lake": lake, "paths": paths, "config": config, "april": april}
+        yield {
+            "root": root,
+            "lake": lake,
+            "paths": paths,
+            "config": config,
+            "april": april,
+            "rest": rest,
+            "score": score,
+            "writer": writer,
+        }
 
 
 def _op(cls, stack, **kwargs):
@@ -203,6 +212,39 @@ def test_a_planted_shift_is_detected_and_the_reference_is_reused(stack, shifted_
     history = client.get_metric_history(result["mlflow_run_id"], "drift_share")
     assert history[-1].step == 201306 and history[-1].model_id == champion_model_id
     assert "mlops.monitoring.drift.2013-06" in client.get_model_version(MODEL, "1").tags
+
+
+def test_a_column_with_no_value_this_month_is_reported_not_fatal(stack, same_month):
+    """Seen in the year replay: a month of traffic where no answered flight had a wind gust. Evidently cannot
+    score the drift of an empty column; the check reports it as a quality issue and scores the others."""
+    from airflow_mlops.operators.monitoring import DriftCheckOperator
+
+    july = _restamp(stack["rest"], "2013-07")
+    proba = stack["score"](july)
+    stack["writer"](_log_rows(july.assign(wind_gust=np.nan), proba, stack["config"].features, "1"))
+    result, _ = _run(_op(DriftCheckOperator, stack, month="2013-07"))
+    assert (result["status"], result["source"]) == ("ok", "traffic")
+    assert any("wind_gust" in issue for issue in result["quality_issues"]), result["quality_issues"]
+    assert "distance" not in result["drifted_columns"]  # the other columns are scored as before
+    assert stack["lake"].path(result["report_key"]).exists()
+
+
+def test_the_evidently_report_leaves_an_empty_column_out_of_drift_only():
+    from airflow_mlops.hooks.evidently_workspace import EvidentlyHook
+
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {"a": rng.normal(size=500), "gust": rng.normal(size=500), "c": rng.choice(list("xyz"), 500)}
+    )
+    snapshot = EvidentlyHook.drift_report(
+        reference, reference.assign(gust=np.nan), categorical=["c"], numeric=["a", "gust"], method="psi", threshold=0.1
+    )
+    names = [m["metric_name"] for m in snapshot.dict()["metrics"]]
+    assert [n for n in names if n.startswith("ValueDrift")] == [
+        "ValueDrift(column=c,method=psi,threshold=0.1)",
+        "ValueDrift(column=a,method=psi,threshold=0.1)",
+    ]
+    assert "MissingValueCount(column=gust)" in names and snapshot._metadata["not_scored"] == "gust"
 
 
 def test_the_batch_side_carries_the_flight_level_features_and_the_label(stack):
