@@ -200,17 +200,9 @@ def main() -> None:
         )
     )
     sample = labels.merge(flights[["flight_id", "dest"]], on="flight_id").sample(args.lookups, random_state=7)
-    requests = sample[["flight_id", "carrier", "origin", "dest"]].to_dict("records")
+    requests = sample[["flight_id", "carrier", "origin", "dest", "event_timestamp"]].to_dict("records")
     refs = spec.feature_refs()
-    entities = [
-        {
-            "flight_id": r["flight_id"],
-            "carrier": r["carrier"],
-            "origin": r["origin"],
-            "route": f"{r['origin']}-{r['dest']}",
-        }
-        for r in requests
-    ]
+    entities = sample[["flight_id", *spec.slot_keys()]].to_dict("records")
     uncached = OnlineFeatureReader(hook.store, refs)
     cached = hook.online_reader
     lookups = {

@@ -171,7 +171,7 @@ def main() -> int:
         model.score(rows)
         t2 = time.perf_counter()
         # Feast's generic read of the same entities, for comparison (what lookup_features used before).
-        store.get_online_features(features=spec.feature_refs(), entity_rows=entity_rows([flight])).to_dict()
+        store.get_online_features(features=spec.feature_refs(), entity_rows=entity_rows([flight], spec)).to_dict()
         t3 = time.perf_counter()
         if i >= 200:
             lookups.append((t1 - t0) * 1000.0)

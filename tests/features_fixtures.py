@@ -48,8 +48,8 @@ def seed_validated(lake, month: str, frames: dict[str, pd.DataFrame] | None = No
 def reference_training_set(frames: dict[str, pd.DataFrame], label_rows: pd.DataFrame, spec) -> pd.DataFrame:
     """Point-in-time join of feature frames onto ``label_rows`` with ``pandas.merge_asof`` (backward, with TTLs).
 
-    Independent of Feast: the same semantics (latest row with timestamp <= event_timestamp, no older than the
-    view's TTL), then the same finishing as ``core.features.finish_training_set``. Keeps the lineage columns
+    Independent of Feast: the same semantics (per join key — the flight, the weather and history slots — the
+    latest row with timestamp <= event_timestamp, no older than the view's TTL), then the same finishing as ``core.features.finish_training_set``. Keeps the lineage columns
     ``weather_time_hour`` and ``<entity>_max_source_ts`` for the leakage checks.
     """
     from airflow_mlops.core import features as F
@@ -77,7 +77,7 @@ def reference_training_set(frames: dict[str, pd.DataFrame], label_rows: pd.DataF
     out = asof(
         out,
         weather,
-        "origin",
+        F.WEATHER_SLOT,
         "available_at",
         spec.weather_ttl_hours,
         [*spec.weather_columns, F.WEATHER_PRESENT, "weather_time_hour"],
@@ -86,8 +86,8 @@ def reference_training_set(frames: dict[str, pd.DataFrame], label_rows: pd.DataF
         hist = frames[entity.view].rename(columns={"max_source_ts": f"{entity.name}_max_source_ts"})
         out = asof(
             out,
-            hist,
-            entity.key,
+            hist.drop(columns=[entity.key]),
+            entity.slot_key,
             "snapshot_at",
             spec.history_ttl_hours,
             [*entity.features(), f"{entity.name}_max_source_ts"],

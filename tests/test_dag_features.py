@@ -71,19 +71,26 @@ def test_month_to_online_store_and_training_set(airflow_db, lake, feast_home):
         len(early) > 200 and early["carrier_flights_30d"].gt(0).all() and early["carrier_flights_30d"].median() > 1000
     )
 
-    # the online store holds that month's latest values
+    # the online store answers the month's flights (the slots of their own departures)
     from airflow_mlops.hooks.feast_store import FeastHook
 
     # (flights of late Feb 28 local time depart on March 1 UTC: outside this run's interval, not materialized)
     inside = frame[frame["event_timestamp"] < pd.Timestamp(materialized["interval_end"])]
     last = inside.sort_values("event_timestamp").iloc[-1]
     (outside,) = FeastHook().online_features(
-        [frame.sort_values("event_timestamp").iloc[-1][["flight_id", "carrier", "origin", "dest"]].to_dict()]
+        [
+            frame.sort_values("event_timestamp")
+            .iloc[-1][["flight_id", "carrier", "origin", "dest", "event_timestamp"]]
+            .to_dict()
+        ]
     )
     assert outside["plane_known"] == 0 and outside["sched_hour"] != outside["sched_hour"]  # unknown key: defaults
-    (online,) = FeastHook().online_features([last[["flight_id", "carrier", "origin", "dest"]].to_dict()])
+    (online,) = FeastHook().online_features(
+        [last[["flight_id", "carrier", "origin", "dest", "event_timestamp"]].to_dict()]
+    )
     assert online["sched_hour"] == last["sched_hour"] and online["distance"] == last["distance"]
-    assert online["weather_known"] == 1 and online["carrier_flights_30d"] > 0
+    assert online["weather_known"] == 1 and online["carrier_flights_30d"] == last["carrier_flights_30d"] > 0
+    assert online["temp"] == last["temp"] and online["route_flights_30d"] == last["route_flights_30d"]
 
     # a second run of the same month: partitions not rebuilt, same training set (same bytes, same address)
     again, states = _run({"month": "2013-02"})

@@ -71,7 +71,7 @@ def test_partitions_are_committed_and_rebuilds_are_no_ops(store):
 def test_apply_registers_the_repo_and_is_idempotent(store):
     applied = store["applied"]
     assert applied["views"] == sorted([F.FLIGHT_VIEW, F.WEATHER_VIEW, *F.HISTORY_VIEWS.values()])
-    assert applied["entities"] == ["carrier", "flight", "origin", "route"]
+    assert applied["entities"] == ["carrier_slot", "flight", "origin_slot", "route_slot", "weather_slot"]
     assert applied["online_store"] == "sqlite"
     assert any(c.endswith(":CREATE") for c in applied["changes"])
     assert store["hook"].apply()["changes"] == []
@@ -83,7 +83,8 @@ def test_apply_registers_the_repo_and_is_idempotent(store):
 def test_point_in_time_join_equals_merge_asof(store):
     frames = _frames(store)
     labels = frames[F.LABELS]
-    entity_df = labels.loc[:, ["flight_id", "event_timestamp", "carrier", "origin", "route", "is_late", "month"]]
+    keys = ["flight_id", "event_timestamp", "carrier", "origin", "route", *SPEC.slot_keys(), "is_late", "month"]
+    entity_df = labels.loc[:, keys]
     feast = F.finish_training_set(store["hook"].historical_features(entity_df), SPEC)
     reference = F.finish_training_set(reference_training_set(frames, labels, SPEC), SPEC)
     assert len(feast) == len(labels) == 50_009
@@ -113,39 +114,41 @@ def test_materializing_an_interval_twice_leaves_the_same_online_state(store):
     assert _online_rows(store) == first
     counts = hook.interval_rows(start, last)
     assert len(first) == sum(n * len(_view_features(v)) for v, n in counts.items())
-    assert counts["flight_features"] == 24_936 and counts["origin_weather"] == 3
+    weather = _frames(store)[F.WEATHER_VIEW]
+    slots = weather[(weather["available_at"] >= start) & (weather["available_at"] <= last)]
+    # one online row per flight and per weather slot (3 origins x 28 days x 24 hours), not one per origin
+    assert counts["flight_features"] == 24_936 and counts["origin_weather"] == len(slots) == 3 * 28 * 24
 
 
 def _view_features(view: str) -> list[str]:
     return [ref.split(":")[1] for ref in SPEC.feature_refs() if ref.startswith(f"{view}:")]
 
 
-def test_online_reads_return_the_latest_values_and_defaults_for_unknown_keys(store):
+def test_online_reads_answer_what_the_training_join_found_and_defaults_for_unknown_keys(store):
+    """Training/serving consistency: a flight looked up online gets, view by view, the values the point-in-time
+    join gave its training row, though the whole month was materialized before (no end-of-month values)."""
     hook = store["hook"]
     start, end = month_bounds("2013-02")
     hook.materialize(start, end - timedelta(microseconds=1))
     frames = _frames(store)
-    ours = frames[F.LABELS].query("carrier == 'DL' and origin == 'LGA' and event_timestamp < @end").iloc[-1]
-    flight = frames[F.FLIGHT_VIEW].set_index("flight_id").loc[ours["flight_id"]]
-    flight["flight_id"] = ours["flight_id"]
-    (row, unknown) = hook.online_features(
-        [
-            {"flight_id": flight["flight_id"], "carrier": "DL", "origin": "LGA", "dest": flight["dest"]},
-            {"flight_id": "20990101T00-ZZ-1", "carrier": "ZZ", "origin": "XXX", "dest": "YYY"},
-        ]
+    labels = frames[F.LABELS]
+    inside = labels[(labels["event_timestamp"] >= start + timedelta(hours=3)) & (labels["event_timestamp"] < end)]
+    sample = inside.sample(400, random_state=5)
+    trained = F.finish_training_set(reference_training_set(frames, sample, SPEC), SPEC).set_index("flight_id")
+    asked = sample.merge(frames[F.FLIGHT_VIEW][["flight_id", "dest"]], on="flight_id")
+    rows = asked.loc[:, ["flight_id", "carrier", "origin", "dest", "event_timestamp"]].to_dict("records")
+    online = pd.DataFrame(hook.online_features(rows), index=asked["flight_id"])
+    numeric = list(SPEC.numeric)
+    pd.testing.assert_frame_equal(
+        online.loc[trained.index, numeric].astype("float64"), trained[numeric].astype("float64"), check_names=False
     )
-    assert row["sched_hour"] == flight["sched_hour"] and row["distance"] == flight["distance"]
+    # not vacuous: the flights of one carrier got different history over the month, as in training
+    assert online["carrier_late_rate_7d"].nunique() > 50 and online["temp"].nunique() > 20
+    assert online["weather_known"].mean() > 0.95
 
-    def latest(view, key, value):
-        rows = frames[view][(frames[view][key] == value) & (frames[view][F.TIMESTAMP_FIELDS[view]] < end)]
-        return rows.sort_values(F.TIMESTAMP_FIELDS[view]).iloc[-1]
-
-    carrier = latest("carrier_history", "carrier", "DL")
-    assert carrier["snapshot_at"] >= pd.Timestamp("2013-02-28T12:00", tz="UTC")
-    assert row["carrier_flights_30d"] == carrier["carrier_flights_30d"] > 0
-    assert row["carrier_late_rate_7d"] == pytest.approx(carrier["carrier_late_rate_7d"])
-    assert row["route_flights_30d"] == latest("route_history", "route", f"LGA-{flight['dest']}")["route_flights_30d"]
-    assert row["temp"] == latest("origin_weather", "origin", "LGA")["temp"] and row["weather_known"] == 1
+    (unknown,) = hook.online_features(
+        [{"flight_id": "20990101T00-ZZ-1", "carrier": "ZZ", "origin": "XXX", "dest": "YYY", "event_timestamp": end}]
+    )
     assert unknown["carrier_flights_7d"] == 0 and np.isnan(unknown["carrier_late_rate_7d"])
     assert unknown["weather_known"] == 0 and np.isnan(unknown["temp"]) and unknown["plane_known"] == 0
 
@@ -236,18 +239,20 @@ def test_bulk_materialization_writes_exactly_what_feast_writes(store):
     assert any(until >= last for _, until in views[F.FLIGHT_VIEW].materialization_intervals)
 
 
-def _sample_rows(store, end) -> list[dict]:
+def _sample_rows(store, start, end) -> list[dict]:
     frames = _frames(store)
-    labels = frames[F.LABELS][frames[F.LABELS]["event_timestamp"] < end].sample(200, random_state=3)
-    rows = labels.loc[:, ["flight_id", "carrier", "origin", "route"]].to_dict("records")
-    return [*rows, {"flight_id": "20990101T00-ZZ-1", "carrier": "ZZ", "origin": "XXX", "route": "XXX-YYY"}]
+    stamps = frames[F.LABELS]["event_timestamp"]
+    labels = frames[F.LABELS][(stamps >= start) & (stamps < end)].sample(200, random_state=3)
+    rows = labels.loc[:, ["flight_id", *SPEC.slot_keys()]].to_dict("records")
+    unknown = {"flight_id": "20990101T00-ZZ-1", **{key: "ZZ@20990101T0000" for key in SPEC.slot_keys()}}
+    return [*rows, unknown]
 
 
 def test_the_prepared_reader_returns_what_get_online_features_returns(store):
     hook = store["hook"]
     start, end = month_bounds("2013-02")
     hook.materialize(start, end - timedelta(microseconds=1))
-    rows = _sample_rows(store, end)
+    rows = _sample_rows(store, start + timedelta(hours=3), end)
     expected = hook.store.get_online_features(features=SPEC.feature_refs(), entity_rows=rows).to_dict()
     reader = hook.online_reader
     assert reader.read(rows) == expected
@@ -265,8 +270,9 @@ def test_the_reader_cache_never_serves_values_older_than_the_last_materializatio
     writing = reading if writer == "same-connection" else FeastHook(lake_root=store["lake"].root_url)
     reader = reading.online_reader
     assert reader.caching
+    _wipe_online(store)
     writing.materialize(start, middle - timedelta(microseconds=1))
-    rows = _sample_rows(store, middle)
+    rows = _sample_rows(store, middle + timedelta(hours=3), end)  # flights of the interval not materialized yet
     before = reader.read(rows)
     misses = reader.misses
     assert reader.read(rows) == before and reader.misses == misses  # served from the cache, nothing read
@@ -276,3 +282,4 @@ def test_the_reader_cache_never_serves_values_older_than_the_last_materializatio
     assert after == fresh and reader.misses > misses
     changed = [n for n in ("carrier_late_rate_7d", "route_flights_30d", "temp") if after[n] != before[n]]
     assert len(changed) == 3, "the second interval must change the cached views, or this test proves nothing"
+    assert set(before["temp"][:-1]) == {None} and None not in after["temp"][:-1]

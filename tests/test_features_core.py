@@ -106,11 +106,9 @@ def test_history_counts_only_outcomes_known_strictly_before_the_snapshot():
     )
     outcomes["known_at"] = outcomes["known_at"].astype(F.TS)
     grid = pd.date_range(ts("2013-02-01T11:00"), ts("2013-02-01T13:00"), freq="1h").astype(F.TS)
-    from dataclasses import replace
-
     carrier = next(e for e in SPEC.history if e.name == "carrier")
-    daily = replace(SPEC, heartbeat_hours=24)  # write unchanged values once a day only
-    out = F.history_features(outcomes, grid, ["AA", "B6", "DL"], carrier, daily).set_index(["carrier", "snapshot_at"])
+    frame = F.history_features(outcomes, grid, ["AA", "B6", "DL"], carrier, SPEC)
+    out = frame.set_index(["carrier", "snapshot_at"])
     at12 = out.loc[("AA", ts("2013-02-01T12:00"))]
     assert at12["carrier_flights_7d"] == 2 and at12["carrier_late_rate_7d"] == 0.5
     assert at12["carrier_flights_30d"] == 3 and at12["carrier_late_rate_30d"] == pytest.approx(2 / 3)
@@ -119,10 +117,46 @@ def test_history_counts_only_outcomes_known_strictly_before_the_snapshot():
     assert at13["carrier_flights_7d"] == 3 and at13["carrier_late_rate_30d"] == 0.75
     never = out.loc[("DL", ts("2013-02-01T11:00"))]  # a key with no history: rate NaN, count 0
     assert never["carrier_flights_30d"] == 0 and np.isnan(never["carrier_late_rate_30d"])
-    # B6 does not change after 11:00 and 12:00/13:00 are no daily heartbeat: only its first snapshot is written
-    assert out.loc["B6"].index.tolist() == [ts("2013-02-01T11:00")]
-    hourly = F.history_features(outcomes, grid, ["B6"], carrier, SPEC)  # the configured hourly heartbeat
-    assert len(hourly) == 3
+    # one row per key and slot, even where nothing changed (B6 after 11:00): a lookup reads its own slot
+    assert out.loc["B6"].index.tolist() == list(grid)
+    assert frame.loc[frame["carrier"] == "AA", "carrier_slot"].tolist() == [
+        "AA@20130201T1100",
+        "AA@20130201T1200",
+        "AA@20130201T1300",
+    ]
+
+
+def test_weather_slots_carry_an_observation_forward_within_the_ttl_only():
+    """Slot B holds the latest observation at most ttl_hours - 1 hours older than B; a longer gap has no row."""
+    hours = [ts("2013-02-01T10:00"), ts("2013-02-01T11:00"), ts("2013-02-01T16:00")]
+    weather = pd.DataFrame(
+        {"origin": "JFK", "time_hour": hours, **{c: [1.0, 2.0, 3.0] for c in SPEC.weather_columns}}
+    ).assign(wind_gust=[np.nan, 20.0, np.nan])
+    out = F.weather_features(weather, SPEC).set_index(F.WEATHER_SLOT)
+    assert SPEC.weather_ttl_hours == 3
+    assert out.index.tolist() == [f"JFK@20130201T{h:02d}00" for h in (10, 11, 12, 13, 16)]
+    assert out.loc["JFK@20130201T1300", "time_hour"] == hours[1] and out.loc["JFK@20130201T1300", "temp"] == 2.0
+    assert out.loc["JFK@20130201T1300", "available_at"] == ts("2013-02-01T13:00") + pd.Timedelta(
+        minutes=SPEC.weather_lag_minutes
+    )
+    assert np.isnan(out.loc["JFK@20130201T1000", "wind_gust"])  # a missing value is not filled from elsewhere
+    assert np.isnan(out.loc["JFK@20130201T1600", "wind_gust"])
+
+
+def test_a_request_reads_the_slots_its_training_row_was_joined_on():
+    """Serving computes the slot keys from the request's departure; training from the label rows: the same keys."""
+    flights = F.prepare_flights(validated_frames("2013-03")["flights"], SPEC)
+    labels = F.labels(flights, "2013-03", SPEC).sample(3000, random_state=0)
+    for row in labels.to_dict("records"):
+        asked = F.request_slots(
+            row["carrier"], row["origin"], row["route"], row["event_timestamp"].to_pydatetime(), SPEC
+        )
+        assert asked == {key: row[key] for key in SPEC.slot_keys()}, row
+    on_the_hour = labels[labels["event_timestamp"].dt.minute == 0].iloc[0]
+    # with a publication lag, a departure at 10:00 reads the 09:00 weather slot, and the 10:00 history snapshot
+    hour = on_the_hour["event_timestamp"]
+    assert on_the_hour[F.WEATHER_SLOT].endswith((hour - pd.Timedelta(hours=1)).strftime("@%Y%m%dT%H00"))
+    assert on_the_hour["carrier_slot"].endswith(hour.strftime("@%Y%m%dT%H00"))
 
 
 # -- leakage ---------------------------------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 Everything here mirrors ``airflow_mlops.core.features`` and ``include/config/features.yaml``:
 
-==================  ===========  ======================  ==========================================  ============
-view                entity       timestamp               features                                    TTL
-==================  ===========  ======================  ==========================================  ============
-flight_features     flight_id    event_timestamp (sched) dest, sched_hour, weekday, distance, plane   flight.ttl
-origin_weather      origin       available_at            temp, dewp, ..., visib, weather_obs         weather.ttl
-carrier_history     carrier      snapshot_at (hourly)    carrier_late_rate/flights 7d, 30d           history.ttl
-route_history       route        snapshot_at (hourly)    route_late_rate/flights 30d                 history.ttl
-origin_history      origin       snapshot_at (hourly)    origin_late_rate/flights 7d                 history.ttl
-==================  ===========  ======================  ==========================================  ============
+==================  ============  ======================  ==========================================  ============
+view                entity (key)  timestamp               features                                    TTL
+==================  ============  ======================  ==========================================  ============
+flight_features     flight_id     event_timestamp (sched) dest, sched_hour, weekday, distance, plane   flight.ttl
+origin_weather      weather_slot  available_at (slot+lag) temp, dewp, ..., visib, weather_obs         weather.ttl
+carrier_history     carrier_slot  snapshot_at (hourly)    carrier_late_rate/flights 7d, 30d           history.ttl
+route_history       route_slot    snapshot_at (hourly)    route_late_rate/flights 30d                 history.ttl
+origin_history      origin_slot   snapshot_at (hourly)    origin_late_rate/flights 7d                 history.ttl
+==================  ============  ======================  ==========================================  ============
+
+Weather and history are keyed by entity and time slot (``"JFK@20130315T0900"``, see ``core.features``): the
+online store holds one row per slot, and a request reads the slot of its own scheduled departure.
 
 The sources' paths come from the environment at run time, never from this file: ``MLOPS_FEATURES_ROOT`` (set by
 ``FeastHook``; a local folder or ``s3://...``), else the lake's ``features/`` folder (``MLOPS_LAKE``).
@@ -68,10 +71,21 @@ def build_objects(features_root: str, spec: F.FeatureSpec | None = None) -> dict
         value_type=ValueType.STRING,
         description="One scheduled departure: f'{time_hour:%Y%m%dT%H}-{carrier}-{flight}'",
     )
-    origin = Entity(name="origin", join_keys=["origin"], value_type=ValueType.STRING, description="NYC origin airport")
-    carrier = Entity(name="carrier", join_keys=["carrier"], value_type=ValueType.STRING, description="Airline code")
-    route = Entity(name="route", join_keys=["route"], value_type=ValueType.STRING, description="'{origin}-{dest}'")
-    entities = {"carrier": carrier, "route": route, "origin": origin}
+    weather_slot = Entity(
+        name=F.WEATHER_SLOT,
+        join_keys=[F.WEATHER_SLOT],
+        value_type=ValueType.STRING,
+        description="NYC origin airport and hourly weather slot: f'{origin}@{floor(t - lag, 1 h):%Y%m%dT%H%M}'",
+    )
+    entities = {
+        entity.name: Entity(
+            name=entity.slot_key,
+            join_keys=[entity.slot_key],
+            value_type=ValueType.STRING,
+            description=f"{entity.key} and snapshot slot: f'{{{entity.key}}}@{{floor(t, snapshot period):%Y%m%dT%H%M}}'",
+        )
+        for entity in spec.history
+    }
 
     views = [
         FeatureView(
@@ -86,14 +100,14 @@ def build_objects(features_root: str, spec: F.FeatureSpec | None = None) -> dict
         ),
         FeatureView(
             name=F.WEATHER_VIEW,
-            entities=[origin],
+            entities=[weather_slot],
             ttl=timedelta(hours=spec.weather_ttl_hours),
             schema=[Field(name=name, dtype=Float64) for name in spec.weather_columns]
             + [Field(name=F.WEATHER_PRESENT, dtype=Int64)],
             source=source(F.WEATHER_VIEW),
             online=True,
             tags=tags,
-            description="Latest hourly observation at the origin usable at departure (time_hour + publication lag)",
+            description="Latest hourly observation at the origin usable in the slot (time_hour + publication lag)",
         ),
     ]
     for entity in spec.history:
@@ -111,7 +125,7 @@ def build_objects(features_root: str, spec: F.FeatureSpec | None = None) -> dict
                 description=f"Trailing late rates and volumes per {entity.name}, from outcomes known before the snapshot",
             )
         )
-    objects: dict[str, object] = {e.name: e for e in (flight, origin, carrier, route)}
+    objects: dict[str, object] = {e.name: e for e in (flight, weather_slot, *entities.values())}
     objects.update({v.name: v for v in views})
     return objects
 

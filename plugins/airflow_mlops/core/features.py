@@ -7,14 +7,21 @@ known strictly before it:
 * **flight features** (``flight_features``, entity ``flight_id``): schedule and fleet data — scheduled local
   hour and weekday, destination, distance, plane age and seats. Stamped at the scheduled departure
   ``event_timestamp = time_hour + minute``. Never the flight's own departure, arrival, delays or air time.
-* **weather** (``origin_weather``, entity ``origin``): the hourly observation stamped ``time_hour`` is usable
-  from ``time_hour + publication_lag`` (``available_at``); a departure at ``t`` gets the latest observation
-  with ``available_at <= t`` no older than the view's TTL, so its ``time_hour`` is strictly before ``t``.
-* **history** (``carrier_history``, ``route_history``, ``origin_history``): hourly snapshots. The snapshot
-  stamped ``H`` counts the labelled flights whose outcome was *known* in ``[H - window, H)``. An outcome is
-  known at ``known_at = scheduled departure + dep_delay + air_time + buffer`` (a conservative arrival time;
-  ``scheduled departure + fallback`` when either is missing). A departure at ``t`` uses the snapshot at
-  ``floor(t, 1 h) <= t``: every outcome it counts was known strictly before ``t``.
+* **weather** (``origin_weather``, entity ``weather_slot``): the hourly observation stamped ``time_hour`` is
+  usable from ``time_hour + publication_lag``. A departure at ``t`` reads the *slot* ``B = floor(t - lag, 1 h)``
+  of its origin: the latest observation with ``time_hour <= B`` (so ``time_hour + lag <= t``: strictly before
+  ``t``), if it is less than ``ttl_hours`` older than ``B``; the slot row is stamped ``available_at = B + lag``.
+* **history** (``carrier_history``, ``route_history``, ``origin_history``; entities ``<key>_slot``): hourly
+  snapshots. The snapshot stamped ``H`` counts the labelled flights whose outcome was *known* in
+  ``[H - window, H)``. An outcome is known at ``known_at = scheduled departure + dep_delay + air_time + buffer``
+  (a conservative arrival time; ``scheduled departure + fallback`` when either is missing). A departure at
+  ``t`` reads the snapshot of the slot ``floor(t, snapshot period) <= t``: every outcome it counts was known
+  strictly before ``t``.
+
+Weather and history rows are keyed by entity *and* time slot (``"JFK@20130315T09"``), one row per slot, so the
+online store answers a request with the values of the request's own time, as the point-in-time join does for
+training: a month materialized in one go (a replay, a backfill) serves each flight what was known before it,
+not the values of the end of the month. ``slot_columns`` computes the keys for label rows and requests alike.
 
 The labels (``is_late``) are written next to the features but never served: they are the entity rows of a
 training set. Every frame here keeps timestamps as ``datetime64[us, UTC]`` (what Feast's DuckDB store needs).
@@ -47,6 +54,9 @@ TIMESTAMP_FIELDS.update({view: "snapshot_at" for view in HISTORY_VIEWS.values()}
 FLIGHT_FEATURES = ["dest", "sched_hour", "weekday", "distance", "plane_age", "plane_seats", "plane_known"]
 #: Set to 1 on every weather row: after a join, null means "no observation within the TTL".
 WEATHER_PRESENT = "weather_obs"
+#: The weather view's join key: ``"<origin>@<slot %Y%m%dT%H%M>"``.
+WEATHER_SLOT = "weather_slot"
+SLOT_FORMAT = "%Y%m%dT%H%M"
 
 #: The training-set contract (column order). ``flight_id`` is unique; rows are sorted by it.
 ID_COLUMNS = ["flight_id", "event_timestamp", "is_late", "month"]
@@ -61,6 +71,11 @@ class HistoryEntity:
     @property
     def view(self) -> str:
         return HISTORY_VIEWS[self.name]
+
+    @property
+    def slot_key(self) -> str:
+        """The view's join key: ``"<key>@<snapshot slot>"``, e.g. ``carrier_slot = "UA@20130315T0900"``."""
+        return f"{self.key}_slot"
 
     def features(self) -> list[str]:
         return [f"{self.name}_{stat}_{w}d" for w in self.windows_days for stat in ("late_rate", "flights")]
@@ -80,7 +95,6 @@ class FeatureSpec:
     outcome_buffer_minutes: float
     outcome_fallback_hours: float
     snapshot_minutes: int
-    heartbeat_hours: int
     history_ttl_hours: float
     lookback_months: int
     history: tuple[HistoryEntity, ...]
@@ -101,6 +115,10 @@ class FeatureSpec:
 
     def history_features(self) -> list[str]:
         return [name for entity in self.history for name in entity.features()]
+
+    def slot_keys(self) -> list[str]:
+        """The join keys of the time-slotted views (weather, then each history entity)."""
+        return [WEATHER_SLOT, *(entity.slot_key for entity in self.history)]
 
     def feature_refs(self) -> list[str]:
         """Feast feature references (``view:feature``) a training set or an online lookup reads."""
@@ -156,7 +174,6 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
             outcome_buffer_minutes=float(outcome["buffer_minutes"]),
             outcome_fallback_hours=float(outcome["fallback_hours"]),
             snapshot_minutes=int(history["snapshot_freq_minutes"]),
-            heartbeat_hours=int(history["heartbeat_hours"]),
             history_ttl_hours=float(history["ttl_hours"]),
             lookback_months=int(history["lookback_months"]),
             history=entities,
@@ -174,8 +191,10 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
         raise ValueError(f"{target}: history.entities must be exactly {sorted(HISTORY_VIEWS)}")
     if spec.weather_lag_minutes <= 0:
         raise ValueError(f"{target}: weather.publication_lag_minutes must be > 0, or the weather join is not strict")
-    if spec.history_ttl_hours * 60 < spec.heartbeat_hours * 60 + spec.snapshot_minutes:
-        raise ValueError(f"{target}: history.ttl_hours must cover heartbeat_hours + one snapshot period")
+    if spec.history_ttl_hours * 60 < spec.snapshot_minutes:
+        raise ValueError(f"{target}: history.ttl_hours must cover one snapshot period")
+    if spec.weather_ttl_hours < 1:
+        raise ValueError(f"{target}: weather.ttl_hours must be >= 1 (one hourly slot)")
     if spec.outcome_buffer_minutes < 0:
         raise ValueError(f"{target}: outcome.buffer_minutes must be >= 0")
     missing = set(spec.numeric) - {*FLIGHT_FEATURES, *spec.weather_columns, "weather_known", *spec.history_features()}
@@ -283,20 +302,94 @@ def flight_features(flights: pd.DataFrame, planes: pd.DataFrame | None, spec: Fe
     return out.sort_values("flight_id", kind="stable").reset_index(drop=True)
 
 
+# -- time slots ---------------------------------------------------------------------------------------------
+def _floor_seconds(seconds: int, minutes: float) -> int:
+    step = int(minutes * 60)
+    return seconds // step * step
+
+
+def weather_slot_start(departure_utc: Any, spec: FeatureSpec) -> Any:
+    """The weather slot a departure reads: ``floor(t - publication lag, 1 h)`` (UTC)."""
+    from datetime import UTC, datetime
+
+    seconds = int(departure_utc.timestamp() - spec.weather_lag_minutes * 60)
+    return datetime.fromtimestamp(_floor_seconds(seconds, 60), UTC)
+
+
+def history_slot_start(departure_utc: Any, spec: FeatureSpec) -> Any:
+    """The history snapshot a departure reads: ``floor(t, snapshot period)`` (UTC)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(_floor_seconds(int(departure_utc.timestamp()), spec.snapshot_minutes), UTC)
+
+
+def request_slots(carrier: str, origin: str, route: str, departure_utc: Any, spec: FeatureSpec) -> dict[str, str]:
+    """The slot keys of one flight (what ``slot_columns`` computes for a frame), for an online lookup."""
+    weather = weather_slot_start(departure_utc, spec).strftime(SLOT_FORMAT)
+    history = history_slot_start(departure_utc, spec).strftime(SLOT_FORMAT)
+    values = {"carrier": carrier, "origin": origin, "route": route}
+    out = {WEATHER_SLOT: f"{origin}@{weather}"}
+    out.update({entity.slot_key: f"{values[entity.key]}@{history}" for entity in spec.history})
+    return out
+
+
+def slot_columns(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, pd.Series]:
+    """The slot keys of flights (``origin``, ``carrier``, ``route``, ``event_timestamp`` in UTC)."""
+    import pandas as pd
+
+    event = pd.to_datetime(frame["event_timestamp"], utc=True)
+    weather = (event - pd.Timedelta(minutes=spec.weather_lag_minutes)).dt.floor("60min").dt.strftime(SLOT_FORMAT)
+    history = event.dt.floor(f"{spec.snapshot_minutes}min").dt.strftime(SLOT_FORMAT)
+    out = {WEATHER_SLOT: frame["origin"].astype(str) + "@" + weather}
+    out.update({entity.slot_key: frame[entity.key].astype(str) + "@" + history for entity in spec.history})
+    return out
+
+
 def weather_features(weather: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Hourly observations per origin, stamped with when they become usable (``available_at``)."""
+    """One row per origin and hourly slot ``B``: the latest observation with ``time_hour <= B`` less than
+    ``ttl_hours`` older than ``B``, keyed ``"<origin>@<B>"`` and usable from ``available_at = B + lag``.
+
+    ``time_hour`` stays the observation's own hour (lineage for the leakage checks). Slots run from the first to
+    the last observation of the batch, so two months' partitions never hold the same slot.
+    """
+    import math
+
     import pandas as pd
 
     frame = weather.copy()
     frame["origin"] = _categorical(frame["origin"], spec.unknown_category)
     frame["time_hour"] = pd.to_datetime(frame["time_hour"], utc=True).astype(TS)
     frame = frame.dropna(subset=["time_hour"]).drop_duplicates(["origin", "time_hour"], keep="last")
-    out = frame.loc[:, ["origin", "time_hour", *spec.weather_columns]].copy()
+    observed = frame.loc[:, ["origin", "time_hour", *spec.weather_columns]].copy()
     for column in spec.weather_columns:
-        out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64")
-    out["available_at"] = (out["time_hour"] + pd.Timedelta(minutes=spec.weather_lag_minutes)).astype(TS)
+        observed[column] = pd.to_numeric(observed[column], errors="coerce").astype("float64")
+    observed["slot"] = observed["time_hour"].dt.floor("60min")
+    grid = [
+        pd.DataFrame({"origin": origin, "slot": pd.date_range(hours.min(), hours.max(), freq="1h")})
+        for origin, hours in observed.groupby("origin", sort=True)["slot"]
+    ]
+    if not grid:
+        out = observed.drop(columns="slot").assign(**{WEATHER_SLOT: pd.Series(dtype=object)})
+        out["available_at"] = out["time_hour"]
+        out[WEATHER_PRESENT] = pd.Series(dtype="int64")
+        return out.loc[:, [WEATHER_SLOT, "origin", "time_hour", "available_at", *spec.weather_columns, WEATHER_PRESENT]]
+    slots = pd.concat(grid, ignore_index=True)
+    slots["slot"] = slots["slot"].astype(TS)
+    older = max(int(math.ceil(spec.weather_ttl_hours)) - 1, 0)  # slots after its own hour an observation serves
+    out = pd.merge_asof(
+        slots.sort_values("slot", kind="stable"),
+        observed.sort_values("slot", kind="stable"),
+        on="slot",
+        by="origin",
+        direction="backward",
+        tolerance=pd.Timedelta(hours=older),
+    ).dropna(subset=["time_hour"])
+    out[WEATHER_SLOT] = out["origin"].astype(str) + "@" + out["slot"].dt.strftime(SLOT_FORMAT)
+    out["available_at"] = (out["slot"] + pd.Timedelta(minutes=spec.weather_lag_minutes)).astype(TS)
+    out["time_hour"] = out["time_hour"].astype(TS)
     out[WEATHER_PRESENT] = 1
-    return out.sort_values(["origin", "time_hour"], kind="stable").reset_index(drop=True)
+    out = out.sort_values(["origin", "slot"], kind="stable").reset_index(drop=True)
+    return out.loc[:, [WEATHER_SLOT, "origin", "time_hour", "available_at", *spec.weather_columns, WEATHER_PRESENT]]
 
 
 def outcome_known_at(flights: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
@@ -345,6 +438,8 @@ def labels(flights: pd.DataFrame, month: str, spec: FeatureSpec) -> pd.DataFrame
             "month": parse_month(month),
         }
     )
+    for name, keys in slot_columns(out, spec).items():
+        out[name] = keys.astype(object)
     return out.sort_values("flight_id", kind="stable").reset_index(drop=True)
 
 
@@ -370,15 +465,15 @@ def history_features(
 ) -> pd.DataFrame:
     """Trailing late rates and volumes per key at each grid time ``H``, from outcomes known in ``[H - w, H)``.
 
-    A row is written when a value changes and on every heartbeat; ``max_source_ts`` is the latest ``known_at``
-    counted (lineage for the leakage checks, not a feature). Missing history: rate NaN, count 0.
+    One row per key and grid time (the view's join key ``"<key>@<H>"``: a lookup reads its own slot);
+    ``max_source_ts`` is the latest ``known_at`` counted (lineage for the leakage checks, not a feature).
+    Missing history: rate NaN, count 0.
     """
     import numpy as np
     import pandas as pd
 
     grid_ns = grid.as_unit("us").asi8
-    beat = pd.Timedelta(hours=spec.heartbeat_hours).value // 1000
-    heartbeat = grid_ns % beat == 0
+    slots = list(pd.DatetimeIndex(grid).strftime(SLOT_FORMAT))
     windows = [int(pd.Timedelta(days=w).value // 1000) for w in entity.windows_days]
     longest = windows[int(np.argmax(windows))]
     by_key = {k: g for k, g in past.groupby(entity.key, sort=False)} if len(past) else {}
@@ -393,7 +488,7 @@ def history_features(
         else:
             times, late_cum = np.array([], dtype="int64"), np.array([0])
         upto = np.searchsorted(times, grid_ns, side="left")  # outcomes known strictly before H
-        columns, state = {}, [upto]
+        columns = {}
         for days, width in zip(entity.windows_days, windows, strict=True):
             since = np.searchsorted(times, grid_ns - width, side="left")
             flights = upto - since
@@ -403,24 +498,20 @@ def history_features(
                     flights > 0, lates / np.maximum(flights, 1), np.nan
                 )
             columns[f"{entity.name}_flights_{days}d"] = flights.astype("int64")
-            state += [flights, lates]
         since_longest = np.searchsorted(times, grid_ns - longest, side="left")
         last = np.where(
             upto > since_longest, times[np.maximum(upto - 1, 0)] if len(times) else 0, np.iinfo("int64").min
         )
-        stacked = np.vstack(state[1:])
-        changed = np.ones(len(grid_ns), dtype=bool)
-        changed[1:] = (stacked[:, 1:] != stacked[:, :-1]).any(axis=0)
-        keep = changed | heartbeat
         frame = pd.DataFrame(
-            {entity.key: key, "snapshot_at": grid_ns[keep], **{k: v[keep] for k, v in columns.items()}}
+            {entity.slot_key: [f"{key}@{slot}" for slot in slots], entity.key: key, "snapshot_at": grid_ns, **columns}
         )
-        frame["max_source_ts"] = last[keep]
+        frame["max_source_ts"] = last
         parts.append(frame)
     names = entity.features()
     if not parts:
         return pd.DataFrame(
             {
+                entity.slot_key: pd.Series(dtype=object),
                 entity.key: pd.Series(dtype=object),
                 "snapshot_at": pd.Series(dtype=TS),
                 **{n: pd.Series(dtype="float64") for n in names},
@@ -434,7 +525,8 @@ def history_features(
     for name in names:
         out[name] = out[name].astype("int64" if "_flights_" in name else "float64")
     out[entity.key] = out[entity.key].astype(object)
-    return out.loc[:, [entity.key, "snapshot_at", *names, "max_source_ts"]]
+    out[entity.slot_key] = out[entity.slot_key].astype(object)
+    return out.loc[:, [entity.slot_key, entity.key, "snapshot_at", *names, "max_source_ts"]]
 
 
 # -- one month ----------------------------------------------------------------------------------------------

@@ -41,9 +41,13 @@ def entity_groups(spec: F.FeatureSpec) -> dict[str, list[str]]:
     return groups
 
 
-def entity_rows(requests: list[FlightRequest]) -> list[dict[str, Any]]:
+def entity_rows(requests: list[FlightRequest], spec: F.FeatureSpec) -> list[dict[str, Any]]:
+    """The Feast entity keys of each request: its flight, and the weather and history slots of its departure."""
     return [
-        {"flight_id": r.flight_id(), "carrier": r.carrier, "origin": r.origin, "route": f"{r.origin}-{r.dest}"}
+        {
+            "flight_id": r.flight_id(),
+            **F.request_slots(r.carrier, r.origin, f"{r.origin}-{r.dest}", r.departure_utc(), spec),
+        }
         for r in requests
     ]
 
@@ -56,7 +60,7 @@ def lookup_features(
     :param reader: ``FeastHook().online_reader`` (anything with ``read(entity_rows) -> {column: values}``, the
         columns of ``get_online_features(...).to_dict()``).
     """
-    values = reader.read(entity_rows(requests))
+    values = reader.read(entity_rows(requests, spec))
     groups = entity_groups(spec)
     defaulted = [
         [entity for entity, names in groups.items() if all(values[name][i] is None for name in names if name in values)]

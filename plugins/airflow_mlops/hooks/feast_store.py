@@ -258,21 +258,26 @@ class FeastHook(BaseHook):
         return OnlineFeatureReader(self.store, refs, cache_views=views - {FLIGHT_VIEW})
 
     def online_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Latest online values for flights given as ``{flight_id, carrier, origin, dest}`` (route derived).
+        """Online values for flights given as ``{flight_id, carrier, origin, dest, event_timestamp}`` (the
+        scheduled departure, UTC; route derived): each reads the weather and history slots of its departure.
 
         Unknown keys get the defaults of ``features.yaml`` (NaN, counts 0, ``*_known`` 0).
         """
-        from airflow_mlops.core.features import finish_online
+        import pandas as pd
 
-        entity_rows = [
-            {
-                "flight_id": row["flight_id"],
-                "carrier": row["carrier"],
-                "origin": row["origin"],
-                "route": row.get("route") or f"{row['origin']}-{row['dest']}",
-            }
-            for row in rows
-        ]
+        from airflow_mlops.core.features import finish_online, request_slots
+
+        entity_rows = []
+        for row in rows:
+            route = row.get("route") or f"{row['origin']}-{row['dest']}"
+            departure = pd.Timestamp(row["event_timestamp"])
+            departure = departure.tz_localize("UTC") if departure.tzinfo is None else departure
+            entity_rows.append(
+                {
+                    "flight_id": row["flight_id"],
+                    **request_slots(row["carrier"], row["origin"], route, departure.to_pydatetime(), self.spec),
+                }
+            )
         out = finish_online(self.online_reader.read(entity_rows), self.spec)
         for row, asked in zip(out, rows, strict=True):
             if row.get("dest") in (None, self.spec.unknown_category) and asked.get("dest"):

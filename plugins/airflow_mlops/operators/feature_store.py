@@ -279,7 +279,13 @@ def build_training_set(feast: FeastHook, labels: pd.DataFrame, spec: FeatureSpec
     """Point-in-time join of label rows with the offline store, finished to the training-set contract."""
     from airflow_mlops.core import features as F
 
-    entity_df = labels.loc[:, ["flight_id", "event_timestamp", "carrier", "origin", "route", "is_late", "month"]]
+    columns = ["flight_id", "event_timestamp", "carrier", "origin", "route", *spec.slot_keys(), "is_late", "month"]
+    missing = [c for c in columns if c not in labels.columns]
+    if missing:
+        raise AirflowFailException(
+            f"label rows without {', '.join(missing)}: built under an older feature definition; rebuild the months"
+        )
+    entity_df = labels.loc[:, columns]
     joined = feast.historical_features(entity_df, spec.feature_refs())
     if len(joined) != len(entity_df):
         raise AirflowFailException(f"the point-in-time join returned {len(joined)} rows for {len(entity_df)} labels")
