@@ -465,6 +465,9 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self._ok(self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}))
 
+    def pause(self, dag_id: str) -> None:
+        self._ok(self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": True}))
+
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         run = self._ok(
             self.http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
