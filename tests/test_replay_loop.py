@@ -93,9 +93,9 @@ def test_march_traffic_is_logged_monitored_and_decided(replayed):
     assert len(log) == 28834 and len(march) == 28834  # exactly the answered requests
     row = _months(replayed)["2013-03"]
     assert row["drift_share"] is not None and 0.0 <= row["drift_share"] <= 1.0
-    # Better than chance, not as good as the hold-out: the replay answers a month with end-of-month online
-    # features (README, Known limitations), which the drift check reports.
-    assert row["live_roc_auc"] is not None and row["live_roc_auc"] > 0.5 and row["live_rows"] > 25000
+    # Online features are the training join's (slot keys), so the live figure is of the hold-out's order.
+    assert row["live_roc_auc"] is not None and row["live_rows"] > 25000
+    assert row["live_roc_auc"] > row["holdout_roc_auc"] - 0.05, row
     assert (replayed["home"] / "lake" / row["reports"]["drift"]).is_file()
     assert (replayed["home"] / "lake" / row["reports"]["performance"]).is_file()
     assert row["retrain"] is not None and row["policy_reasons"]
