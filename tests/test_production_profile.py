@@ -539,6 +539,7 @@ def test_a_served_month_is_monitored(stack, client):
     sent = traffic.send(server.url, traffic.month_requests("2013-03"), month="2013-03", batch_size=500)
     assert (sent.sent, sent.answered, sent.failed) == (MONTH_ROWS["2013-03"], MONTH_ROWS["2013-03"], 0), sent
     assert sent.versions == {champion: MONTH_ROWS["2013-03"]}
+    assert traffic.wait_logged(server.url)["pending"] == 0
     from airflow_mlops.core.inference_log import read_inference_log
 
     assert len(read_inference_log(lake)) == MONTH_ROWS["2013-03"]  # exactly the answered requests, in the lake

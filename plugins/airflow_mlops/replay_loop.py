@@ -285,6 +285,8 @@ class YearReplay:
             row.served_by = ",".join(sorted(result.versions)) or None
             if result.failed:
                 raise ReplayError(f"traffic of {month}: {result.failed} predictions failed: {result.errors[:3]}")
+            # the outcomes are announced once every answered prediction is in the log monitoring reads
+            traffic.wait_logged(url, timeout=self.timeout)
         else:
             self.log("   no champion serving yet: no traffic answered this month")
         row.seconds["traffic"] = round(time.monotonic() - started, 1)

@@ -160,3 +160,26 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5) -> dict[str, Any]:
+    """Wait until the server has committed every answered prediction to the inference log (``/info`` reports
+    nothing pending); returns its inference-log stats. The log is flushed every ``flush_interval_s``: an
+    upstream that announces outcomes right after the traffic would otherwise be monitored on part of it.
+
+    With ``server.workers`` > 1 each worker keeps its own buffer and ``/info`` answers for one of them: wait
+    ``flush_interval_s`` more in that case.
+
+    :raises TimeoutError: rows are still pending after ``timeout`` seconds (e.g. the lake refuses writes).
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=10.0) as http:
+        while True:
+            stats = http.post("/info", json={}).json().get("inference_log") or {}
+            if not stats.get("pending"):
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}: {stats['pending']} predictions still not in the inference log: {stats}")
+            time.sleep(poll)
