@@ -78,7 +78,6 @@ class FlightDelayService:
         from threadpoolctl import threadpool_limits
 
         from airflow_mlops.core.features import load_spec
-        from airflow_mlops.hooks.feast_store import FeastHook
         from airflow_mlops.hooks.mlflow_registry import MlflowHook
 
         # One OpenMP thread per scoring call: requests run in parallel threads already, and on a small shared CPU
@@ -94,7 +93,7 @@ class FlightDelayService:
         self.mlflow = MlflowHook()
         self.client = self.mlflow.client
         self.spec = load_spec()
-        self.features = FeastHook().online_reader
+        self._features: Any = None  # the online reader, opened on first use (see ``features``)
         self.canned = [FlightRequest(**r) for r in _canned()["single"]]
         self.slot: Any = None
         self.load_error: str | None = None
@@ -110,6 +109,18 @@ class FlightDelayService:
         interval = float(model_cfg.get("watch_interval_s") or 0)
         if interval > 0 and not self.pinned:
             threading.Thread(target=self._watch, args=(interval,), name="alias-watch", daemon=True).start()
+
+    @property
+    def features(self) -> Any:
+        """The Feast online reader, opened when a model is first loaded: a server started before the first
+        ``feast apply`` (a fresh home, no champion yet) comes up and waits instead of failing."""
+        if self._features is None:
+            from airflow_mlops.hooks.feast_store import FeastHook
+
+            with self._lock:
+                if self._features is None:
+                    self._features = FeastHook().online_reader
+        return self._features
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _inference_log(self) -> Any:
