@@ -1,4 +1,5 @@
-"""The main job on the embedded profile: replay 2013 month by month through the whole MLOps loop.
+"""The main job: replay 2013 month by month through the whole MLOps loop (embedded profile by default;
+``MLOPS_PROFILE=production`` runs it on the production profile's native services).
 
     python -m airflow_mlops.demo                                   # 2013-01..2013-12, May first lands broken
     python -m airflow_mlops.demo --months 2013-01:2013-03 --corrupt   # three months, no broken delivery
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -73,7 +75,7 @@ def _print_outputs(stack, lake, keys: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from airflow_mlops import settings
-    from airflow_mlops.devstack import ADMIN_USER, AirflowClient, Stack
+    from airflow_mlops.devstack import ADMIN_USER, AirflowClient, Stack, profile_env
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.replay_loop import MemorySampler, MonthRow, ReplayError, YearReplay
     from airflow_mlops.replay_report import stage_totals, table_lines, write_outputs
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         embedded().stop()
         stack.down()
         shutil.rmtree(stack.home, ignore_errors=True)
+    # This driver reads the registry and the lake as the tasks do: on the production profile, the MLflow server.
+    os.environ.update(profile_env())
     lake = LakeHook()
     previous = _previous(lake) if lake.path().exists() else None
     done = [MonthRow.from_dict(m) for m in (previous or {}).get("months", [])]
