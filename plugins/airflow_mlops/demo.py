@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     todo = months[len(done_months) :]
 
-    print(f"== starting the embedded Airflow in {stack.home} ...", flush=True)
+    print(f"== starting Airflow ({stack.profile} profile) in {stack.home} ...", flush=True)
     stack.up()
     client = AirflowClient(stack.url, ADMIN_USER, stack.admin_password())
     replay = YearReplay(
