@@ -18,7 +18,7 @@ known strictly before it:
   ``t`` reads the snapshot of the slot ``floor(t, snapshot period) <= t``: every outcome it counts was known
   strictly before ``t``.
 
-Weather and history rows are keyed by entity *and* time slot (``"JFK@20130315T09"``), one row per slot, so the
+Weather and history rows are keyed by entity *and* time slot (``"JFK@20130315T0900"``), one row per slot, so the
 online store answers a request with the values of the request's own time, as the point-in-time join does for
 training: a month materialized in one go (a replay, a backfill) serves each flight what was known before it,
 not the values of the end of the month. ``slot_columns`` computes the keys for label rows and requests alike.
