@@ -110,27 +110,15 @@ def plot_png(rows: list[MonthRow]) -> bytes:
     auc_ax.set_ylim(min(0.5, low - 0.02), 1.0)
     auc_ax.set_ylabel("ROC AUC")
     for i, r in zip(x, rows, strict=True):
+        mark = None
         if r.promoted:
             auc_ax.axvline(i + 0.5, color="#2e7d32", lw=1.5)
-            auc_ax.annotate(
-                f"v{r.promoted} promoted",
-                (i + 0.5, 0.98),
-                rotation=90,
-                va="top",
-                ha="right",
-                fontsize=8,
-                color="#2e7d32",
-            )
+            mark = (f"v{r.promoted} promoted", "#2e7d32")
         elif r.gate and r.gate != "approved":
-            auc_ax.annotate(
-                f"not promoted: {r.gate}",
-                (i + 0.5, 0.98),
-                rotation=90,
-                va="top",
-                ha="right",
-                fontsize=8,
-                color="#b00020",
-            )
+            mark = (f"not promoted: {r.gate}", "#b00020")
+        if mark:
+            text, color = mark
+            auc_ax.annotate(text, (i + 0.5, 0.98), rotation=90, va="top", ha="right", fontsize=8, color=color)
         if r.quarantined:
             auc_ax.annotate("quarantined", (i, 0.52), ha="center", fontsize=8, color="#b00020")
     auc_ax.set_xticks(x, months, rotation=0)
