@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_mlops.core.batches import batch_hash, month_of, parse_month
 from airflow_mlops.hooks.lake import LakeHook
+from airflow_mlops.templating import is_blank
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,7 +30,7 @@ class ValidatedMonthMissingError(AirflowFailException):
 def months_from_context(requested: str | None, context: Context) -> list[str]:
     """Which months a run builds: a named month; else the months of the triggering ``validated_batch`` events;
     else the month of the run's data interval."""
-    if requested and str(requested).strip() not in ("", "None"):
+    if not is_blank(requested):
         return [parse_month(str(requested).strip())]
     months = set()
     for events in (context.get("triggering_asset_events") or {}).values():
@@ -106,7 +107,7 @@ class BuildFeaturesOperator(BaseOperator):
 
         spec = F.load_spec(self.features_config or None)
         months = months_from_context(self.month, context)
-        if _blank(self.month):
+        if is_blank(self.month):
             months = self._with_months_left_behind(months)
         self.log.info("building features for %s", ", ".join(months))
         partitions = {month: build_partition(self.lake, month, spec, log=self.log) for month in months}
@@ -118,10 +119,6 @@ class BuildFeaturesOperator(BaseOperator):
             "interval_end": end.isoformat(),
             "partitions": partitions,
         }
-
-
-def _blank(value: Any) -> bool:
-    return value is None or str(value).strip() in ("", "None", "null")
 
 
 def read_validated(lake: LakeHook, month: str) -> dict[str, pd.DataFrame] | None:

@@ -25,6 +25,7 @@ from airflow_mlops.hooks.lake import LakeHook
 from airflow_mlops.hooks.mlflow_registry import MlflowHook
 from airflow_mlops.links import REPORT_XCOM_KEY
 from airflow_mlops.links_monitoring import MonitoringReportLink
+from airflow_mlops.templating import is_blank
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,10 +65,6 @@ def _parse(value: Any) -> Any:
     return value
 
 
-def _blank(value: Any) -> bool:
-    return value is None or str(value).strip() in ("", "None", "null")
-
-
 def month_from_context(requested: str | None, context: Context) -> str:
     """The month a run checks: ``requested`` (conf / param); else the newest month of the triggering asset
     events' extra (``month`` or ``months``); else the month of the run's data interval."""
@@ -75,7 +72,7 @@ def month_from_context(requested: str | None, context: Context) -> str:
 
     from airflow_mlops.core.batches import month_of, parse_month
 
-    if not _blank(requested):
+    if not is_blank(requested):
         return parse_month(str(requested).strip())
     months = set()
     for events in (context.get("triggering_asset_events") or {}).values():
