@@ -140,28 +140,6 @@ def send(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    from airflow_mlops.serving_process import embedded
-
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.traffic", description=__doc__.split("\n")[0])
-    parser.add_argument("month", help="YYYY-MM of 2013")
-    parser.add_argument("--url", default=None, help="serving URL (default: the embedded server of MLOPS_HOME)")
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=250)
-    args = parser.parse_args(argv)
-    month = parse_month(args.month)
-    url = args.url or embedded().url
-    result = send(
-        url, month_requests(month), month=month, batch_size=args.batch_size, concurrency=args.concurrency, log=print
-    )
-    print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.failed == 0 and result.refused == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5) -> dict[str, Any]:
     """Wait until the server has committed every answered prediction to the inference log (``/info`` reports
     nothing pending); returns its inference-log stats. The log is flushed every ``flush_interval_s``: an
@@ -183,3 +161,25 @@ def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5) -> dict[str,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url}: {stats['pending']} predictions still not in the inference log: {stats}")
             time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from airflow_mlops.serving_process import embedded
+
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.traffic", description=__doc__.split("\n")[0])
+    parser.add_argument("month", help="YYYY-MM of 2013")
+    parser.add_argument("--url", default=None, help="serving URL (default: the embedded server of MLOPS_HOME)")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=250)
+    args = parser.parse_args(argv)
+    month = parse_month(args.month)
+    url = args.url or embedded().url
+    result = send(
+        url, month_requests(month), month=month, batch_size=args.batch_size, concurrency=args.concurrency, log=print
+    )
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.failed == 0 and result.refused == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
