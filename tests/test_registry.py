@@ -88,7 +88,7 @@ def test_run_records_lineage(champion, store):
     assert dataset_input.dataset.source and snap["uri"] in dataset_input.dataset.source
     assert {t.key: t.value for t in dataset_input.tags}["sha256"] == snap["sha256"]
     artifacts = {a.path for a in h.client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/evaluation.json", "evaluation/curves.png"} <= artifacts
+    assert {"evaluation/evaluation.json", "evaluation/curves.svg"} <= artifacts
     # The logged model carries a signature, an input example and the explicit requirements.
     import mlflow
 

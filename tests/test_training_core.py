@@ -132,6 +132,25 @@ def test_slices_report_sizes_and_undefined_metrics_as_none():
     assert ev.Evaluation.from_dict(result.to_dict()).slices == result.slices
 
 
+def test_curves_svg_draws_each_model_on_both_panels():
+    from xml.etree import ElementTree
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    perfect, useless = y * 0.8 + 0.1, rng.random(2000)
+    svg = ev.curves_svg(y, {"candidate": perfect, "champion v3 <old>": useless})
+    root = ElementTree.fromstring(svg)  # well-formed, names escaped
+    ns = "{http://www.w3.org/2000/svg}"
+    lines = root.findall(f"{ns}polyline")
+    assert len(lines) == 2 * 3  # per panel: the diagonal and one curve per model
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert texts.count("champion v3 <old>") == 2 and "ROC on the hold-out" in texts
+    # The perfect model's ROC curve reaches TPR 1 at FPR 0: its first point after (0, bottom) is at the top.
+    roc_candidate = [tuple(map(float, p.split(","))) for p in lines[1].get("points").split()]
+    top = min(y for _, y in roc_candidate)
+    assert roc_candidate[1][1] == top
+
+
 def test_config_hash_tracks_what_is_trained():
     assert config().sha256 == config().sha256
     assert config(seed=99).sha256 != config().sha256

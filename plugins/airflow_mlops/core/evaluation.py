@@ -102,32 +102,93 @@ def evaluate(
     return result
 
 
-def plot_curves(y_true: Any, curves: dict[str, Any], path: str) -> None:
-    """ROC and calibration curves of each named model's probabilities, side by side, to a PNG at ``path``.
+#: Line colours of the curves plot, in order (matplotlib's default cycle).
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
-    Drawn on a bare ``Figure`` (no pyplot state) with a fixed layout and fixed legend corners: ``tight_layout``
-    draws the figure once more to measure it, and ``loc="best"`` tests the legend against every point of an
-    ROC curve; together they were half the cost of the plot.
+
+def curves_svg(y_true: Any, curves: dict[str, Any], *, roc_points: int = 201) -> str:
+    """ROC and calibration curves of each named model's probabilities, side by side, as one SVG document.
+
+    Plain SVG written here rather than drawn with matplotlib: the figure needs two line panels, and
+    matplotlib's layout machinery cost a tenth of the whole evaluation task. The ROC curve is the exact
+    curve sampled on ``roc_points`` evenly spaced false-positive rates; calibration uses 10 quantile bins.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    import numpy as np
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
-    fig = Figure(figsize=(10, 4.5))
-    roc_ax, cal_ax = fig.subplots(1, 2)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
+    y = np.asarray(y_true).astype(int)
+    grid = np.linspace(0.0, 1.0, roc_points)
+    roc, calibration = {}, {}
     for name, proba in curves.items():
-        fpr, tpr, _ = roc_curve(y_true, proba)
-        roc_ax.plot(fpr, tpr, label=name)
-        frac, mean = calibration_curve(y_true, proba, n_bins=10, strategy="quantile")
-        cal_ax.plot(mean, frac, marker="o", label=name)
-    roc_ax.plot([0, 1], [0, 1], ls="--", c="grey")
-    roc_ax.set(title="ROC on the hold-out", xlabel="false positive rate", ylabel="true positive rate")
-    cal_ax.plot([0, 1], [0, 1], ls="--", c="grey")
-    cal_ax.set(title="Calibration on the hold-out", xlabel="mean predicted", ylabel="observed late rate")
-    roc_ax.legend(loc="lower right")
-    cal_ax.legend(loc="upper left")
-    fig.savefig(path, dpi=80)
+        fpr, tpr, _ = roc_curve(y, proba)
+        roc[name] = (grid, np.interp(grid, fpr, tpr))
+        frac, mean = calibration_curve(y, proba, n_bins=10, strategy="quantile")
+        calibration[name] = (mean, frac)
+    width, height = 820, 380
+    panels = [
+        _svg_panel(roc, 60, "ROC on the hold-out", "false positive rate", "true positive rate", legend="lower right"),
+        _svg_panel(
+            calibration, 470, "Calibration on the hold-out", "mean predicted", "observed late rate", markers=True
+        ),
+    ]
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
+        f'<rect width="{width}" height="{height}" fill="white"/>{"".join(panels)}</svg>'
+    )
+
+
+def _svg_panel(
+    lines: dict[str, tuple[Any, Any]],
+    left: int,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    markers: bool = False,
+    legend: str = "upper left",
+) -> str:
+    """One unit-square panel (0..1 on both axes) with a dashed diagonal, ticks, labels and a legend in the
+    ``legend`` corner (``"upper left"`` or ``"lower right"``)."""
+    from html import escape
+
+    top, size = 40, 290
+
+    def xy(x: float, y: float) -> str:
+        return f"{left + x * size:.1f},{top + (1 - y) * size:.1f}"
+
+    out = [f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#333"/>']
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x, y = left + tick * size, top + (1 - tick) * size
+        out.append(f'<line x1="{x:.1f}" y1="{top + size}" x2="{x:.1f}" y2="{top + size + 5}" stroke="#333"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + size + 18}" text-anchor="middle">{tick:g}</text>')
+        out.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    out.append(f'<polyline points="{xy(0, 0)} {xy(1, 1)}" fill="none" stroke="grey" stroke-dasharray="5,4"/>')
+    for i, (name, (xs, ys)) in enumerate(lines.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        points = " ".join(xy(float(x), float(y)) for x, y in zip(xs, ys, strict=True))
+        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
+        if markers:
+            out.extend(
+                f'<circle cx="{point.split(",")[0]}" cy="{point.split(",")[1]}" r="3" fill="{colour}"/>'
+                for point in points.split()
+            )
+        if legend == "lower right":
+            legend_x, legend_y = left + size - 150, top + size - 12 - 16 * (len(lines) - 1 - i)
+        else:
+            legend_x, legend_y = left + 10, top + 18 + 16 * i
+        out.append(
+            f'<line x1="{legend_x}" y1="{legend_y - 4}" x2="{legend_x + 20}" y2="{legend_y - 4}" '
+            f'stroke="{colour}" stroke-width="2"/><text x="{legend_x + 25}" y="{legend_y}">{escape(name)}</text>'
+        )
+    mid = left + size / 2
+    out.append(f'<text x="{mid:.1f}" y="{top - 14}" text-anchor="middle" font-size="14">{escape(title)}</text>')
+    out.append(f'<text x="{mid:.1f}" y="{top + size + 36}" text-anchor="middle">{escape(xlabel)}</text>')
+    ylab_x, ylab_y = left - 40, top + size / 2
+    out.append(
+        f'<text x="{ylab_x}" y="{ylab_y:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 {ylab_x} {ylab_y:.1f})">{escape(ylabel)}</text>'
+    )
+    return "".join(out)

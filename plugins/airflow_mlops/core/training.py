@@ -6,6 +6,7 @@ importing this module stays cheap.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -303,11 +304,14 @@ class TrainResult:
     train_metrics: dict[str, float]
 
 
-def train(frame: pd.DataFrame, config: TrainingConfig) -> TrainResult:
-    """Split off the hold-out and fit the configured pipeline on the rest. Same frame + config → same model."""
+def train(frame: pd.DataFrame, config: TrainingConfig, split: Split | None = None) -> TrainResult:
+    """Split off the hold-out and fit the configured pipeline on the rest. Same frame + config → same model.
+
+    :param split: ``split_holdout(frame, config)`` if the caller already made it.
+    """
     import time
 
-    split = split_holdout(frame, config)
+    split = split or split_holdout(frame, config)
     if split.train[config.label].nunique() < 2:
         raise ValueError("the training rows hold a single class: nothing to learn")
     X, y = features_frame(split.train, config), split.train[config.label].to_numpy()
@@ -342,6 +346,11 @@ def predict_proba(model: Any, frame: pd.DataFrame, config: TrainingConfig | None
 
 def pip_requirements() -> list[str]:
     """Exact requirements for serving the pipeline (inferring them is slow and lists unrelated packages)."""
+    return list(_installed_pins())
+
+
+@functools.cache
+def _installed_pins() -> tuple[str, ...]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
@@ -351,7 +360,7 @@ def pip_requirements() -> list[str]:
         except PackageNotFoundError:
             if package != "skops":  # skops is only needed for the skops format
                 raise
-    return pins
+    return tuple(pins)
 
 
 def git_commit(root: str | Path) -> tuple[str, bool]:

@@ -232,58 +232,80 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
         from airflow_mlops.core import training as core
 
         config = core.load_config(self.config_path or default_config_path())
         frame, info = self.read_training_set(self.training_set)
-        result = core.train(frame, config)
+        split = core.split_holdout(frame, config)
+        feature_views = _parse(self.feature_views) or info.get("feature_views")
+        hook = self.mlflow_hook
+        hook.activate()
+        experiment_id = hook.get_or_create_experiment(self.experiment_name or config.experiment_name)
+        # The run, its tags, params, dataset input and config are written while the model fits (the fit runs
+        # in native code, mostly without the GIL): tracking costs the task little more than its model upload.
+        with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:
+            opening = pool.submit(
+                open_training_run,
+                hook,
+                config,
+                split,
+                info,
+                experiment_id=experiment_id,
+                lineage=airflow_lineage(context),
+                feature_views=feature_views,
+            )
+            try:
+                result = core.train(frame, config, split=split)
+            except BaseException:
+                if opening.exception() is None:
+                    hook.client.set_terminated(opening.result(), "FAILED")
+                raise
+            run_id = opening.result()
         self.log.info(
             "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
             config.model_type,
-            len(result.split.train),
-            ", ".join(result.split.train_months),
-            len(result.split.holdout),
-            ", ".join(result.split.holdout_months),
+            len(split.train),
+            ", ".join(split.train_months),
+            len(split.holdout),
+            ", ".join(split.holdout_months),
             result.fit_seconds,
         )
-        feature_views = _parse(self.feature_views) or info.get("feature_views")
-        logged = log_training_run(
-            self.mlflow_hook,
-            config,
-            result,
-            info,
-            experiment_name=self.experiment_name or config.experiment_name,
-            lineage=airflow_lineage(context),
-            feature_views=feature_views,
-        )
-        url = self.mlflow_hook.run_url(logged["run_id"], logged["experiment_id"])
+        logged = log_fitted_model(hook, run_id, config, result, info)
+        logged["experiment_id"] = experiment_id
+        url = hook.run_url(run_id, experiment_id)
         context["ti"].xcom_push(key=RUN_URL_XCOM_KEY, value=url)
-        self.log.info("MLflow run %s, model %s%s", logged["run_id"], logged["model_uri"], f" ({url})" if url else "")
+        self.log.info("MLflow run %s, model %s%s", run_id, logged["model_uri"], f" ({url})" if url else "")
         return logged
 
 
-def log_training_run(
+def open_training_run(
     hook: MlflowHook,
     config: TrainingConfig,
-    result: Any,
+    split: Any,
     info: dict[str, Any],
     *,
-    experiment_name: str,
+    experiment_id: str,
     lineage: dict[str, str],
     feature_views: dict | None,
-) -> dict[str, Any]:
-    """Log a fitted ``core.training.TrainResult`` as one MLflow run; returns the training XCom."""
-    import mlflow
+) -> str:
+    """Create the training run with what is known before fitting; returns its id.
+
+    Tags tie it to the Airflow task, the git commit, the snapshot and the feature view versions; params are
+    the model's configuration and the split's sizes; the snapshot is the run's dataset input (URI + sha256
+    + schema); the resolved config is an artifact. Uses the client API only (no fluent active run), so it
+    can run on another thread.
+    """
     import yaml
-    from mlflow.entities import Metric, Param
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag, Param
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
 
-    hook.activate()
-    experiment_id = hook.get_or_create_experiment(experiment_name)
     commit, dirty = core.git_commit(settings.project_root())
-    split = result.split
     tags = {
         **{f"mlops.airflow.{k}": v for k, v in lineage.items()},
         "mlops.git.commit": commit,
@@ -311,36 +333,48 @@ def log_training_run(
         "train_rows": len(split.train),
         "holdout_rows": len(split.holdout),
     }
-    metrics = {**result.train_metrics, "fit_seconds": result.fit_seconds}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        # Params and metrics in one round trip to the tracking store.
-        stamp = int(time.time() * 1000)
-        hook.client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v is not None],
-            params=[Param(k, str(v)) for k, v in params.items()],
-        )
+    client = hook.client
+    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         # Metadata only (URI + sha256 + schema): inferring the schema of the whole frame, as from_pandas does,
         # took 2 s of a 5 s training task; the bytes are addressed by their hash anyway.
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-
         dataset = MetaDataset(
             resolve_dataset_source(info["uri"]),
             name=f"training_set-{info['sha256'][:12]}",
             digest=info["sha256"][:32],
-            schema=infer_signature(split.train.head(500)).inputs,
+            schema=infer_signature(split.train.head(200)).inputs,
         )
-        mlflow.log_input(
-            dataset,
-            context="training",
-            tags={
-                "sha256": info["sha256"],
-                "rows": str(info["rows"]),
-                "holdout_months": ",".join(split.holdout_months),
-            },
+        input_tags = {
+            "mlflow.data.context": "training",
+            "sha256": info["sha256"],
+            "rows": str(info["rows"]),
+            "holdout_months": ",".join(split.holdout_months),
+        }
+        client.log_inputs(
+            run_id,
+            datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag(k, v) for k, v in input_tags.items()])],
         )
-        mlflow.log_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False), CONFIG_ARTIFACT)
+        client.log_text(run_id, yaml.safe_dump(config.to_yaml_dict(), sort_keys=False), CONFIG_ARTIFACT)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def log_fitted_model(
+    hook: MlflowHook, run_id: str, config: TrainingConfig, result: Any, info: dict[str, Any]
+) -> dict[str, Any]:
+    """Log the fitted model (signature, input example, explicit requirements) and the training metrics to
+    the run opened by ``open_training_run``, and end it; returns the training XCom (without experiment id)."""
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.models import infer_signature
+
+    from airflow_mlops.core import training as core
+
+    split = result.split
+    with mlflow.start_run(run_id=run_id):
         X_example = core.features_frame(split.train.head(200), config)
         signature = infer_signature(X_example, result.model.predict_proba(X_example))
         kwargs: dict[str, Any] = {}
@@ -358,11 +392,18 @@ def log_training_run(
             pyfunc_predict_fn="predict_proba",
             **kwargs,
         )
+        # After log_model, so the metrics carry the model's id (its page lists them) in one round trip.
+        model_id = getattr(model_info, "model_id", None)
+        stamp = int(time.time() * 1000)
+        metrics = {**result.train_metrics, "fit_seconds": result.fit_seconds}
+        hook.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), stamp, 0, model_id=model_id) for k, v in metrics.items() if v is not None],
+        )
     return {
-        "run_id": run.info.run_id,
-        "experiment_id": experiment_id,
+        "run_id": run_id,
         "model_uri": model_info.model_uri,
-        "model_id": getattr(model_info, "model_id", None),
+        "model_id": model_id,
         "registered_model_name": config.registered_model_name,
         "training_set": {k: info[k] for k in ("uri", "sha256", "rows")},
         "train_months": split.train_months,
@@ -376,7 +417,7 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
 
     Overall metrics (ROC AUC, log loss, Brier, precision/recall at the configured threshold) and the same per
     slice (configured columns, e.g. carrier, origin, month) with slice sizes. The candidate's run gets the
-    metrics, ``evaluation/evaluation.json`` (what the gate reads) and ROC / calibration plots. The champion
+    metrics, ``evaluation/evaluation.json`` (what the gate reads) and ROC / calibration curves (``curves.svg``). The champion
     is loaded by the version its alias pointed at when read, so both sides of the comparison are pinned.
 
     :param trained: the XCom of ``TrainModelOperator`` (templated).
@@ -522,7 +563,7 @@ def evaluate_challenger(
     with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
         (Path(tmp) / name).write_text(json.dumps(document, indent=2))
         if len(set(y)) == 2:
-            ev.plot_curves(y, curves, str(Path(tmp) / "curves.png"))
+            (Path(tmp) / "curves.svg").write_text(ev.curves_svg(y, curves))
         client.log_artifacts(run_id, tmp, folder)  # the document and the plot in one upload
     return {
         "candidate": candidate.overall,
