@@ -91,6 +91,10 @@ def test_point_in_time_join_equals_merge_asof(store):
     pd.testing.assert_frame_equal(feast, reference, check_exact=True)
     # not trivially equal: the joins found real values, and some rows legitimately found none
     assert feast["carrier_flights_30d"].gt(0).mean() > 0.9 and feast["route_flights_30d"].eq(0).any()
+    # Joined in chunks (what the training-set operator does to bound memory): the same rows, value for value.
+    joined = store["hook"].historical_features(entity_df, chunk_rows=7_000, drop=SPEC.slot_keys(), sort_by="flight_id")
+    assert not set(SPEC.slot_keys()) & set(joined.columns) and joined["flight_id"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(F.finish_training_set(joined, SPEC), reference, check_exact=True)
 
 
 def _online_rows(store) -> list[tuple]:

@@ -102,6 +102,7 @@ class FeatureSpec:
     feature_version: int
     window_months: int
     min_months: int
+    join_chunk_rows: int = 50_000
     forbidden_columns: tuple[str, ...] = ()
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -181,6 +182,7 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
             feature_version=int(raw["store"]["feature_version"]),
             window_months=int(training["window_months"]),
             min_months=int(training.get("min_months", 1)),
+            join_chunk_rows=int(training.get("join_chunk_rows", 50_000)),
             forbidden_columns=tuple(task.get("forbidden_columns", ())),
             raw=raw,
         )
@@ -189,6 +191,8 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
     unknown = set(HISTORY_VIEWS) ^ {e.name for e in spec.history}
     if unknown:
         raise ValueError(f"{target}: history.entities must be exactly {sorted(HISTORY_VIEWS)}")
+    if spec.join_chunk_rows < 1:
+        raise ValueError(f"{target}: training.join_chunk_rows must be >= 1")
     if spec.weather_lag_minutes <= 0:
         raise ValueError(f"{target}: weather.publication_lag_minutes must be > 0, or the weather join is not strict")
     if spec.history_ttl_hours * 60 < spec.snapshot_minutes:
@@ -572,30 +576,38 @@ def finish_training_set(joined: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame
     """
     import pandas as pd
 
-    frame = joined.copy()
-    missing_flight = frame["sched_hour"].isna()
+    missing_flight = joined["sched_hour"].isna()
     if missing_flight.any():
         raise ValueError(
-            f"{int(missing_flight.sum())} label rows found no flight features, e.g. {frame.loc[missing_flight, 'flight_id'].iloc[0]}"
+            f"{int(missing_flight.sum())} label rows found no flight features, e.g. {joined.loc[missing_flight, 'flight_id'].iloc[0]}"
         )
-    frame["weather_known"] = frame[WEATHER_PRESENT].notna().astype("int64")
-    for name in spec.history_features():
-        if "_flights_" in name:
-            frame[name] = pd.to_numeric(frame[name]).fillna(0).astype("int64")
+    history = set(spec.history_features())
+    floats = {*history, *spec.weather_columns, "distance", "plane_age", "plane_seats"}
+    ints = {"sched_hour", "weekday", "plane_known", "is_late"}
+    # Column by column into a new frame, one block per column: converting inside a copy of the join, or
+    # building the frame from a dict (which consolidates blocks), held several copies at once (0.3 GiB of
+    # transient memory for a year's training set).
+    out = pd.DataFrame(index=pd.RangeIndex(len(joined)))
+    for name in spec.training_columns:
+        if name == "weather_known":
+            values = joined[WEATHER_PRESENT].notna().astype("int64")
+        elif name in history and "_flights_" in name:
+            values = pd.to_numeric(joined[name]).fillna(0).astype("int64")
+        elif name in floats:
+            values = pd.to_numeric(joined[name]).astype("float64")
+        elif name in ints:
+            values = pd.to_numeric(joined[name]).astype("int64")
+        elif name in spec.categorical:
+            values = joined[name].astype(object).where(joined[name].notna(), spec.unknown_category)
+        elif name == "event_timestamp":
+            values = pd.to_datetime(joined[name], utc=True).astype(TS)
+        elif name in ("flight_id", "month"):
+            values = joined[name].astype(object)
         else:
-            frame[name] = pd.to_numeric(frame[name]).astype("float64")
-    for name in spec.weather_columns:
-        frame[name] = pd.to_numeric(frame[name]).astype("float64")
-    for name in ("sched_hour", "weekday", "plane_known", "is_late"):
-        frame[name] = pd.to_numeric(frame[name]).astype("int64")
-    for name in ("distance", "plane_age", "plane_seats"):
-        frame[name] = pd.to_numeric(frame[name]).astype("float64")
-    for name in spec.categorical:
-        frame[name] = frame[name].astype(object).where(frame[name].notna(), spec.unknown_category)
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype(TS)
-    frame["flight_id"] = frame["flight_id"].astype(object)
-    frame["month"] = frame["month"].astype(object)
-    out = frame.loc[:, spec.training_columns].sort_values("flight_id", kind="stable").reset_index(drop=True)
+            values = joined[name]
+        out[name] = values.array
+    if not out["flight_id"].is_monotonic_increasing:
+        out = out.sort_values("flight_id", kind="stable").reset_index(drop=True)
     if out["flight_id"].duplicated().any():
         raise ValueError("the training set has duplicate flight_id rows: the entity rows were not unique")
     return out

@@ -242,10 +242,41 @@ class FeastHook(BaseHook):
         return materialize_latest(self.store, start, end, views)
 
     # -- reads ---------------------------------------------------------------------------------------------
-    def historical_features(self, entity_df: pd.DataFrame, refs: list[str] | None = None) -> pd.DataFrame:
-        """Point-in-time join of ``entity_df`` (join keys + ``event_timestamp``) with the offline store."""
-        job = self.store.get_historical_features(entity_df=entity_df, features=refs or self.spec.feature_refs())
-        return job.to_df()
+    def historical_features(
+        self,
+        entity_df: pd.DataFrame,
+        refs: list[str] | None = None,
+        *,
+        chunk_rows: int | None = None,
+        drop: list[str] | tuple[str, ...] = (),
+        sort_by: str | None = None,
+    ) -> pd.DataFrame:
+        """Point-in-time join of ``entity_df`` (join keys + ``event_timestamp``) with the offline store.
+
+        :param chunk_rows: join at most this many entity rows at a time, in event-time order. Each chunk is
+            one Feast retrieval kept as Arrow; the chunks are concatenated and converted to pandas once, so
+            the join's working memory is that of a chunk. ``None``: one retrieval.
+        :param drop: columns to leave out of the result (e.g. join keys the caller no longer needs).
+        :param sort_by: column to sort the result by (Feast's row order is unspecified).
+        """
+        import pyarrow as pa
+
+        refs = refs or self.spec.feature_refs()
+        if chunk_rows is None or len(entity_df) <= chunk_rows:
+            chunks = [entity_df]
+        else:
+            ordered = entity_df.sort_values("event_timestamp", kind="stable")
+            chunks = [ordered.iloc[i : i + chunk_rows] for i in range(0, len(ordered), chunk_rows)]
+        tables = []
+        for chunk in chunks:
+            table = self.store.get_historical_features(entity_df=chunk, features=refs).to_arrow()
+            tables.append(table.drop_columns([c for c in drop if c in table.column_names]))
+        table = pa.concat_tables(tables)
+        del tables, chunks
+        if sort_by:
+            table = table.sort_by(sort_by)
+        # One block per column, Arrow buffers released as they are converted: no consolidation copy.
+        return table.to_pandas(split_blocks=True, self_destruct=True)
 
     @cached_property
     def online_reader(self) -> OnlineFeatureReader:

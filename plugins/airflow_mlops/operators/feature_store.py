@@ -170,6 +170,8 @@ class TrainingSetOperator(_FeastOperator):
     :param end_month: last month of the window, ``YYYY-MM`` (templated).
     :param window_months: how many months (templated); default ``training.window_months`` of ``features.yaml``.
     :param suite: the GX suite file (templated); default ``include/expectations/training_set.json``.
+    :param join_chunk_rows: label rows per point-in-time join (bounds its memory); default
+        ``training.join_chunk_rows`` of ``features.yaml``.
     :return: (XCom) uri, sha256, rows, months, manifest_uri.
     :raises TrainingSetValidationError: the set failed its suite (nothing is committed).
     """
@@ -183,12 +185,14 @@ class TrainingSetOperator(_FeastOperator):
         end_month: str,
         window_months: int | str | None = None,
         suite: str | None = None,
+        join_chunk_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.end_month = end_month
         self.window_months = window_months
         self.suite = suite
+        self.join_chunk_rows = join_chunk_rows
 
     def execute(self, context: Context) -> dict:
         from airflow_mlops.core import features as F
@@ -201,7 +205,8 @@ class TrainingSetOperator(_FeastOperator):
         if len(months) < spec.min_months:
             raise AirflowFailException(f"only {len(months)} month(s) of features in {wanted[0]}..{wanted[-1]}")
         self.log.info("training set: %d label rows of %s", len(labels), ", ".join(months))
-        frame = build_training_set(self.feast, labels, spec)
+        frame = build_training_set(self.feast, labels, spec, chunk_rows=self.join_chunk_rows)
+        del labels
         return self._commit(frame, months, partitions, spec, context)
 
     def _labels(self, wanted: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -275,8 +280,13 @@ class TrainingSetOperator(_FeastOperator):
         return result
 
 
-def build_training_set(feast: FeastHook, labels: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Point-in-time join of label rows with the offline store, finished to the training-set contract."""
+def build_training_set(
+    feast: FeastHook, labels: pd.DataFrame, spec: FeatureSpec, chunk_rows: int | None = None
+) -> pd.DataFrame:
+    """Point-in-time join of label rows with the offline store, finished to the training-set contract.
+
+    :param chunk_rows: label rows per join; default ``training.join_chunk_rows`` of ``features.yaml``.
+    """
     from airflow_mlops.core import features as F
 
     columns = ["flight_id", "event_timestamp", "carrier", "origin", "route", *spec.slot_keys(), "is_late", "month"]
@@ -286,7 +296,14 @@ def build_training_set(feast: FeastHook, labels: pd.DataFrame, spec: FeatureSpec
             f"label rows without {', '.join(missing)}: built under an older feature definition; rebuild the months"
         )
     entity_df = labels.loc[:, columns]
-    joined = feast.historical_features(entity_df, spec.feature_refs())
+    joined = feast.historical_features(
+        entity_df,
+        spec.feature_refs(),
+        chunk_rows=chunk_rows or spec.join_chunk_rows,
+        drop=spec.slot_keys(),
+        sort_by="flight_id",
+    )
     if len(joined) != len(entity_df):
         raise AirflowFailException(f"the point-in-time join returned {len(joined)} rows for {len(entity_df)} labels")
+    del entity_df
     return F.finish_training_set(joined, spec)
