@@ -86,6 +86,23 @@ def test_corrupted_batch_fails_for_its_reason(kind, suites):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", [None, *sorted(CORRUPTION_SIGNATURES)], ids=str)
+def test_memoized_expectation_configuration_changes_no_result(kind, suites, monkeypatch):
+    def results(report):
+        return [
+            [r.to_json_dict() for r in outcome.gx_result.results] + [outcome.gx_result.statistics]
+            for outcome in report.suites
+        ]
+
+    memoized = results(_validate("2013-04", suites, corrupt=kind))
+    monkeypatch.setattr(validation, "MEMOIZE_CONFIGURATION", False)
+    assert memoized == results(_validate("2013-04", suites, corrupt=kind))
+    from great_expectations.expectations.expectation import Expectation
+
+    assert Expectation.__dict__["configuration"].fget.__module__.startswith("great_expectations")  # restored
+
+
+@pytest.mark.slow
 def test_duplicate_keys_count_every_resent_row(suites):
     flights = replay_source.month_frames("2013-04")["flights.csv"]
     report = _validate("2013-04", suites, corrupt="duplicate_keys")

@@ -204,6 +204,40 @@ def _failure(result: dict) -> ExpectationFailure:
     )
 
 
+#: Use ``memoized_expectation_configuration`` during validator runs (the tests switch it off to compare).
+MEMOIZE_CONFIGURATION = True
+
+
+@contextlib.contextmanager
+def memoized_expectation_configuration():
+    """Within the block, ``Expectation.configuration`` is computed once per Expectation object.
+
+    GX 1.x rebuilds that property (a pydantic ``dict()`` plus a regex on the class name) on every access,
+    and a validator run reads it 70-odd times per expectation, once per kwarg it looks up: 40% of validating
+    a month. The Expectation objects of a run are fresh (``to_domain_obj()`` of the suite's configurations,
+    parameters substituted) and never modified, so every access would compute the same value. The cache holds
+    each object with its value (no id reuse) and is dropped when the block ends; the property is restored.
+    ``tests/test_core_validation.py`` checks that results are identical with and without it.
+    """
+    from great_expectations.expectations.expectation import Expectation
+
+    original = Expectation.__dict__["configuration"]
+    cache: dict[int, tuple[Any, Any]] = {}
+
+    def configuration(self: Any) -> Any:
+        hit = cache.get(id(self))
+        if hit is None or hit[0] is not self:
+            hit = cache[id(self)] = (self, original.fget(self))
+        return hit[1]
+
+    Expectation.configuration = property(configuration, doc=original.__doc__)
+    try:
+        yield
+    finally:
+        Expectation.configuration = original
+        cache.clear()
+
+
 class _GxRuntime:
     """One ephemeral GX context per process, with its data source, batch definitions and suites built once.
 
@@ -258,7 +292,8 @@ class _GxRuntime:
         )
         # pandas 3 always copies on write (and deprecates the option).
         cow = pd.option_context("mode.copy_on_write", True) if pd.__version__[0] == "2" else contextlib.nullcontext()
-        with cow:
+        memo = memoized_expectation_configuration() if MEMOIZE_CONFIGURATION else contextlib.nullcontext()
+        with cow, memo:
             result = validator.validate_expectation_suite(self.suite(suite_json), parameters)
             failed = [i for i, r in enumerate(result.results) if not r.success]
             if failed:
