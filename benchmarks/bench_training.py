@@ -90,7 +90,8 @@ def main() -> int:
 
     lake = LakeHook()
     lake.ensure_zones()
-    frame = build_frame(months)
+    # Ordered by flight_id, as the feature stage commits training sets.
+    frame = build_frame(months).sort_values("flight_id", kind="stable").reset_index(drop=True)
     snapshot = write_snapshot(lake, frame)
     config_path = default_config_path()
     config = core.load_config(config_path)

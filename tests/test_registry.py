@@ -83,10 +83,15 @@ def test_run_records_lineage(champion, store):
     assert tags["mlops.gate.approved"] == "true"
     assert run.data.params["model_type"] == "hist_gradient_boosting"
     assert run.data.metrics["holdout_roc_auc"] > 0.6
+    assert run.info.status == "FINISHED" and 0 < run.data.metrics["train_roc_auc"] <= 1
+    # The training metrics are linked to the logged model (its page lists them).
+    model = h.client.get_logged_model(champion["trained"]["model_id"])
+    assert {m.key for m in model.metrics} >= {"train_roc_auc", "fit_seconds"}
     assert any(k.startswith("holdout_slice.carrier.") for k in run.data.metrics)
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.source and snap["uri"] in dataset_input.dataset.source
     assert {t.key: t.value for t in dataset_input.tags}["sha256"] == snap["sha256"]
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
     artifacts = {a.path for a in h.client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/curves.svg"} <= artifacts
     # The logged model carries a signature, an input example and the explicit requirements.
@@ -437,3 +442,21 @@ def test_training_set_resolution_verifies_the_snapshot(store):
     path.write_bytes(path.read_bytes() + b"x")
     with pytest.raises(TrainingSetError, match="no longer matches"):
         ResolveTrainingSetOperator(task_id="ts", training_set=snap["uri"]).execute(ctx)
+
+
+def test_a_failed_fit_leaves_a_failed_run(store):
+    from airflow_mlops.operators.training import TrainModelOperator
+
+    frame = build_frame((1, 2), sample=0.2, seed=4)
+    frame.loc[frame["month"] == "2013-01", "is_late"] = 0  # one class in the training rows
+    snapshot = write_snapshot(store["lake"], frame)
+    op = TrainModelOperator(task_id="train_model", training_set=snapshot, config_path=store["paths"]["config"])
+    with pytest.raises(ValueError, match="single class"):
+        op.execute(task_context("train_model", "manual__one_class"))
+    h = hook()
+    h.activate()
+    runs = h.client.search_runs(
+        [e.experiment_id for e in h.client.search_experiments()],
+        filter_string="tags.`mlops.airflow.run_id` = 'manual__one_class'",
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]

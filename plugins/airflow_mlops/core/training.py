@@ -191,7 +191,9 @@ def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
     check_columns(frame, config)
     labelled = frame[frame[config.label].notna()].copy()
     labelled[config.label] = labelled[config.label].astype(int)
-    labelled = labelled.sort_values(config.id_column, kind="stable").reset_index(drop=True)
+    if not labelled[config.id_column].is_monotonic_increasing:  # committed training sets already are
+        labelled = labelled.sort_values(config.id_column, kind="stable")
+    labelled = labelled.reset_index(drop=True)
     ts = pd.to_datetime(labelled[config.timestamp_column], utc=True)
     months = labelled[config.month_column].astype(str) if config.month_column in labelled else _utc_months(ts)
     distinct = sorted(months.unique())
@@ -309,9 +311,22 @@ def train(frame: pd.DataFrame, config: TrainingConfig, split: Split | None = Non
 
     :param split: ``split_holdout(frame, config)`` if the caller already made it.
     """
+    split = split or split_holdout(frame, config)
+    pipeline, fit_seconds = fit(split, config)
+    return TrainResult(
+        model=pipeline, split=split, fit_seconds=fit_seconds, train_metrics=training_metrics(pipeline, split, config)
+    )
+
+
+def fit(split: Split, config: TrainingConfig) -> tuple[Pipeline, float]:
+    """Fit the configured pipeline on the split's training rows; returns it and the fit's seconds.
+
+    :raises ValueError: a single class in the training rows, or a feature with no value at all.
+    """
     import time
 
-    split = split or split_holdout(frame, config)
+    from threadpoolctl import threadpool_limits
+
     if split.train[config.label].nunique() < 2:
         raise ValueError("the training rows hold a single class: nothing to learn")
     X, y = features_frame(split.train, config), split.train[config.label].to_numpy()
@@ -321,17 +336,19 @@ def train(frame: pd.DataFrame, config: TrainingConfig, split: Split | None = Non
             f"features with no value at all in the training rows (fix the feature stage or the config): {', '.join(empty)}"
         )
     pipeline = build_pipeline(config)
-    from threadpoolctl import threadpool_limits
-
-    from airflow_mlops.core.evaluation import overall_metrics
-
     started = time.perf_counter()
     with threadpool_limits(config.threads):
         pipeline.fit(X, y)
-    fit_seconds = time.perf_counter() - started
-    proba = predict_proba(pipeline, split.train, config)
-    train_metrics = {f"train_{k}": v for k, v in overall_metrics(y, proba, config.threshold).items()}
-    return TrainResult(model=pipeline, split=split, fit_seconds=fit_seconds, train_metrics=train_metrics)
+    return pipeline, time.perf_counter() - started
+
+
+def training_metrics(model: Any, split: Split, config: TrainingConfig) -> dict[str, float | None]:
+    """Overall metrics of ``model`` on the rows it was trained on, as ``train_<metric>``."""
+    from airflow_mlops.core.evaluation import overall_metrics
+
+    proba = predict_proba(model, split.train, config)
+    y = split.train[config.label].to_numpy()
+    return {f"train_{k}": v for k, v in overall_metrics(y, proba, config.threshold).items()}
 
 
 def predict_proba(model: Any, frame: pd.DataFrame, config: TrainingConfig | None = None) -> Any:

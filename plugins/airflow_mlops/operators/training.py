@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -18,6 +19,8 @@ from airflow_mlops.hooks.mlflow_registry import MlflowHook
 from airflow_mlops.links_mlflow import RUN_URL_XCOM_KEY, MlflowRunLink
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import pandas as pd
     from airflow.sdk import Context
 
@@ -234,6 +237,8 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from concurrent.futures import ThreadPoolExecutor
 
+        from mlflow.entities import Metric
+
         from airflow_mlops.core import training as core
 
         config = core.load_config(self.config_path or default_config_path())
@@ -243,8 +248,10 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         hook = self.mlflow_hook
         hook.activate()
         experiment_id = hook.get_or_create_experiment(self.experiment_name or config.experiment_name)
-        # The run, its tags, params, dataset input and config are written while the model fits (the fit runs
-        # in native code, mostly without the GIL): tracking costs the task little more than its model upload.
+        # Tracking overlaps the computation: the run (tags, params, dataset input, config) is written while the
+        # model fits, the model is uploaded while its training metrics are computed (scikit-learn's fit and
+        # predict run in native code, mostly without the GIL).
+        run_id = None
         with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:
             opening = pool.submit(
                 open_training_run,
@@ -257,12 +264,16 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
                 feature_views=feature_views,
             )
             try:
-                result = core.train(frame, config, split=split)
+                model, fit_seconds = core.fit(split, config)
+                run_id = opening.result()
+                uploading = pool.submit(log_fitted_model, hook, run_id, config, model, split)
+                train_metrics = core.training_metrics(model, split, config)
+                model_info = uploading.result()
             except BaseException:
-                if opening.exception() is None:
-                    hook.client.set_terminated(opening.result(), "FAILED")
+                # The run is marked failed (opening it may itself have failed: then it marked itself).
+                with contextlib.suppress(Exception):
+                    hook.client.set_terminated(run_id or opening.result(), "FAILED")
                 raise
-            run_id = opening.result()
         self.log.info(
             "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
             config.model_type,
@@ -270,10 +281,28 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
             ", ".join(split.train_months),
             len(split.holdout),
             ", ".join(split.holdout_months),
-            result.fit_seconds,
+            fit_seconds,
         )
-        logged = log_fitted_model(hook, run_id, config, result, info)
-        logged["experiment_id"] = experiment_id
+        # The metrics carry the model's id (its page lists them); one round trip, and the run ends.
+        model_id = getattr(model_info, "model_id", None)
+        stamp = int(time.time() * 1000)
+        metrics = {**train_metrics, "fit_seconds": fit_seconds}
+        hook.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), stamp, 0, model_id=model_id) for k, v in metrics.items() if v is not None],
+        )
+        hook.client.set_terminated(run_id, "FINISHED")
+        logged = {
+            "run_id": run_id,
+            "experiment_id": experiment_id,
+            "model_uri": model_info.model_uri,
+            "model_id": model_id,
+            "registered_model_name": config.registered_model_name,
+            "training_set": {k: info[k] for k in ("uri", "sha256", "rows")},
+            "train_months": split.train_months,
+            "holdout_months": split.holdout_months,
+            "config_sha256": config.sha256,
+        }
         url = hook.run_url(run_id, experiment_id)
         context["ti"].xcom_push(key=RUN_URL_XCOM_KEY, value=url)
         self.log.info("MLflow run %s, model %s%s", run_id, logged["model_uri"], f" ({url})" if url else "")
@@ -362,54 +391,32 @@ def open_training_run(
     return run_id
 
 
-def log_fitted_model(
-    hook: MlflowHook, run_id: str, config: TrainingConfig, result: Any, info: dict[str, Any]
-) -> dict[str, Any]:
-    """Log the fitted model (signature, input example, explicit requirements) and the training metrics to
-    the run opened by ``open_training_run``, and end it; returns the training XCom (without experiment id)."""
+def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, model: Any, split: Any) -> Any:
+    """Log the fitted pipeline to the run (signature, input example, explicit pip requirements); returns
+    MLflow's ``ModelInfo``. Addresses the run by id (no fluent active run), so it can run on another thread."""
     import mlflow
-    from mlflow.entities import Metric
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
 
-    split = result.split
-    with mlflow.start_run(run_id=run_id):
-        X_example = core.features_frame(split.train.head(200), config)
-        signature = infer_signature(X_example, result.model.predict_proba(X_example))
-        kwargs: dict[str, Any] = {}
-        if config.serialization_format == "skops":
-            import skops.io
+    X_example = core.features_frame(split.train.head(200), config)
+    signature = infer_signature(X_example, model.predict_proba(X_example))
+    kwargs: dict[str, Any] = {}
+    if config.serialization_format == "skops":
+        import skops.io
 
-            kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(result.model))
-        model_info = mlflow.sklearn.log_model(
-            result.model,
-            name="model",
-            signature=signature,
-            input_example=X_example.head(5),
-            pip_requirements=core.pip_requirements(),
-            serialization_format=config.serialization_format,
-            pyfunc_predict_fn="predict_proba",
-            **kwargs,
-        )
-        # After log_model, so the metrics carry the model's id (its page lists them) in one round trip.
-        model_id = getattr(model_info, "model_id", None)
-        stamp = int(time.time() * 1000)
-        metrics = {**result.train_metrics, "fit_seconds": result.fit_seconds}
-        hook.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), stamp, 0, model_id=model_id) for k, v in metrics.items() if v is not None],
-        )
-    return {
-        "run_id": run_id,
-        "model_uri": model_info.model_uri,
-        "model_id": model_id,
-        "registered_model_name": config.registered_model_name,
-        "training_set": {k: info[k] for k in ("uri", "sha256", "rows")},
-        "train_months": split.train_months,
-        "holdout_months": split.holdout_months,
-        "config_sha256": config.sha256,
-    }
+        kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return mlflow.sklearn.log_model(
+        model,
+        name="model",
+        run_id=run_id,
+        signature=signature,
+        input_example=X_example.head(5),
+        pip_requirements=core.pip_requirements(),
+        serialization_format=config.serialization_format,
+        pyfunc_predict_fn="predict_proba",
+        **kwargs,
+    )
 
 
 class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
@@ -463,14 +470,21 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
         return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
         from airflow_mlops.core import training as core
 
         trained = _parse(self.trained)
         config = core.load_config(self.config_path or default_config_path())
         name = self.registered_model_name or trained.get("registered_model_name") or config.registered_model_name
-        frame, info = self.read_training_set(_parse(self.training_set) or trained["training_set"])
         champion_version = self.mlflow_hook.alias_version(name, self.champion_alias)
-        report = evaluate_challenger(self.mlflow_hook, config, frame, trained, name, champion_version)
+        # Both models load (artifact copy, unpickling) while the snapshot is read and verified.
+        with ThreadPoolExecutor(2, thread_name_prefix="load-model") as pool:
+            models = {"candidate": pool.submit(load_model, self.mlflow_hook, trained["model_uri"])}
+            if champion_version is not None:
+                models["champion"] = pool.submit(load_model, self.mlflow_hook, f"models:/{name}/{champion_version}")
+            frame, info = self.read_training_set(_parse(self.training_set) or trained["training_set"])
+            report = evaluate_challenger(self.mlflow_hook, config, frame, trained, name, champion_version, models)
         for line in report["log"]:
             self.log.info("%s", line)
         url = self.mlflow_hook.run_url(trained["run_id"])
@@ -489,6 +503,14 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
         }
 
 
+def load_model(hook: MlflowHook, uri: str) -> Any:
+    """The scikit-learn pipeline logged at ``uri`` (``runs:/``, ``models:/`` ...)."""
+    import mlflow
+
+    hook.activate()
+    return mlflow.sklearn.load_model(uri)
+
+
 def evaluate_challenger(
     hook: MlflowHook,
     config: TrainingConfig,
@@ -496,10 +518,12 @@ def evaluate_challenger(
     trained: dict[str, Any],
     name: str,
     champion_version: str | None,
+    models: dict[str, Future] | None = None,
 ) -> dict[str, Any]:
-    """Score candidate and champion on the hold-out, log to the candidate's run; returns overall metrics + log lines."""
-    import mlflow
+    """Score candidate and champion on the hold-out, log to the candidate's run; returns overall metrics + log lines.
 
+    :param models: ``candidate`` (and ``champion``) models being loaded; default: loaded here.
+    """
     from airflow_mlops.core import evaluation as ev
     from airflow_mlops.core import training as core
 
@@ -510,8 +534,10 @@ def evaluate_challenger(
         )
     holdout = split.holdout
     y = holdout[config.label].to_numpy()
+    models = models or {}
     hook.activate()
-    candidate_proba = core.predict_proba(mlflow.sklearn.load_model(trained["model_uri"]), holdout, config)
+    candidate_model = models["candidate"].result() if "candidate" in models else load_model(hook, trained["model_uri"])
+    candidate_proba = core.predict_proba(candidate_model, holdout, config)
     candidate = ev.evaluate(
         holdout, candidate_proba, label=config.label, threshold=config.threshold, slices=config.slices
     )
@@ -523,7 +549,11 @@ def evaluate_challenger(
     champion, champion_error, curves = None, None, {"candidate": candidate_proba}
     if champion_version is not None:
         try:
-            champion_model = mlflow.sklearn.load_model(f"models:/{name}/{champion_version}")
+            champion_model = (
+                models["champion"].result()
+                if "champion" in models
+                else load_model(hook, f"models:/{name}/{champion_version}")
+            )
             champion_proba = core.predict_proba(champion_model, holdout, config)
             champion = ev.evaluate(
                 holdout, champion_proba, label=config.label, threshold=config.threshold, slices=config.slices
