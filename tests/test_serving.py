@@ -139,6 +139,22 @@ def test_admin_reload_needs_the_token(http):
     assert http.post("/admin/reload", json={"version": "1"}, headers={"X-MLOPS-Token": "wrong"}).status_code == 403
 
 
+def test_admin_flush_commits_the_inference_log_now(http, stack):
+    from airflow_mlops import traffic
+    from airflow_mlops.serving_process import admin_token
+
+    assert http.post("/admin/flush_log", json={}).status_code == 403
+    one = http.post("/predict", json=sf.canned()["single"][0])
+    assert one.status_code == 200, one.text
+    _record(stack, one.json())
+    before = http.post("/info", json={}).json()["inference_log"]
+    flushed = http.post("/admin/flush_log", json={}, headers={"X-MLOPS-Token": admin_token()})
+    assert flushed.status_code == 200, flushed.text
+    stats = flushed.json()
+    assert stats["pending"] == 0 and stats["written_rows"] >= before["written_rows"] + before["pending"] > 0
+    assert traffic.wait_logged(stack["url"], token=admin_token())["pending"] == 0
+
+
 @pytest.fixture(scope="module")
 def versions(stack):
     return {"good": sf.register_second(stack), "unloadable": sf.register_unloadable(), "wrong": sf.register_wrong()}

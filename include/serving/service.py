@@ -225,15 +225,28 @@ class FlightDelayService:
             load_seconds=seconds,
         )
 
-    @bentoml.api(route="/admin/reload")
-    def reload(self, request: ReloadRequest, /, ctx: bentoml.Context) -> ReloadResult:
+    @staticmethod
+    def _require_token(ctx: bentoml.Context) -> None:
         expected = _token()
         given = ctx.request.headers.get("x-mlops-token", "")
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
             raise Forbidden("a valid X-MLOPS-Token header is required")
+
+    @bentoml.api(route="/admin/reload")
+    def reload(self, request: ReloadRequest, /, ctx: bentoml.Context) -> ReloadResult:
+        self._require_token(ctx)
         if self.pinned:
             raise SwapRejected(f"this server is pinned to v{self.pinned}")
         return self.reload_to(request.version)
+
+    @bentoml.api(route="/admin/flush_log")
+    def commit_log(self, ctx: bentoml.Context) -> dict:
+        """Commit the buffered predictions to the inference log now (not at the next interval); its stats."""
+        self._require_token(ctx)
+        if self.log_buffer is None:
+            return {"enabled": False}
+        self.log_buffer.flush()
+        return self.log_buffer.stats()
 
     @bentoml.api(route="/info")
     def info(self) -> dict:

@@ -286,7 +286,9 @@ class YearReplay:
             if result.failed:
                 raise ReplayError(f"traffic of {month}: {result.failed} predictions failed: {result.errors[:3]}")
             # the outcomes are announced once every answered prediction is in the log monitoring reads
-            traffic.wait_logged(url, timeout=self.timeout)
+            from airflow_mlops.serving_process import admin_token
+
+            traffic.wait_logged(url, timeout=self.timeout, token=admin_token())
         else:
             self.log("   no champion serving yet: no traffic answered this month")
         row.seconds["traffic"] = round(time.monotonic() - started, 1)

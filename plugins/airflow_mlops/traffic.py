@@ -140,10 +140,12 @@ def send(
     return result
 
 
-def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5) -> dict[str, Any]:
+def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5, token: str | None = None) -> dict[str, Any]:
     """Wait until the server has committed every answered prediction to the inference log (``/info`` reports
     nothing pending); returns its inference-log stats. The log is flushed every ``flush_interval_s``: an
     upstream that announces outcomes right after the traffic would otherwise be monitored on part of it.
+    With the admin ``token`` the server is asked to commit now (``/admin/flush_log``) instead of waiting for
+    its next interval.
 
     With ``server.workers`` > 1 each worker keeps its own buffer and ``/info`` answers for one of them: wait
     ``flush_interval_s`` more in that case.
@@ -154,6 +156,8 @@ def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5) -> dict[str,
 
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, timeout=10.0) as http:
+        if token:
+            http.post("/admin/flush_log", json={}, headers={"X-MLOPS-Token": token}).raise_for_status()
         while True:
             stats = http.post("/info", json={}).json().get("inference_log") or {}
             if not stats.get("pending"):
