@@ -87,6 +87,11 @@ def test_run_records_lineage(champion, store):
     # The training metrics are linked to the logged model (its page lists them).
     model = h.client.get_logged_model(champion["trained"]["model_id"])
     assert {m.key for m in model.metrics} >= {"train_roc_auc", "fit_seconds"}
+    # ... and it lives in the run's experiment and artifact store (not the Default experiment's ./mlruns).
+    assert model.experiment_id == run.info.experiment_id and model.source_run_id == run.info.run_id
+    assert model.artifact_location.startswith(str(store["root"] / "artifacts")) or model.artifact_location.startswith(
+        (store["root"] / "artifacts").as_uri()
+    )
     assert any(k.startswith("holdout_slice.carrier.") for k in run.data.metrics)
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.source and snap["uri"] in dataset_input.dataset.source

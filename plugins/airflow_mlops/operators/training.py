@@ -393,7 +393,9 @@ def open_training_run(
 
 def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, model: Any, split: Any) -> Any:
     """Log the fitted pipeline to the run (signature, input example, explicit pip requirements); returns
-    MLflow's ``ModelInfo``. Addresses the run by id (no fluent active run), so it can run on another thread."""
+    MLflow's ``ModelInfo``. The run is made active on the calling thread (MLflow's active run is per thread):
+    the logged model then belongs to the run's experiment and its artifact store. Leaving the block ends the
+    run as ``FINISHED``; its caller may still log to it, or mark it ``FAILED``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -406,17 +408,17 @@ def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, mode
         import skops.io
 
         kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return mlflow.sklearn.log_model(
-        model,
-        name="model",
-        run_id=run_id,
-        signature=signature,
-        input_example=X_example.head(5),
-        pip_requirements=core.pip_requirements(),
-        serialization_format=config.serialization_format,
-        pyfunc_predict_fn="predict_proba",
-        **kwargs,
-    )
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=X_example.head(5),
+            pip_requirements=core.pip_requirements(),
+            serialization_format=config.serialization_format,
+            pyfunc_predict_fn="predict_proba",
+            **kwargs,
+        )
 
 
 class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
