@@ -213,7 +213,7 @@ def memoized_expectation_configuration():
     """Within the block, ``Expectation.configuration`` is computed once per Expectation object.
 
     GX 1.x rebuilds that property (a pydantic ``dict()`` plus a regex on the class name) on every access,
-    and a validator run reads it 70-odd times per expectation, once per kwarg it looks up: 40% of validating
+    and a validator run reads it 70-odd times per expectation, once per kwarg it looks up: a third of validating
     a month. The Expectation objects of a run are fresh (``to_domain_obj()`` of the suite's configurations,
     parameters substituted) and never modified, so every access would compute the same value. The cache holds
     each object with its value (no id reuse) and is dropped when the block ends; the property is restored.
