@@ -17,7 +17,6 @@ every pipeline step runs in Airflow. It reads what happened from the REST API, t
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -287,10 +286,9 @@ class YearReplay:
             if result.failed:
                 raise ReplayError(f"traffic of {month}: {result.failed} predictions failed: {result.errors[:3]}")
             # the outcomes are announced once every answered prediction is in the log monitoring reads
-            from airflow_mlops.serving_process import admin_token
+            from airflow_mlops.serving_process import embedded_token
 
-            token = os.environ.get("MLOPS_SERVING_TOKEN") or admin_token()  # the server's own precedence
-            traffic.wait_logged(url, timeout=self.timeout, token=token)
+            traffic.wait_logged(url, timeout=self.timeout, token=embedded_token())
         else:
             self.log("   no champion serving yet: no traffic answered this month")
         row.seconds["traffic"] = round(time.monotonic() - started, 1)

@@ -49,6 +49,12 @@ def admin_token(home: Path | None = None) -> str:
     return path.read_text().strip()
 
 
+def embedded_token(home: Path | None = None) -> str:
+    """The token the embedded server accepts: ``MLOPS_SERVING_TOKEN`` if set (the server gives it precedence
+    over its token file), else the home's ``admin_token``."""
+    return os.environ.get("MLOPS_SERVING_TOKEN") or admin_token(home)
+
+
 class ServingError(RuntimeError):
     """The serving process exited or did not become ready; the message carries the tail of its log."""
 

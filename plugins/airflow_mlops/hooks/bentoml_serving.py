@@ -71,13 +71,11 @@ class BentoServingHook(BaseHook):
     def token(self) -> str | None:
         if self._conn is not None and self._conn.password:
             return self._conn.password
-        if os.environ.get("MLOPS_SERVING_TOKEN"):
-            return os.environ["MLOPS_SERVING_TOKEN"]
         if self.is_embedded:
-            from airflow_mlops.serving_process import admin_token
+            from airflow_mlops.serving_process import embedded_token
 
-            return admin_token()
-        return None
+            return embedded_token()
+        return os.environ.get("MLOPS_SERVING_TOKEN") or None
 
     def client(self, timeout: float | None = None) -> httpx.Client:
         import httpx
