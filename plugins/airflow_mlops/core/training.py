@@ -169,10 +169,18 @@ class Split:
         }
 
 
-def _utc_months(ts: pd.Series) -> pd.Series:
+def utc_timestamps(values: pd.Series) -> pd.Series:
+    """``values`` as UTC timestamps. A column that already holds time-zone-aware timestamps is converted
+    in place of being re-parsed (``pd.to_datetime(..., utc=True)`` walks such a column element by element)."""
     import pandas as pd
 
-    return pd.to_datetime(ts, utc=True).dt.strftime("%Y-%m")
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    return pd.to_datetime(values, utc=True)
+
+
+def _utc_months(ts: pd.Series) -> pd.Series:
+    return utc_timestamps(ts).dt.strftime("%Y-%m")
 
 
 def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
@@ -186,16 +194,19 @@ def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
 
     :raises ValueError: too few months to hold any out, or nothing left to train on.
     """
-    import pandas as pd
+    import numpy as np
 
     check_columns(frame, config)
-    labelled = frame[frame[config.label].notna()].copy()
-    labelled[config.label] = labelled[config.label].astype(int)
-    if not labelled[config.id_column].is_monotonic_increasing:  # committed training sets already are
-        labelled = labelled.sort_values(config.id_column, kind="stable")
-    labelled = labelled.reset_index(drop=True)
-    ts = pd.to_datetime(labelled[config.timestamp_column], utc=True)
-    months = labelled[config.month_column].astype(str) if config.month_column in labelled else _utc_months(ts)
+    # Row positions, labelled and in id order; the two frames are taken from ``frame`` once each.
+    rows = np.flatnonzero(frame[config.label].notna().to_numpy())
+    ids = frame[config.id_column].iloc[rows]
+    if not ids.is_monotonic_increasing:  # committed training sets already are
+        rows = rows[np.argsort(ids.to_numpy(), kind="stable")]
+    ts = utc_timestamps(frame[config.timestamp_column].iloc[rows]).reset_index(drop=True)
+    if config.month_column in frame:
+        months = frame[config.month_column].iloc[rows].astype(str).reset_index(drop=True)
+    else:
+        months = _utc_months(ts)
     distinct = sorted(months.unique())
     if len(distinct) <= config.holdout_months:
         raise ValueError(
@@ -210,12 +221,22 @@ def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
     if not is_train.any():
         raise ValueError(f"no labelled rows before the hold-out's first event {cutoff.isoformat()}")
     return Split(
-        train=labelled[is_train].reset_index(drop=True),
-        holdout=labelled[is_holdout].reset_index(drop=True),
+        train=_take_rows(frame, rows[is_train.to_numpy()], config.label),
+        holdout=_take_rows(frame, rows[is_holdout.to_numpy()], config.label),
         train_months=train_months,
         holdout_months=holdout_months,
         cutoff=cutoff.isoformat(),
     )
+
+
+def _take_rows(frame: pd.DataFrame, positions: Any, label: str) -> pd.DataFrame:
+    """The rows at ``positions`` as a new frame (one copy, index 0..n-1), the label as int."""
+    import pandas as pd
+
+    out = frame.take(positions)
+    out.index = pd.RangeIndex(len(out))
+    out[label] = out[label].astype(int)
+    return out
 
 
 def features_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
