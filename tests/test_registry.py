@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training_fixtures import (
@@ -108,6 +109,21 @@ def test_run_records_lineage(champion, store):
     reqs = Path(mlflow.pyfunc.get_model_dependencies(champion["trained"]["model_uri"])).read_text()
     assert "scikit-learn==" in reqs and "cloudpickle==" in reqs
     assert "great_expectations" not in reqs and "apache-airflow" not in reqs  # explicit, not inferred
+    # The logged model loads through pyfunc and scores its own input example and serving example (MLflow's
+    # post-log self-check, left out when logging, asserted here), with the flavor recorded on the model.
+    assert {"sklearn", "python_function"} <= set(info.flavors)
+    assert info.flavors["python_function"]["predict_fn"] == "predict_proba"
+    local = Path(mlflow.artifacts.download_artifacts(champion["trained"]["model_uri"]))
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    example = pyfunc.metadata.load_input_example(str(local))
+    proba = np.asarray(pyfunc.predict(example))
+    assert proba.shape == (len(example), 2) and np.allclose(proba.sum(axis=1), 1.0)
+    from mlflow.pyfunc.scoring_server import _parse_json_data
+
+    serving = _parse_json_data(
+        (local / "serving_input_example.json").read_text(), pyfunc.metadata, pyfunc.metadata.get_input_schema()
+    )
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(serving.data)), proba)
     version = h.client.get_model_version(MODEL, "1")
     assert version.tags["mlops.training_set.sha256"] == snap["sha256"]
     assert json.loads(version.tags["mlops.gate.decision"])["approved"] is True

@@ -133,6 +133,35 @@ class MlflowHook(BaseHook):
                 raise
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def log_sklearn_model(self, run_id: str, model: Any, *, name: str = "model", **save_kwargs: Any) -> Any:
+        """Log a fitted scikit-learn model to the run ``run_id`` with MLflow's sklearn flavor; returns ``ModelInfo``.
+
+        ``save_kwargs`` are those of ``mlflow.sklearn.log_model`` (signature, input example, pip requirements,
+        serialization format, ``pyfunc_predict_fn`` ...). The run is made active on the calling thread (MLflow's
+        active run is per thread), so the model belongs to the run's experiment and artifact store; leaving the
+        block ends the run ``FINISHED`` (the caller may still log to it, or mark it ``FAILED``).
+
+        MLflow's post-log self-check is left out: it reloads the saved model through pyfunc and predicts the
+        serving input example, a third of ``log_model``'s time, and only warns when that fails. The callers
+        predict on the same example before logging (the signature's output comes from it), the serving stage's
+        infra validation serves the model for real, and ``tests/test_registry.py`` loads logged models through
+        pyfunc and scores their input example.
+        """
+        import mlflow
+        from mlflow.models import Model
+
+        self.activate()
+        with mlflow.start_run(run_id=run_id):
+            return Model.log(
+                None,  # artifact_path: deprecated in favour of name
+                _SklearnFlavor,
+                name=name,
+                flavor_name="mlflow.sklearn",
+                validate_serving_input=False,
+                sk_model=model,
+                **save_kwargs,
+            )
+
     # -- links ---------------------------------------------------------------------------------------------
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
         if not self.ui_url:
@@ -326,6 +355,20 @@ class MlflowHook(BaseHook):
         self.client.set_model_version_tag(
             entry.model, entry.to_version, f"mlops.{entry.alias}_since", f"{entry.timestamp} (ledger #{entry.seq})"
         )
+
+
+class _SklearnFlavor:
+    """``mlflow.sklearn`` as the flavor ``Model.log`` saves with. ``Model.log`` reads its
+    ``validate_serving_input`` switch from the flavor's arguments and passes them all on to ``save_model``,
+    which does not accept it: this takes it off."""
+
+    __name__ = "mlflow.sklearn"
+
+    @staticmethod
+    def save_model(*, validate_serving_input: bool = True, **kwargs: Any) -> None:
+        import mlflow.sklearn
+
+        mlflow.sklearn.save_model(**kwargs)
 
 
 def _safe(name: str) -> str:

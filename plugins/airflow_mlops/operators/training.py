@@ -393,10 +393,8 @@ def open_training_run(
 
 def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, model: Any, split: Any) -> Any:
     """Log the fitted pipeline to the run (signature, input example, explicit pip requirements); returns
-    MLflow's ``ModelInfo``. The run is made active on the calling thread (MLflow's active run is per thread):
-    the logged model then belongs to the run's experiment and its artifact store. Leaving the block ends the
-    run as ``FINISHED``; its caller may still log to it, or mark it ``FAILED``."""
-    import mlflow
+    MLflow's ``ModelInfo``. See ``MlflowHook.log_sklearn_model``: the run ends ``FINISHED``; its caller may
+    still log to it, or mark it ``FAILED``."""
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
@@ -408,17 +406,16 @@ def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, mode
         import skops.io
 
         kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    with mlflow.start_run(run_id=run_id):
-        return mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=X_example.head(5),
-            pip_requirements=core.pip_requirements(),
-            serialization_format=config.serialization_format,
-            pyfunc_predict_fn="predict_proba",
-            **kwargs,
-        )
+    return hook.log_sklearn_model(
+        run_id,
+        model,
+        signature=signature,
+        input_example=X_example.head(5),
+        pip_requirements=core.pip_requirements(),
+        serialization_format=config.serialization_format,
+        pyfunc_predict_fn="predict_proba",
+        **kwargs,
+    )
 
 
 class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
