@@ -6,6 +6,7 @@ Tests that run Great Expectations take about a second each and are marked ``slow
 from __future__ import annotations
 
 import functools
+import gc
 import json
 
 import pytest
@@ -85,21 +86,117 @@ def test_corrupted_batch_fails_for_its_reason(kind, suites):
         assert f"{hits[0].unexpected_count} unexpected" in message
 
 
+#: The module flags of the shortcuts active during validator runs (see ``validation._GxRuntime.validate``).
+MEMO_FLAGS = ("MEMOIZE_CONFIGURATION", "MEMOIZE_METRIC_IDS", "MEMOIZE_DOMAIN_OBJECTS", "PAUSE_CYCLIC_GC")
+
+
+def _gx_originals() -> dict[str, object]:
+    """The GX attributes the memos replace during a run, as found in their classes, and the collector's state."""
+    from great_expectations.core.id_dict import IDDict
+    from great_expectations.expectations.expectation import Expectation
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    return {
+        "Expectation.configuration": Expectation.__dict__["configuration"].fget,
+        "IDDict.to_id": IDDict.__dict__["to_id"],
+        "ExpectationConfiguration.to_domain_obj": ExpectationConfiguration.__dict__["to_domain_obj"],
+        "gc enabled": gc.isenabled(),
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [None, *sorted(CORRUPTION_SIGNATURES)], ids=str)
-def test_memoized_expectation_configuration_changes_no_result(kind, suites, monkeypatch):
+def test_memos_change_no_result(kind, suites, monkeypatch):
     def results(report):
         return [
             [r.to_json_dict() for r in outcome.gx_result.results] + [outcome.gx_result.statistics]
             for outcome in report.suites
         ]
 
+    originals = _gx_originals()
+    assert all(f.__module__.startswith("great_expectations") for f in originals.values() if callable(f))
+    assert all(getattr(validation, flag) for flag in MEMO_FLAGS)
     memoized = results(_validate("2013-04", suites, corrupt=kind))
-    monkeypatch.setattr(validation, "MEMOIZE_CONFIGURATION", False)
+    assert _gx_originals() == originals  # restored after the run
+    for flag in MEMO_FLAGS:
+        monkeypatch.setattr(validation, flag, False)
     assert memoized == results(_validate("2013-04", suites, corrupt=kind))
-    from great_expectations.expectations.expectation import Expectation
+    assert _gx_originals() == originals
 
-    assert Expectation.__dict__["configuration"].fget.__module__.startswith("great_expectations")  # restored
+
+def test_content_key_is_exact():
+    key = validation._content_key
+    distinct = [True, 1, 1.0, "1", 0.0, -0.0, None, [1], (1,), {"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": [1.0]}]
+    assert len({key(v) for v in distinct}) == len(distinct)
+    assert key({"a": [1, None, "x"]}) == key({"a": [1, None, "x"]})
+    for unkeyable in ({1}, object(), {1: {2}}):
+        with pytest.raises(validation._Unkeyable):
+            key(unkeyable)
+
+
+def test_memoized_metric_ids_match_gx():
+    from great_expectations.core.id_dict import IDDict
+
+    contents = [
+        {},
+        {"column": "a"},
+        {"column": 1},
+        {"column": True},
+        {"column": 1.0},
+        {"a": 0.0, "b": None},
+        {"a": -0.0, "b": None},
+        {"a": True, "b": 1},
+        {"a": 1, "b": True},
+        {"b": 1, "a": True},
+        {"a": [1, "x"], "b": {"c": None}},
+        {"a": (1, "x"), "b": {"c": None}},
+        {"a": {1, 2}, "b": "set"},
+    ]
+    expected = [IDDict(c).to_id() for c in contents]
+    expected_grown = IDDict({"column": "a", "batch_id": "b"}).to_id()
+    with validation.memoized_metric_ids():
+        for _ in range(2):
+            assert [IDDict(c).to_id() for c in contents] == expected
+        grown = IDDict({"column": "a"})
+        grown.to_id()
+        grown["batch_id"] = "b"  # GX fills in defaults in place: the id must follow
+        assert grown.to_id() == expected_grown
+    assert IDDict.__dict__["to_id"].__module__.startswith("great_expectations")
+
+
+def test_memoized_domain_objects_match_gx(suites):
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    def configurations(reverse: bool = False) -> list:
+        return [
+            ExpectationConfiguration(
+                type=e["type"], kwargs=dict(sorted(e["kwargs"].items(), reverse=reverse)), meta=e.get("meta")
+            )
+            for suite in suites.values()
+            for e in suite["expectations"]
+        ]
+
+    expected = [c.to_domain_obj() for c in configurations()]
+    with validation.memoized_domain_objects():
+        assert [c.to_domain_obj() for c in configurations()] == expected
+        assert [c.to_domain_obj() for c in configurations(reverse=True)] == expected  # kwargs order is immaterial
+        changed = configurations()[2]
+        before = changed.to_domain_obj()
+        changed.kwargs["mostly"] = 0.5
+        assert changed.to_domain_obj() is not before and changed.to_domain_obj().mostly == 0.5
+
+
+def test_paused_cyclic_gc_restores_the_collector_state():
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            with pytest.raises(RuntimeError), validation.paused_cyclic_gc():
+                assert not gc.isenabled()
+                raise RuntimeError
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 @pytest.mark.slow
