@@ -247,7 +247,6 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         feature_views = _parse(self.feature_views) or info.get("feature_views")
         hook = self.mlflow_hook
         hook.activate()
-        experiment_id = hook.get_or_create_experiment(self.experiment_name or config.experiment_name)
         # Tracking overlaps the computation: the run (tags, params, dataset input, config) is written while the
         # model fits, the model is uploaded while its training metrics are computed (scikit-learn's fit and
         # predict run in native code, mostly without the GIL).
@@ -259,20 +258,20 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
                 config,
                 split,
                 info,
-                experiment_id=experiment_id,
+                experiment_name=self.experiment_name or config.experiment_name,
                 lineage=airflow_lineage(context),
                 feature_views=feature_views,
             )
             try:
                 model, fit_seconds = core.fit(split, config)
-                run_id = opening.result()
+                run_id, experiment_id = opening.result()
                 uploading = pool.submit(log_fitted_model, hook, run_id, config, model, split)
                 train_metrics = core.training_metrics(model, split, config)
                 model_info = uploading.result()
             except BaseException:
                 # The run is marked failed (opening it may itself have failed: then it marked itself).
                 with contextlib.suppress(Exception):
-                    hook.client.set_terminated(run_id or opening.result(), "FAILED")
+                    hook.client.set_terminated(run_id or opening.result()[0], "FAILED")
                 raise
         self.log.info(
             "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
@@ -315,11 +314,12 @@ def open_training_run(
     split: Any,
     info: dict[str, Any],
     *,
-    experiment_id: str,
+    experiment_name: str,
     lineage: dict[str, str],
     feature_views: dict | None,
-) -> str:
-    """Create the training run with what is known before fitting; returns its id.
+) -> tuple[str, str]:
+    """Create the training run (in ``experiment_name``, created if absent) with what is known before fitting;
+    returns the run's and the experiment's ids.
 
     Tags tie it to the Airflow task, the git commit, the snapshot and the feature view versions; params are
     the model's configuration and the split's sizes; the snapshot is the run's dataset input (URI + sha256
@@ -363,6 +363,7 @@ def open_training_run(
         "holdout_rows": len(split.holdout),
     }
     client = hook.client
+    experiment_id = hook.get_or_create_experiment(experiment_name)
     run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -388,7 +389,7 @@ def open_training_run(
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    return run_id
+    return run_id, experiment_id
 
 
 def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, model: Any, split: Any) -> Any:
@@ -523,6 +524,8 @@ def evaluate_challenger(
 
     :param models: ``candidate`` (and ``champion``) models being loaded; default: loaded here.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from airflow_mlops.core import evaluation as ev
     from airflow_mlops.core import training as core
 
@@ -582,18 +585,25 @@ def evaluate_challenger(
         metrics.update({f"champion_{k}": v for k, v in champion.flat_metrics("holdout").items() if "_slice." not in k})
     from mlflow.entities import Metric, RunTag
 
-    # Every metric and the tag in one round trip (MLflow takes up to 1000 metrics per batch).
+    # Every metric and the tag in one round trip (MLflow takes up to 1000 metrics per batch), written while the
+    # document and the curves are drawn.
     stamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
     tags = [RunTag("mlops.evaluation.champion_version", champion_version or "none")]
-    for start in range(0, max(len(batch), 1), 900):
-        client.log_batch(run_id, metrics=batch[start : start + 900], tags=tags if start == 0 else [])
+
+    def log_metrics() -> None:
+        for start in range(0, max(len(batch), 1), 900):
+            client.log_batch(run_id, metrics=batch[start : start + 900], tags=tags if start == 0 else [])
+
     folder, name = EVALUATION_ARTIFACT.rsplit("/", 1)
-    with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
-        (Path(tmp) / name).write_text(json.dumps(document, indent=2))
-        if len(set(y)) == 2:
-            (Path(tmp) / "curves.svg").write_text(ev.curves_svg(y, curves))
-        client.log_artifacts(run_id, tmp, folder)  # the document and the plot in one upload
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-metrics") as pool:
+        logging_metrics = pool.submit(log_metrics)
+        with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
+            (Path(tmp) / name).write_text(json.dumps(document, indent=2))
+            if len(set(y)) == 2:
+                (Path(tmp) / "curves.svg").write_text(ev.curves_svg(y, curves))
+            client.log_artifacts(run_id, tmp, folder)  # the document and the plot in one upload
+        logging_metrics.result()
     return {
         "candidate": candidate.overall,
         "champion": champion.overall if champion else None,
