@@ -206,6 +206,30 @@ def _failure(result: dict) -> ExpectationFailure:
     )
 
 
+@contextlib.contextmanager
+def _replaced(owner: type, name: str, replacement: Any, cache: dict) -> Any:
+    """Within the block, ``owner.<name>`` is ``replacement`` (documented as the original); restored and the
+    memo ``cache`` dropped when the block ends."""
+    original = owner.__dict__[name]
+    if isinstance(replacement, property):
+        replacement = property(replacement.fget, doc=original.__doc__)
+    else:
+        replacement.__doc__ = original.__doc__
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+        cache.clear()
+
+
+def _memo(cache: dict, key: Any, compute: Any) -> Any:
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = compute()
+    return hit
+
+
 #: Use ``memoized_expectation_configuration`` during validator runs (the tests switch it off to compare).
 MEMOIZE_CONFIGURATION = True
 
@@ -223,21 +247,17 @@ def memoized_expectation_configuration():
     """
     from great_expectations.expectations.expectation import Expectation
 
-    original = Expectation.__dict__["configuration"]
+    compute = Expectation.__dict__["configuration"].fget
     cache: dict[int, tuple[Any, Any]] = {}
 
     def configuration(self: Any) -> Any:
         hit = cache.get(id(self))
         if hit is None or hit[0] is not self:
-            hit = cache[id(self)] = (self, original.fget(self))
+            hit = cache[id(self)] = (self, compute(self))
         return hit[1]
 
-    Expectation.configuration = property(configuration, doc=original.__doc__)
-    try:
+    with _replaced(Expectation, "configuration", property(configuration), cache):
         yield
-    finally:
-        Expectation.configuration = original
-        cache.clear()
 
 
 #: Use ``memoized_metric_ids`` during validator runs (the tests switch it off to compare).
@@ -309,18 +329,10 @@ def memoized_metric_ids():
                 key = _content_key(self, dict_types)
             except _Unkeyable:
                 return original(self)
-        hit = cache.get(key)
-        if hit is None:
-            hit = cache[key] = original(self)
-        return hit
+        return _memo(cache, key, lambda: original(self))
 
-    to_id.__doc__ = original.__doc__
-    IDDict.to_id = to_id
-    try:
+    with _replaced(IDDict, "to_id", to_id, cache):
         yield
-    finally:
-        IDDict.to_id = original
-        cache.clear()
 
 
 @contextlib.contextmanager
@@ -356,18 +368,10 @@ def memoized_domain_objects():
             )
         except _Unkeyable:
             return original(self)
-        hit = cache.get(key)
-        if hit is None:
-            hit = cache[key] = original(self)
-        return hit
+        return _memo(cache, key, lambda: original(self))
 
-    to_domain_obj.__doc__ = original.__doc__
-    ExpectationConfiguration.to_domain_obj = to_domain_obj
-    try:
+    with _replaced(ExpectationConfiguration, "to_domain_obj", to_domain_obj, cache):
         yield
-    finally:
-        ExpectationConfiguration.to_domain_obj = original
-        cache.clear()
 
 
 #: Pause the cyclic garbage collector during validator runs (``paused_cyclic_gc``; the tests switch it off).
