@@ -248,8 +248,9 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         hook = self.mlflow_hook
         hook.activate()
         # Tracking overlaps the computation: the run (tags, params, dataset input, config) is written while the
-        # model fits, the model is uploaded while its training metrics are computed (scikit-learn's fit and
-        # predict run in native code, mostly without the GIL).
+        # model fits, the model is uploaded while its training metrics are computed. What this hides is the
+        # tracking's waits (store commits, artifact copies); its Python work shares the interpreter lock with
+        # the fit's own Python loop.
         run_id = None
         with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:
             opening = pool.submit(
