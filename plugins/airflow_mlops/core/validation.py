@@ -208,11 +208,11 @@ def _failure(result: dict) -> ExpectationFailure:
 
 @contextlib.contextmanager
 def _replaced(owner: type, name: str, replacement: Any, cache: dict) -> Any:
-    """Within the block, ``owner.<name>`` is ``replacement`` (documented as the original); restored and the
-    memo ``cache`` dropped when the block ends."""
+    """Within the block, ``owner.<name>`` is the function ``replacement`` (a property if the original is one,
+    documented as the original); restored and the memo ``cache`` dropped when the block ends."""
     original = owner.__dict__[name]
-    if isinstance(replacement, property):
-        replacement = property(replacement.fget, doc=original.__doc__)
+    if isinstance(original, property):
+        replacement = property(replacement, doc=original.__doc__)
     else:
         replacement.__doc__ = original.__doc__
     setattr(owner, name, replacement)
@@ -256,7 +256,7 @@ def memoized_expectation_configuration():
             hit = cache[id(self)] = (self, compute(self))
         return hit[1]
 
-    with _replaced(Expectation, "configuration", property(configuration), cache):
+    with _replaced(Expectation, "configuration", configuration, cache):
         yield
 
 
