@@ -174,6 +174,31 @@ def test_inference_log_keeps_rows_when_a_write_fails(lake):
     assert sorted(read_inference_log(lake)["request_id"]) == ["r1", "r2"]
 
 
+def test_rows_being_written_still_count_as_pending(lake):
+    """While a flush's write runs, its rows are neither buffered nor written: they must still show as pending."""
+    real = LakePartWriter(lake)
+    writing, release = threading.Event(), threading.Event()
+
+    def slow(rows):
+        writing.set()
+        assert release.wait(10)
+        return real(rows)
+
+    buffer = InferenceLogBuffer(slow, flush_rows=1000, flush_interval_s=60)
+    buffer.append([_row(1), _row(2)])
+    flusher = threading.Thread(target=buffer.flush)
+    flusher.start()
+    assert writing.wait(10)
+    assert buffer.pending == 2 and buffer.stats()["pending"] == 2 and buffer.stats()["written_rows"] == 0
+    buffer.append([_row(3)])
+    assert buffer.pending == 3
+    release.set()
+    flusher.join(10)
+    assert buffer.stats()["pending"] == 1 and buffer.stats()["written_rows"] == 2
+    assert buffer.close() == 0 and buffer.pending == 0
+    assert sorted(read_inference_log(lake)["request_id"]) == ["r1", "r2", "r3"]
+
+
 def test_appends_from_many_threads_lose_nothing(lake):
     buffer = InferenceLogBuffer(LakePartWriter(lake), flush_rows=25, flush_interval_s=0.2)
     threads = [

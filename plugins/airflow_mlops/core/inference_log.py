@@ -48,6 +48,7 @@ class InferenceLogBuffer:
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self._rows: list[dict[str, Any]] = []
+        self._writing = 0  # rows taken out of the buffer by a flush whose write has not returned yet
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -69,26 +70,31 @@ class InferenceLogBuffer:
 
     @property
     def pending(self) -> int:
+        """Rows answered but not yet committed: buffered, plus those a flush is writing right now."""
         with self._lock:
-            return len(self._rows)
+            return len(self._rows) + self._writing
 
     def flush(self) -> int:
         """Write everything buffered now; returns rows written (0 if nothing, or the write failed)."""
         with self._flush_lock:
             with self._lock:
                 rows, self._rows = self._rows, []
+                self._writing = len(rows)
             if not rows:
                 return 0
             try:
                 self.writer(rows)
             except Exception:  # noqa: BLE001 - kept for the next flush; an answer never fails for the log
                 log.exception("inference log: writing %d rows failed; they stay buffered", len(rows))
-                self.failed_flushes += 1
                 with self._lock:
+                    self.failed_flushes += 1
                     self._rows[:0] = rows
+                    self._writing = 0
                 return 0
-            self.written_rows += len(rows)
-            self.written_parts += 1
+            with self._lock:
+                self.written_rows += len(rows)
+                self.written_parts += 1
+                self._writing = 0
             return len(rows)
 
     def _run(self) -> None:
@@ -114,12 +120,14 @@ class InferenceLogBuffer:
         return left
 
     def stats(self) -> dict[str, int]:
-        return {
-            "pending": self.pending,
-            "written_rows": self.written_rows,
-            "written_parts": self.written_parts,
-            "failed_flushes": self.failed_flushes,
-        }
+        """One consistent snapshot: a row is either pending or written, never neither while a write runs."""
+        with self._lock:
+            return {
+                "pending": len(self._rows) + self._writing,
+                "written_rows": self.written_rows,
+                "written_parts": self.written_parts,
+                "failed_flushes": self.failed_flushes,
+            }
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
