@@ -26,7 +26,9 @@ def suites() -> dict[str, dict]:
 _batch_files = functools.cache(replay_source.batch_files)
 
 
-def _validate(month: str, suites: dict, corrupt: str | None = None, docs_dir=None) -> validation.ValidationReport:
+def _validate(
+    month: str, suites: dict, corrupt: str | None = None, docs_dir=None, fingerprint=None
+) -> validation.ValidationReport:
     frames, notes = {}, []
     for name, data in _batch_files(month, corrupt).items():
         frame, note = validation.read_csv_tolerant(data, name)
@@ -34,7 +36,13 @@ def _validate(month: str, suites: dict, corrupt: str | None = None, docs_dir=Non
         notes += [note] if note else []
     params = {"year": int(month[:4]), "month": int(month[5:])}
     return validation.validate_batch(
-        f"{month}-test", validation.prepare_batch(frames), suites, params, docs_dir=docs_dir, notes=tuple(notes)
+        f"{month}-test",
+        validation.prepare_batch(frames),
+        suites,
+        params,
+        docs_dir=docs_dir,
+        notes=tuple(notes),
+        fingerprint=fingerprint,
     )
 
 
@@ -122,6 +130,24 @@ def test_memos_change_no_result(kind, suites, monkeypatch):
         monkeypatch.setattr(validation, flag, False)
     assert memoized == results(_validate("2013-04", suites, corrupt=kind))
     assert _gx_originals() == originals
+
+
+@pytest.mark.slow
+def test_a_given_fingerprint_replaces_gx_frame_hash_and_nothing_else(suites):
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    threshold = engine.HASH_THRESHOLD
+    hashed = _validate("2013-05", suites, corrupt="out_of_range")
+    assert all("pandas_data_fingerprint" in s.gx_result.meta["batch_markers"] for s in hashed.suites)
+    given = _validate("2013-05", suites, corrupt="out_of_range", fingerprint="ab" * 32)
+    assert engine.HASH_THRESHOLD == threshold
+    for before, after in zip(hashed.suites, given.suites, strict=True):
+        markers = after.gx_result.meta["batch_markers"]
+        assert markers["batch_sha256"] == "ab" * 32 and "pandas_data_fingerprint" not in markers
+        assert [r.to_json_dict() for r in after.gx_result.results] == [
+            r.to_json_dict() for r in before.gx_result.results
+        ]
+    assert given.failure_message() == hashed.failure_message()
 
 
 def test_content_key_is_exact():

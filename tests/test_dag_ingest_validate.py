@@ -172,6 +172,8 @@ def test_corrupted_month_is_quarantined_and_stops_the_line(dag, march_validated,
     assert EXPECTED_FAILURE[kind] in failed
     result = json.loads((quarantined / "validation_result.json").read_bytes())
     assert result["success"] is False and set(result["results"]) == {"flights_batch", "weather_batch", "planes_batch"}
+    # each GX result names the batch by the lake's content hash (GX's own frame hash is skipped)
+    assert {r["meta"]["batch_markers"]["batch_sha256"] for r in result["results"].values()} == {digest}
     html = (quarantined / "data_docs.html").read_text()
     assert "<base href=" in html and "Great Expectations" in html
     assert len(_validated_events("2013-03")) == announced  # the broken delivery was not announced

@@ -401,6 +401,26 @@ def paused_cyclic_gc():
             gc.enable()
 
 
+@contextlib.contextmanager
+def without_frame_fingerprint():
+    """Within the block, GX loads a pandas batch without hashing the frame for its ``pandas_data_fingerprint``.
+
+    GX fingerprints every in-memory frame under 1 GB (``hash_pandas_dataframe``: a hash of every row, ~10 ms
+    for a month, a tenth of validating it) and leaves the marker out above that size. The suite validates
+    batches whose files the lake already identifies by content: ``validate_batch`` is then given that sha256 and
+    records it in the result's ``batch_markers`` instead (``batch_sha256``). The engine's threshold is restored
+    when the block ends.
+    """
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    threshold = engine.HASH_THRESHOLD
+    engine.HASH_THRESHOLD = 0  # GX hashes a frame only if its memory usage is below this
+    try:
+        yield
+    finally:
+        engine.HASH_THRESHOLD = threshold
+
+
 class _GxRuntime:
     """One ephemeral GX context per process, with its data source, batch definitions and suites built once.
 
@@ -439,7 +459,14 @@ class _GxRuntime:
             self._suites[key] = gx.ExpectationSuite(**copy.deepcopy(suite_json))
         return self._suites[key]
 
-    def validate(self, frame_name: str, frame: pd.DataFrame, suite_json: dict, parameters: dict[str, Any]) -> Any:
+    def validate(
+        self,
+        frame_name: str,
+        frame: pd.DataFrame,
+        suite_json: dict,
+        parameters: dict[str, Any],
+        fingerprint: str | None = None,
+    ) -> Any:
         """Run one suite on one frame in a single validator call (no checkpoint, no stores).
 
         Pass/fail first (``BOOLEAN_ONLY``: no unexpected-value lists to compute), then only the expectations
@@ -447,7 +474,8 @@ class _GxRuntime:
         case, pays for the verdicts alone. Pandas copy-on-write is on during the run: GX filters the whole
         frame for each column check, which otherwise copies every column of it each time. GX's per-expectation
         bookkeeping is memoized and the cyclic collector paused during the run (the context managers above, each
-        switched by its module flag).
+        switched by its module flag). With a ``fingerprint`` (the batch's sha256), GX does not hash the frame:
+        the result's ``batch_markers`` carry ``batch_sha256`` instead of ``pandas_data_fingerprint``.
         """
         import pandas as pd
         from great_expectations.validator.v1_validator import Validator
@@ -465,10 +493,14 @@ class _GxRuntime:
         )
         with contextlib.ExitStack() as stack:
             stack.enter_context(cow)
+            if fingerprint is not None:
+                stack.enter_context(without_frame_fingerprint())
             for active, memo in memos:
                 if active:
                     stack.enter_context(memo())
             result = validator.validate_expectation_suite(self.suite(suite_json), parameters)
+            if fingerprint is not None:
+                result.meta["batch_markers"]["batch_sha256"] = fingerprint
             failed = [i for i, r in enumerate(result.results) if not r.success]
             if failed:
                 validator.result_format = DETAIL_FORMAT
@@ -538,12 +570,15 @@ def validate_batch(
     docs_dir: Path | None = None,
     run_time: datetime | None = None,
     notes: tuple[str, ...] = (),
+    fingerprint: str | None = None,
 ) -> ValidationReport:
     """Run each suite on its frame (``suites`` maps a frame name to a suite) and collect the outcomes.
 
     With ``docs_dir``, GX Data Docs pages for the run are rendered there (static pages, no index). ``run_time``
-    fixes the run's identity so that re-validating the same batch rewrites the same pages. The GX context is
-    built once per process and reused (calls are serialized).
+    fixes the run's identity so that re-validating the same batch rewrites the same pages. ``fingerprint``, the
+    batch's content hash as the lake recorded it, goes into each result's ``batch_markers`` (``batch_sha256``)
+    in place of GX's own hash of the frame (``without_frame_fingerprint``); without it GX hashes the frame. The
+    GX context is built once per process and reused (calls are serialized).
     """
     global _runtime
     from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
@@ -558,7 +593,7 @@ def validate_batch(
         run_id = RunIdentifier(run_name=batch_id, run_time=run_time)
         results = []
         for frame_name, suite_json in suites.items():
-            result = _runtime.validate(frame_name, frames[frame_name], suite_json, parameters)
+            result = _runtime.validate(frame_name, frames[frame_name], suite_json, parameters, fingerprint)
             result.meta.update(
                 run_id=run_id,
                 validation_time=run_id.run_time,

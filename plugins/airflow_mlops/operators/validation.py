@@ -93,6 +93,7 @@ class ValidateBatchOperator(BaseOperator):
                 docs_dir=Path(docs),
                 run_time=start,
                 notes=tuple(notes),
+                fingerprint=batch.sha256,
             )
             docs_root = self.lake.path("reports", "data_docs")
             self.lake.upload_tree(Path(docs) / "static", docs_root / "static", overwrite=False)
