@@ -199,6 +199,43 @@ def test_rows_being_written_still_count_as_pending(lake):
     assert sorted(read_inference_log(lake)["request_id"]) == ["r1", "r2", "r3"]
 
 
+def test_a_month_of_flights_reads_only_the_parts_that_may_hold_it(lake):
+    """Parts record their flights' departure span; a month's read skips the other parts, same rows as a full read."""
+    from datetime import UTC, datetime
+
+    from airflow_mlops.core.drift import select_period
+
+    def flight(i: int, departs: str) -> dict:
+        hour = departs[:13].replace("-", "").replace(":", "")
+        return {**_row(i), "flight_id": f"{hour}-UA-{i}", "input_scheduled_departure": f"{departs}Z"}
+
+    writer = LakePartWriter(lake)
+    writer([flight(1, "2013-01-31T23:10:00"), flight(2, "2013-01-15T08:00:00")])  # January only
+    writer([flight(3, "2013-01-31T23:50:00"), flight(4, "2013-02-01T00:05:00")])  # straddles the boundary
+    writer([flight(5, "2013-02-20T12:00:00")])  # February only
+    writer([{**_row(6), "flight_id": "no-time"}])  # no event time: always read
+    spans = sorted((p.get("event_first", ""), p.get("event_last", ""), p["rows"]) for p in committed_parts(lake))
+    assert spans == [
+        ("", "", 1),  # no event time: always read
+        ("2013-01-15T08:00:00+00:00", "2013-01-31T23:10:00+00:00", 2),
+        ("2013-01-31T23:50:00+00:00", "2013-02-01T00:05:00+00:00", 2),
+        ("2013-02-20T12:00:00+00:00", "2013-02-20T12:00:00+00:00", 1),
+    ]
+
+    february = (datetime(2013, 2, 1, tzinfo=UTC), datetime(2013, 3, 1, tzinfo=UTC))
+    read, verified = [], lake.read_verified
+    lake.read_verified = lambda record: read.append(record) or verified(record)
+    try:
+        narrowed = read_inference_log(lake, events=february)
+    finally:
+        del lake.read_verified
+    assert len(read) == 3 and sorted(narrowed["request_id"]) == ["r3", "r4", "r5", "r6"]
+    whole = read_inference_log(lake)
+    assert len(whole) == 6
+    assert select_period(narrowed, *february).equals(select_period(whole, *february))
+    assert sorted(select_period(narrowed, *february)["request_id"]) == ["r4", "r5"]
+
+
 def test_appends_from_many_threads_lose_nothing(lake):
     buffer = InferenceLogBuffer(LakePartWriter(lake), flush_rows=25, flush_interval_s=0.2)
     threads = [

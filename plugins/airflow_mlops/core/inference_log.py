@@ -9,7 +9,10 @@ The day is the UTC date of the prediction. One row per answered flight: ``reques
 (the batch's request id, or the request id itself), ``timestamp`` (``datetime64[us, UTC]``), the inputs
 (``input_*``), ``flight_id``, every model feature under its training-set name, ``defaults_used``,
 ``probability_late``, ``late``, ``threshold``, ``model_name``, ``model_version``, ``latency_ms``.
-Readers (the monitoring stage) use ``read_inference_log``: only parts a manifest commits are read.
+Each manifest records the part's rows, the span of its prediction times (``first`` / ``last``), of its
+flights' event times (``event_first`` / ``event_last``, the scheduled departures) and its model versions.
+Readers (the monitoring stage) use ``read_inference_log``: only parts a manifest commits are read, and a
+month's monitoring reads only the parts whose flights may fall in that month.
 
 ``InferenceLogBuffer`` takes rows from request threads without blocking on I/O; a background thread writes a
 part every ``flush_rows`` rows or ``flush_interval_s`` seconds, and ``close()`` writes what is left, so a clean
@@ -151,6 +154,8 @@ class LakePartWriter:
         self._seq = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[str]:
+        from airflow_mlops.core.drift import event_times
+
         frame = to_frame(rows)
         days = frame["timestamp"].dt.strftime("%Y-%m-%d")
         written = []
@@ -162,6 +167,10 @@ class LakePartWriter:
             buffer = io.BytesIO()
             part.to_parquet(buffer, index=False)
             record = self.lake.write_file(folder / PART_FILE, buffer.getvalue(), rows=len(part))
+            events = event_times(part).dropna() if "flight_id" in part else ()
+            span = (
+                {"event_first": events.min().isoformat(), "event_last": events.max().isoformat()} if len(events) else {}
+            )
             self.lake.write_manifest(
                 folder,
                 [record],
@@ -169,13 +178,25 @@ class LakePartWriter:
                 first=part["timestamp"].min().isoformat(),
                 last=part["timestamp"].max().isoformat(),
                 model_versions=sorted({str(v) for v in part["model_version"]}),
+                **span,
             )
             written.append(str(folder))
         return written
 
 
-def committed_parts(lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None) -> list[dict[str, Any]]:
-    """Manifests of committed parts (oldest day first), each with ``path``; uncommitted parts are ignored."""
+def committed_parts(
+    lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None, events: tuple[Any, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Manifests of committed parts (oldest day first), each with ``path``; uncommitted parts are ignored.
+
+    :param days: only parts of these UTC days (of the predictions).
+    :param events: ``(start, end)``, tz-aware: only parts that may hold a flight departing in ``[start, end)``.
+        Each part's manifest records the span of its flights' event times (``event_first`` / ``event_last``,
+        see ``core.drift.event_times``); a part without one (or with no event time) is kept.
+    """
+    import pandas as pd
+
+    start, end = (pd.Timestamp(events[0]), pd.Timestamp(events[1])) if events is not None else (None, None)
     root = lake.path(zone)
     if not root.exists():
         return []
@@ -185,18 +206,26 @@ def committed_parts(lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None 
             continue
         for part in sorted(p for p in day_dir.iterdir() if p.is_dir()):
             manifest = lake.read_manifest(part)
-            if manifest is not None and PART_FILE in manifest.get("files", {}):
-                found.append({**manifest, "path": str(part), "day": day_dir.name})
+            if manifest is None or PART_FILE not in manifest.get("files", {}):
+                continue
+            if start is not None and "event_first" in manifest and "event_last" in manifest:
+                if pd.Timestamp(manifest["event_last"]) < start or pd.Timestamp(manifest["event_first"]) >= end:
+                    continue
+            found.append({**manifest, "path": str(part), "day": day_dir.name})
     return found
 
 
-def read_inference_log(lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None) -> pd.DataFrame:
-    """All committed predictions (optionally of some UTC days), hashes verified, ordered by timestamp."""
+def read_inference_log(
+    lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None, events: tuple[Any, Any] | None = None
+) -> pd.DataFrame:
+    """All committed predictions, hashes verified, ordered by timestamp; optionally only the parts of some UTC
+    ``days`` or those that may hold flights departing in ``events = (start, end)`` (``committed_parts``: a
+    month's monitoring reads that month's parts, not the whole log; the rows still need ``select_period``)."""
     import pandas as pd
 
     frames = [
         pd.read_parquet(io.BytesIO(lake.read_verified(part["files"][PART_FILE])))
-        for part in committed_parts(lake, zone, days)
+        for part in committed_parts(lake, zone, days, events)
     ]
     if not frames:
         return pd.DataFrame()

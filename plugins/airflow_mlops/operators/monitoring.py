@@ -272,7 +272,7 @@ class MonitoringMixin:
         from airflow_mlops.core.drift import select_period
         from airflow_mlops.core.inference_log import read_inference_log
 
-        return select_period(read_inference_log(self.lake, zone=zone), start, end)
+        return select_period(read_inference_log(self.lake, zone=zone, events=(start, end)), start, end)
 
     def validated_flights(self, month: str) -> dict[str, pd.DataFrame] | None:
         """``flights`` and ``planes`` of ``validated/<month>/`` (hashes checked), or None if not committed."""
