@@ -500,6 +500,8 @@ class _GxRuntime:
                     stack.enter_context(memo())
             result = validator.validate_expectation_suite(self.suite(suite_json), parameters)
             if fingerprint is not None:
+                if result.meta.get("batch_markers") is None:
+                    result.meta["batch_markers"] = {}
                 result.meta["batch_markers"]["batch_sha256"] = fingerprint
             failed = [i for i, r in enumerate(result.results) if not r.success]
             if failed:
