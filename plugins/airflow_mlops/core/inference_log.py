@@ -74,8 +74,7 @@ class InferenceLogBuffer:
     @property
     def pending(self) -> int:
         """Rows answered but not yet committed: buffered, plus those a flush is writing right now."""
-        with self._lock:
-            return len(self._rows) + self._writing
+        return self.stats()["pending"]
 
     def flush(self) -> int:
         """Write everything buffered now; returns rows written (0 if nothing, or the write failed)."""
