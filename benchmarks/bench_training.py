@@ -144,6 +144,8 @@ def main() -> int:
         hook.log_sklearn_model(
             run_id,
             fitted.model,
+            experiment_id=experiment,
+            params={},
             signature=signature,
             input_example=X.head(5),
             pip_requirements=core.pip_requirements(),

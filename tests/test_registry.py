@@ -90,6 +90,9 @@ def test_run_records_lineage(champion, store):
     assert {m.key for m in model.metrics} >= {"train_roc_auc", "fit_seconds"}
     # ... and it lives in the run's experiment and artifact store (not the Default experiment's ./mlruns).
     assert model.experiment_id == run.info.experiment_id and model.source_run_id == run.info.run_id
+    # ... with the run's parameters, finished, and listed as the run's output.
+    assert model.params == run.data.params and str(model.status) in ("READY", "LoggedModelStatus.READY")
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
     assert model.artifact_location.startswith(str(store["root"] / "artifacts")) or model.artifact_location.startswith(
         (store["root"] / "artifacts").as_uri()
     )

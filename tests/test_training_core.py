@@ -52,6 +52,24 @@ def test_holdout_is_the_newest_month_and_strictly_after_training(frame):
     assert len(split.train) + len(split.holdout) == frame["is_late"].notna().sum()
 
 
+def test_a_split_of_the_parquet_table_equals_the_split_of_the_frame(frame):
+    # The evaluation splits the decoded Parquet table and converts only the hold-out: same rows, same dtypes.
+    import io
+
+    import pandas as pd
+
+    shuffled = frame.sample(frac=1.0, random_state=5).reset_index(drop=True)  # ids out of order: sorted
+    buffer = io.BytesIO()
+    shuffled.to_parquet(buffer)
+    data = buffer.getvalue()
+    from_frame = core.split_holdout(core.read_parquet_bytes(data), config())
+    from_table = core.split_holdout(core.read_parquet_table(data), config())
+    assert from_table.summary() == from_frame.summary()
+    assert from_table.holdout["flight_id"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(from_table.holdout, from_frame.holdout)
+    pd.testing.assert_frame_equal(from_table.train, from_frame.train)
+
+
 def test_holdout_needs_a_month_to_train_on(frame):
     one_month = frame[frame["month"] == "2013-03"]
     with pytest.raises(ValueError, match="leaves nothing to train on"):
@@ -149,6 +167,25 @@ def test_curves_svg_draws_each_model_on_both_panels():
     roc_candidate = [tuple(map(float, p.split(","))) for p in lines[1].get("points").split()]
     top = min(y for _, y in roc_candidate)
     assert roc_candidate[1][1] == top
+
+
+@pytest.mark.parametrize("decimals", [2, 4, 12])
+def test_plotted_curves_are_scikit_learns(decimals):
+    # The plot's ROC and calibration curves skip scikit-learn's validation, not its answer (ties included).
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(decimals)
+    y = (rng.random(5000) < 0.25).astype(int)
+    proba = np.round(np.clip(rng.random(5000) * 0.6 + y * 0.3, 0, 1), decimals)
+    grid = np.linspace(0, 1, 201)
+    fpr, tpr, _ = roc_curve(y, proba)
+    ours_fpr, ours_tpr = ev.roc_points_of(y, proba)
+    np.testing.assert_allclose(np.interp(grid, ours_fpr, ours_tpr), np.interp(grid, fpr, tpr), atol=1e-12)
+    observed, predicted = calibration_curve(y, proba, n_bins=10, strategy="quantile")
+    ours_observed, ours_predicted = ev.quantile_calibration(y, proba, n_bins=10)
+    np.testing.assert_allclose(ours_observed, observed)
+    np.testing.assert_allclose(ours_predicted, predicted)
 
 
 def test_config_hash_tracks_what_is_trained():

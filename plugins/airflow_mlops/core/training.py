@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
     from sklearn.pipeline import Pipeline
 
 #: Model types a config may name; each maps to a pipeline builder below.
@@ -141,28 +142,52 @@ def read_parquet_bytes(data: bytes) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(data))
 
 
-def check_columns(frame: pd.DataFrame, config: TrainingConfig) -> None:
-    """Raise ``ValueError`` naming every column the config needs that the frame lacks."""
+def read_parquet_table(data: bytes) -> pa.Table:
+    """The Parquet file ``data`` decoded, not yet converted to pandas: ``split_holdout`` of a table converts
+    only the rows a caller asks for (the evaluation needs the hold-out alone)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data))
+
+
+def check_columns(columns: Any, config: TrainingConfig) -> None:
+    """Raise ``ValueError`` naming every column the config needs that ``columns`` lacks."""
     needed = [config.id_column, config.timestamp_column, config.label, *config.features, *config.slices]
-    missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
+    missing = [c for c in dict.fromkeys(needed) if c not in set(columns)]
     if missing:
         raise ValueError(f"the training set lacks columns the config needs: {', '.join(missing)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
-    """A time-based split: ``train`` strictly before ``cutoff``, ``holdout`` from it on."""
+    """A time-based split: ``train`` strictly before ``cutoff``, ``holdout`` from it on.
 
-    train: pd.DataFrame
-    holdout: pd.DataFrame
+    The two frames are taken from ``source`` (a DataFrame or a pyarrow Table) at ``train_rows`` /
+    ``holdout_rows`` when first asked for, one copy each, index ``0..n-1``, the label as int.
+    """
+
+    source: Any = field(repr=False)
+    label: str
+    train_rows: Any = field(repr=False)
+    holdout_rows: Any = field(repr=False)
     train_months: list[str]
     holdout_months: list[str]
     cutoff: str
 
+    @functools.cached_property
+    def train(self) -> pd.DataFrame:
+        return _take_rows(self.source, self.train_rows, self.label)
+
+    @functools.cached_property
+    def holdout(self) -> pd.DataFrame:
+        return _take_rows(self.source, self.holdout_rows, self.label)
+
     def summary(self) -> dict[str, Any]:
         return {
-            "train_rows": len(self.train),
-            "holdout_rows": len(self.holdout),
+            "train_rows": len(self.train_rows),
+            "holdout_rows": len(self.holdout_rows),
             "train_months": self.train_months,
             "holdout_months": self.holdout_months,
             "cutoff": self.cutoff,
@@ -183,7 +208,7 @@ def _utc_months(ts: pd.Series) -> pd.Series:
     return utc_timestamps(ts).dt.strftime("%Y-%m")
 
 
-def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
+def split_holdout(frame: pd.DataFrame | pa.Table, config: TrainingConfig) -> Split:
     """Hold out the newest ``holdout_months`` month(s) of the labelled rows; train on everything before.
 
     A row's month is the ``month`` column of the training set (the batch month the feature stage assigned)
@@ -192,19 +217,31 @@ def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
     period (or later) is ever trained on. Unlabelled rows are dropped. Rows are ordered by id, so the same
     snapshot always gives the same training matrix whatever order its file has.
 
+    ``frame`` may be a pyarrow Table (``read_parquet_table``): the split is decided on its key columns and
+    each side is converted to pandas only when asked for.
+
     :raises ValueError: too few months to hold any out, or nothing left to train on.
     """
     import numpy as np
 
-    check_columns(frame, config)
-    # Row positions, labelled and in id order; the two frames are taken from ``frame`` once each.
-    rows = np.flatnonzero(frame[config.label].notna().to_numpy())
-    ids = frame[config.id_column].iloc[rows]
+    columns = frame.column_names if hasattr(frame, "column_names") else frame.columns
+    check_columns(columns, config)
+    keys = [config.label, config.id_column, config.timestamp_column]
+    has_month = config.month_column in set(columns)
+    if has_month:
+        keys.append(config.month_column)
+    if hasattr(frame, "column_names"):
+        keyed = frame.select(list(dict.fromkeys(keys))).to_pandas()
+    else:
+        keyed = frame
+    # Row positions, labelled and in id order.
+    rows = np.flatnonzero(keyed[config.label].notna().to_numpy())
+    ids = keyed[config.id_column].iloc[rows]
     if not ids.is_monotonic_increasing:  # committed training sets already are
         rows = rows[np.argsort(ids.to_numpy(), kind="stable")]
-    ts = utc_timestamps(frame[config.timestamp_column].iloc[rows]).reset_index(drop=True)
-    if config.month_column in frame:
-        months = frame[config.month_column].iloc[rows].astype(str).reset_index(drop=True)
+    ts = utc_timestamps(keyed[config.timestamp_column].iloc[rows]).reset_index(drop=True)
+    if has_month:
+        months = keyed[config.month_column].iloc[rows].astype(str).reset_index(drop=True)
     else:
         months = _utc_months(ts)
     distinct = sorted(months.unique())
@@ -221,20 +258,26 @@ def split_holdout(frame: pd.DataFrame, config: TrainingConfig) -> Split:
     if not is_train.any():
         raise ValueError(f"no labelled rows before the hold-out's first event {cutoff.isoformat()}")
     return Split(
-        train=_take_rows(frame, rows[is_train.to_numpy()], config.label),
-        holdout=_take_rows(frame, rows[is_holdout.to_numpy()], config.label),
+        source=frame,
+        label=config.label,
+        train_rows=rows[is_train.to_numpy()],
+        holdout_rows=rows[is_holdout.to_numpy()],
         train_months=train_months,
         holdout_months=holdout_months,
         cutoff=cutoff.isoformat(),
     )
 
 
-def _take_rows(frame: pd.DataFrame, positions: Any, label: str) -> pd.DataFrame:
-    """The rows at ``positions`` as a new frame (one copy, index 0..n-1), the label as int."""
+def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> pd.DataFrame:
+    """The rows at ``positions`` of a DataFrame or a pyarrow Table as a new frame (one copy, index
+    0..n-1), the label as int."""
     import pandas as pd
 
-    out = frame.take(positions)
-    out.index = pd.RangeIndex(len(out))
+    if hasattr(source, "column_names"):
+        out = source.take(positions).to_pandas()
+    else:
+        out = source.take(positions)
+        out.index = pd.RangeIndex(len(out))
     out[label] = out[label].astype(int)
     return out
 

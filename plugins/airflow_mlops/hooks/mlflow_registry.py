@@ -133,34 +133,57 @@ class MlflowHook(BaseHook):
                 raise
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def log_sklearn_model(self, run_id: str, model: Any, *, name: str = "model", **save_kwargs: Any) -> Any:
+    def log_sklearn_model(
+        self,
+        run_id: str,
+        model: Any,
+        *,
+        name: str = "model",
+        experiment_id: str | None = None,
+        params: dict[str, Any] | None = None,
+        **save_kwargs: Any,
+    ) -> Any:
         """Log a fitted scikit-learn model to the run ``run_id`` with MLflow's sklearn flavor; returns ``ModelInfo``.
 
         ``save_kwargs`` are those of ``mlflow.sklearn.log_model`` (signature, input example, pip requirements,
-        serialization format, ``pyfunc_predict_fn`` ...). The run is made active on the calling thread (MLflow's
-        active run is per thread), so the model belongs to the run's experiment and artifact store; leaving the
-        block ends the run ``FINISHED`` (the caller may still log to it, or mark it ``FAILED``).
+        serialization format, ``pyfunc_predict_fn`` ...). The model is MLflow 3's logged model of the run: in
+        the run's experiment and artifact store, with the run's parameters and the usual context tags, linked
+        to the run as its output. The run's status is left as it was.
 
-        MLflow's post-log self-check is left out: it reloads the saved model through pyfunc and predicts the
-        serving input example, a third of ``log_model``'s time, and only warns when that fails. The callers
-        predict on the same example before logging (the signature's output comes from it), the serving stage's
-        infra validation serves the model for real, and ``tests/test_registry.py`` loads logged models through
-        pyfunc and scores their input example.
+        Unlike ``mlflow.sklearn.log_model`` this needs no active run (it can run on any thread), and it reads
+        nothing back from the store that the caller already knows: given ``experiment_id`` and ``params`` (the
+        run's), it fetches no run. MLflow's post-log self-check is left out: it reloads the saved model through
+        pyfunc and predicts the serving input example, a third of ``log_model``'s time, and only warns when that
+        fails. The callers predict on the same example before logging (the signature's output comes from it),
+        the serving stage's infra validation serves the model for real, and ``tests/test_registry.py`` loads
+        logged models through pyfunc and scores their input example.
         """
-        import mlflow
         from mlflow.models import Model
+        from mlflow.tracking.context.registry import resolve_tags
 
-        self.activate()
-        with mlflow.start_run(run_id=run_id):
-            return Model.log(
-                None,  # artifact_path: deprecated in favour of name
-                _SklearnFlavor,
-                name=name,
-                flavor_name="mlflow.sklearn",
-                validate_serving_input=False,
-                sk_model=model,
-                **save_kwargs,
-            )
+        if experiment_id is None or params is None:
+            run = self.client.get_run(run_id)
+            experiment_id = experiment_id or run.info.experiment_id
+            params = run.data.params if params is None else params
+        self.activate()  # Model.log writes through the fluent API's store
+        logged = self.client.create_logged_model(
+            experiment_id,
+            name=name,
+            source_run_id=run_id,
+            params={k: str(v) for k, v in params.items()},
+            tags=resolve_tags(),
+        )
+        return Model.log(
+            None,  # artifact_path: deprecated in favour of name
+            _SklearnFlavor,
+            name=name,
+            run_id=run_id,
+            model_id=logged.model_id,
+            flavor_name="mlflow.sklearn",
+            validate_serving_input=False,
+            sk_model=model,
+            **save_kwargs,
+        )
 
     # -- links ---------------------------------------------------------------------------------------------
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:

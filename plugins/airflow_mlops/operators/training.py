@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import pandas as pd
+    import pyarrow as pa
     from airflow.sdk import Context
 
     from airflow_mlops.core.training import TrainingConfig
@@ -252,6 +253,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         # tracking's waits (store commits, artifact copies); its Python work shares the interpreter lock with
         # the fit's own Python loop.
         run_id = None
+        params = training_params(config, split)
         with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:
             opening = pool.submit(
                 open_training_run,
@@ -262,11 +264,14 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
                 experiment_name=self.experiment_name or config.experiment_name,
                 lineage=airflow_lineage(context),
                 feature_views=feature_views,
+                params=params,
             )
             try:
                 model, fit_seconds = core.fit(split, config)
                 run_id, experiment_id = opening.result()
-                uploading = pool.submit(log_fitted_model, hook, run_id, config, model, split)
+                uploading = pool.submit(
+                    log_fitted_model, hook, run_id, config, model, split, experiment_id=experiment_id, params=params
+                )
                 train_metrics = core.training_metrics(model, split, config)
                 model_info = uploading.result()
             except BaseException:
@@ -318,12 +323,13 @@ def open_training_run(
     experiment_name: str,
     lineage: dict[str, str],
     feature_views: dict | None,
+    params: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Create the training run (in ``experiment_name``, created if absent) with what is known before fitting;
     returns the run's and the experiment's ids.
 
     Tags tie it to the Airflow task, the git commit, the snapshot and the feature view versions; params are
-    the model's configuration and the split's sizes; the snapshot is the run's dataset input (URI + sha256
+    ``params`` (default ``training_params``); the snapshot is the run's dataset input (URI + sha256
     + schema); the resolved config is an artifact. Uses the client API only (no fluent active run), so it
     can run on another thread.
     """
@@ -352,17 +358,7 @@ def open_training_run(
         "mlops.holdout.months": ",".join(split.holdout_months),
     }
     run_name = f"{lineage.get('dag_id', 'manual')}.{lineage.get('task_id', 'train')}.{config.sha256[:8]}"
-    params = {
-        "model_type": config.model_type,
-        "seed": config.seed,
-        **{f"model.{k}": v for k, v in config.model_params.items()},
-        "features.categorical": ",".join(config.categorical),
-        "features.numeric": ",".join(config.numeric),
-        "holdout_months": config.holdout_months,
-        "threshold": config.threshold,
-        "train_rows": len(split.train),
-        "holdout_rows": len(split.holdout),
-    }
+    params = training_params(config, split) if params is None else params
     client = hook.client
     experiment_id = hook.get_or_create_experiment(experiment_name)
     run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
@@ -393,10 +389,34 @@ def open_training_run(
     return run_id, experiment_id
 
 
-def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, model: Any, split: Any) -> Any:
+def training_params(config: TrainingConfig, split: Any) -> dict[str, Any]:
+    """A training run's parameters: the model's configuration and the split's sizes."""
+    return {
+        "model_type": config.model_type,
+        "seed": config.seed,
+        **{f"model.{k}": v for k, v in config.model_params.items()},
+        "features.categorical": ",".join(config.categorical),
+        "features.numeric": ",".join(config.numeric),
+        "holdout_months": config.holdout_months,
+        "threshold": config.threshold,
+        "train_rows": len(split.train),
+        "holdout_rows": len(split.holdout),
+    }
+
+
+def log_fitted_model(
+    hook: MlflowHook,
+    run_id: str,
+    config: TrainingConfig,
+    model: Any,
+    split: Any,
+    *,
+    experiment_id: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
     """Log the fitted pipeline to the run (signature, input example, explicit pip requirements); returns
-    MLflow's ``ModelInfo``. See ``MlflowHook.log_sklearn_model``: the run ends ``FINISHED``; its caller may
-    still log to it, or mark it ``FAILED``."""
+    MLflow's ``ModelInfo``. ``experiment_id`` and ``params`` are the run's (read from the store if not
+    given); see ``MlflowHook.log_sklearn_model``. The run's status is left to the caller."""
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
@@ -411,6 +431,8 @@ def log_fitted_model(hook: MlflowHook, run_id: str, config: TrainingConfig, mode
     return hook.log_sklearn_model(
         run_id,
         model,
+        experiment_id=experiment_id,
+        params=params,
         signature=signature,
         input_example=X_example.head(5),
         pip_requirements=core.pip_requirements(),
@@ -484,11 +506,13 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
             models = {"candidate": pool.submit(load_model, self.mlflow_hook, trained["model_uri"])}
             if champion_version is not None:
                 models["champion"] = pool.submit(load_model, self.mlflow_hook, f"models:/{name}/{champion_version}")
-            frame, info = self.read_training_set(_parse(self.training_set) or trained["training_set"])
-            report = evaluate_challenger(self.mlflow_hook, config, frame, trained, name, champion_version, models)
+            info = self.resolve_training_set(_parse(self.training_set) or trained["training_set"])
+            # Decoded but not converted: the split converts the hold-out rows alone.
+            table = core.read_parquet_table(self._bytes)
+            report = evaluate_challenger(self.mlflow_hook, config, table, trained, name, champion_version, models)
         for line in report["log"]:
             self.log.info("%s", line)
-        url = self.mlflow_hook.run_url(trained["run_id"])
+        url = self.mlflow_hook.run_url(trained["run_id"], trained.get("experiment_id"))
         context["ti"].xcom_push(key=RUN_URL_XCOM_KEY, value=url)
         return {
             "run_id": trained["run_id"],
@@ -515,13 +539,15 @@ def load_model(hook: MlflowHook, uri: str) -> Any:
 def evaluate_challenger(
     hook: MlflowHook,
     config: TrainingConfig,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | pa.Table,
     trained: dict[str, Any],
     name: str,
     champion_version: str | None,
     models: dict[str, Future] | None = None,
 ) -> dict[str, Any]:
     """Score candidate and champion on the hold-out, log to the candidate's run; returns overall metrics + log lines.
+
+    :param frame: the training set, as a DataFrame or a pyarrow Table (only its hold-out rows are converted).
 
     :param models: ``candidate`` (and ``champion``) models being loaded; default: loaded here.
     """
