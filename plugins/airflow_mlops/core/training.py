@@ -155,7 +155,8 @@ def read_parquet_table(data: bytes) -> pa.Table:
 def check_columns(columns: Any, config: TrainingConfig) -> None:
     """Raise ``ValueError`` naming every column the config needs that ``columns`` lacks."""
     needed = [config.id_column, config.timestamp_column, config.label, *config.features, *config.slices]
-    missing = [c for c in dict.fromkeys(needed) if c not in set(columns)]
+    present = set(columns)
+    missing = [c for c in dict.fromkeys(needed) if c not in present]
     if missing:
         raise ValueError(f"the training set lacks columns the config needs: {', '.join(missing)}")
 
