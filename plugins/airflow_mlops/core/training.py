@@ -225,16 +225,12 @@ def split_holdout(frame: pd.DataFrame | pa.Table, config: TrainingConfig) -> Spl
     """
     import numpy as np
 
-    columns = frame.column_names if hasattr(frame, "column_names") else frame.columns
+    is_table = hasattr(frame, "column_names")
+    columns = frame.column_names if is_table else frame.columns
     check_columns(columns, config)
-    keys = [config.label, config.id_column, config.timestamp_column]
     has_month = config.month_column in set(columns)
-    if has_month:
-        keys.append(config.month_column)
-    if hasattr(frame, "column_names"):
-        keyed = frame.select(list(dict.fromkeys(keys))).to_pandas()
-    else:
-        keyed = frame
+    keys = [config.label, config.id_column, config.timestamp_column] + ([config.month_column] if has_month else [])
+    keyed = frame.select(list(dict.fromkeys(keys))).to_pandas() if is_table else frame
     # Row positions, labelled and in id order.
     rows = np.flatnonzero(keyed[config.label].notna().to_numpy())
     ids = keyed[config.id_column].iloc[rows]

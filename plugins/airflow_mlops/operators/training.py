@@ -118,6 +118,14 @@ class TrainingSetMixin:
         info = self.resolve_training_set(reference)
         return read_parquet_bytes(self._bytes), info
 
+    def read_training_table(self, reference: dict | str) -> tuple[pa.Table, dict[str, Any]]:
+        """As ``read_training_set``, decoded but not converted to pandas (``split_holdout`` of a table converts
+        only the rows asked for)."""
+        from airflow_mlops.core.training import read_parquet_table
+
+        info = self.resolve_training_set(reference)
+        return read_parquet_table(self._bytes), info
+
 
 class ResolveTrainingSetOperator(TrainingSetMixin, BaseOperator):
     """Find a committed training-set snapshot in the lake, verify it, and hand its reference on.
@@ -506,9 +514,8 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
             models = {"candidate": pool.submit(load_model, self.mlflow_hook, trained["model_uri"])}
             if champion_version is not None:
                 models["champion"] = pool.submit(load_model, self.mlflow_hook, f"models:/{name}/{champion_version}")
-            info = self.resolve_training_set(_parse(self.training_set) or trained["training_set"])
             # Decoded but not converted: the split converts the hold-out rows alone.
-            table = core.read_parquet_table(self._bytes)
+            table, info = self.read_training_table(_parse(self.training_set) or trained["training_set"])
             report = evaluate_challenger(self.mlflow_hook, config, table, trained, name, champion_version, models)
         for line in report["log"]:
             self.log.info("%s", line)
@@ -548,7 +555,6 @@ def evaluate_challenger(
     """Score candidate and champion on the hold-out, log to the candidate's run; returns overall metrics + log lines.
 
     :param frame: the training set, as a DataFrame or a pyarrow Table (only its hold-out rows are converted).
-
     :param models: ``candidate`` (and ``champion``) models being loaded; default: loaded here.
     """
     from concurrent.futures import ThreadPoolExecutor
