@@ -127,16 +127,16 @@ def main() -> int:
 
     # log_model alone: the fitted pipeline, explicit requirements, signature and input example.
     import mlflow
-    from mlflow.models import infer_signature
 
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.operators.training import model_signature
 
     hook = MlflowHook()
     hook.activate()
     experiment = hook.get_or_create_experiment("bench-log-model")
     fitted = core.train(frame, config)
-    X = core.features_frame(fitted.split.train.head(200), config)
-    signature = infer_signature(X, fitted.model.predict_proba(X))
+    X = core.features_frame(fitted.split.train.head(5), config)
+    signature = model_signature(fitted.split.train, config, fitted.model.classes_)
 
     def log_model():
         # As the training operator logs it (MlflowHook.log_sklearn_model: without MLflow's post-log reload).
@@ -147,7 +147,7 @@ def main() -> int:
             experiment_id=experiment,
             params={},
             signature=signature,
-            input_example=X.head(5),
+            input_example=X,
             pip_requirements=core.pip_requirements(),
             serialization_format=config.serialization_format,
             pyfunc_predict_fn="predict_proba",
@@ -159,7 +159,7 @@ def main() -> int:
                 fitted.model,
                 name="model",
                 signature=signature,
-                input_example=X.head(5),
+                input_example=X,
                 pip_requirements=core.pip_requirements(),
                 serialization_format=config.serialization_format,
                 pyfunc_predict_fn="predict_proba",

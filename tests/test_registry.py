@@ -109,6 +109,21 @@ def test_run_records_lineage(champion, store):
     h.activate()
     info = mlflow.models.get_model_info(champion["trained"]["model_uri"])
     assert info.signature is not None and info.saved_input_example_info is not None
+    # The signature is what MLflow infers from all the training rows and the model's output on them: a
+    # feature missing in some training rows (weather, plane) is optional, whatever the first rows hold.
+    from airflow.sdk import ObjectStoragePath
+    from mlflow.models import infer_signature
+
+    from airflow_mlops.core import training as core
+    from airflow_mlops.operators.training import load_model
+
+    config = core.load_config(store["paths"]["config"])
+    split = core.split_holdout(core.read_parquet_bytes(ObjectStoragePath(snap["uri"]).read_bytes()), config)
+    X = core.features_frame(split.train, config)
+    fitted = load_model(h, champion["trained"]["model_uri"])
+    assert info.signature == infer_signature(X, fitted.predict_proba(X))
+    optional = {spec.name for spec in info.signature.inputs.inputs if not spec.required}
+    assert optional == set(X.columns[X.isna().any()]) and optional  # the test months do miss some values
     reqs = Path(mlflow.pyfunc.get_model_dependencies(champion["trained"]["model_uri"])).read_text()
     assert "scikit-learn==" in reqs and "cloudpickle==" in reqs
     assert "great_expectations" not in reqs and "apache-airflow" not in reqs  # explicit, not inferred
@@ -484,3 +499,26 @@ def test_a_failed_fit_leaves_a_failed_run(store):
         filter_string="tags.`mlops.airflow.run_id` = 'manual__one_class'",
     )
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_the_signature_makes_a_feature_optional_when_any_training_row_misses_it(tmp_path):
+    """``model_signature`` equals MLflow's inference over every training row, also when the rows that miss a
+    value come last (inferring from the first rows, as a sample would, makes that feature required)."""
+    from mlflow.models import infer_signature
+
+    from airflow_mlops.core import training as core
+    from airflow_mlops.operators.training import model_signature
+
+    config = core.load_config(write_configs(tmp_path)["config"])
+    result = core.train(build_frame((1, 2), sample=0.3, seed=0), config)
+    train = result.split.train
+    late = train["temp"].isna()
+    assert late.any() and not late.all()
+    train = train.loc[np.r_[np.flatnonzero(~late), np.flatnonzero(late)]].reset_index(drop=True)
+    X = core.features_frame(train, config)
+    signature = model_signature(train, config, result.model.classes_)
+    assert signature == infer_signature(X, result.model.predict_proba(X))
+    required = {spec.name: spec.required for spec in signature.inputs.inputs}
+    assert required["temp"] is False and required["carrier"] is True
+    head = {spec.name: spec.required for spec in infer_signature(X.head(200)).inputs.inputs}
+    assert head["temp"] is True  # what the first rows alone would have said

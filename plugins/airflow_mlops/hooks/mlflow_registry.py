@@ -154,9 +154,9 @@ class MlflowHook(BaseHook):
         nothing back from the store that the caller already knows: given ``experiment_id`` and ``params`` (the
         run's), it fetches no run. MLflow's post-log self-check is left out: it reloads the saved model through
         pyfunc and predicts the serving input example, a third of ``log_model``'s time, and only warns when that
-        fails. The callers predict on the same example before logging (the signature's output comes from it),
-        the serving stage's infra validation serves the model for real, and ``tests/test_registry.py`` loads
-        logged models through pyfunc and scores their input example.
+        fails. The training operator scores every training row (the example's among them) for its training
+        metrics, the serving stage's infra validation serves the model for real, and ``tests/test_registry.py``
+        loads logged models through pyfunc and scores their input example.
         """
         from mlflow.models import Model
         from mlflow.tracking.context.registry import resolve_tags

@@ -422,15 +422,14 @@ def log_fitted_model(
     experiment_id: str | None = None,
     params: dict[str, Any] | None = None,
 ) -> Any:
-    """Log the fitted pipeline to the run (signature, input example, explicit pip requirements); returns
-    MLflow's ``ModelInfo``. ``experiment_id`` and ``params`` are the run's (read from the store if not
-    given); see ``MlflowHook.log_sklearn_model``. The run's status is left to the caller."""
-    from mlflow.models import infer_signature
-
+    """Log the fitted pipeline to the run (``model_signature``, an input example of 5 training rows, explicit
+    pip requirements); returns MLflow's ``ModelInfo``. ``experiment_id`` and ``params`` are the run's (read
+    from the store if not given); see ``MlflowHook.log_sklearn_model``. The run's status is left to the
+    caller."""
     from airflow_mlops.core import training as core
 
-    X_example = core.features_frame(split.train.head(200), config)
-    signature = infer_signature(X_example, model.predict_proba(X_example))
+    X_example = core.features_frame(split.train.head(5), config)
+    signature = model_signature(split.train, config, model.classes_)
     kwargs: dict[str, Any] = {}
     if config.serialization_format == "skops":
         import skops.io
@@ -442,12 +441,36 @@ def log_fitted_model(
         experiment_id=experiment_id,
         params=params,
         signature=signature,
-        input_example=X_example.head(5),
+        input_example=X_example,
         pip_requirements=core.pip_requirements(),
         serialization_format=config.serialization_format,
         pyfunc_predict_fn="predict_proba",
         **kwargs,
     )
+
+
+def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -> Any:
+    """The logged model's MLflow signature, from the config rather than inferred from a sample.
+
+    Inputs are the configured features as ``core.training.features_frame`` hands them to the model:
+    categoricals as strings, numerics as doubles, in the config's order. A column is required only when no
+    training row lacks it (inferred from a sample, a feature that is missing in some rows but not in the
+    sample would be required, and MLflow's schema enforcement would then refuse rows the model was trained
+    on). The output is ``predict_proba``'s: one float64 column per class.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+
+    missing = train[config.features].isna().any()
+    categorical = set(config.categorical)
+    inputs = Schema(
+        [
+            ColSpec(DataType.string if name in categorical else DataType.double, name, required=not missing[name])
+            for name in config.features
+        ]
+    )
+    return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), (-1, len(classes)))]))
 
 
 class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
