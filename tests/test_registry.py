@@ -514,7 +514,7 @@ def test_the_signature_makes_a_feature_optional_when_any_training_row_misses_it(
     train = result.split.train
     late = train["temp"].isna()
     assert late.any() and not late.all()
-    train = train.loc[np.r_[np.flatnonzero(~late), np.flatnonzero(late)]].reset_index(drop=True)
+    train = train.iloc[np.r_[np.flatnonzero(~late), np.flatnonzero(late)]].reset_index(drop=True)
     X = core.features_frame(train, config)
     signature = model_signature(train, config, result.model.classes_)
     assert signature == infer_signature(X, result.model.predict_proba(X))
@@ -522,3 +522,10 @@ def test_the_signature_makes_a_feature_optional_when_any_training_row_misses_it(
     assert required["temp"] is False and required["carrier"] is True
     head = {spec.name: spec.required for spec in infer_signature(X.head(200)).inputs.inputs}
     assert head["temp"] is True  # what the first rows alone would have said
+    # ... and why it matters: MLflow's schema enforcement refuses input without a required column.
+    from mlflow.models.utils import _enforce_schema
+
+    without_temp = X[X["temp"].isna()].head(3).drop(columns=["temp"])
+    assert len(_enforce_schema(without_temp, signature.inputs)) == 3
+    with pytest.raises(Exception, match="missing inputs"):
+        _enforce_schema(without_temp, infer_signature(X.head(200)).inputs)

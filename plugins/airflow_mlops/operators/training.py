@@ -454,9 +454,9 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
 
     Inputs are the configured features as ``core.training.features_frame`` hands them to the model:
     categoricals as strings, numerics as doubles, in the config's order. A column is required only when no
-    training row lacks it (inferred from a sample, a feature that is missing in some rows but not in the
-    sample would be required, and MLflow's schema enforcement would then refuse rows the model was trained
-    on). The output is ``predict_proba``'s: one float64 column per class.
+    training row lacks it: inferred from a sample, a feature missing in some rows but not in the sample is
+    marked required, and MLflow's schema enforcement then refuses input that leaves it out, though the model
+    was trained on rows without it. The output is ``predict_proba``'s: one float64 column per class.
     """
     import numpy as np
     from mlflow.models import ModelSignature
