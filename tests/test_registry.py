@@ -520,12 +520,35 @@ def test_the_signature_makes_a_feature_optional_when_any_training_row_misses_it(
     assert signature == infer_signature(X, result.model.predict_proba(X))
     required = {spec.name: spec.required for spec in signature.inputs.inputs}
     assert required["temp"] is False and required["carrier"] is True
-    head = {spec.name: spec.required for spec in infer_signature(X.head(200)).inputs.inputs}
-    assert head["temp"] is True  # what the first rows alone would have said
+    head_inputs = infer_signature(X.head(200)).inputs
+    assert {spec.name: spec.required for spec in head_inputs.inputs}["temp"] is True  # the first rows alone
     # ... and why it matters: MLflow's schema enforcement refuses input without a required column.
     from mlflow.models.utils import _enforce_schema
 
     without_temp = X[X["temp"].isna()].head(3).drop(columns=["temp"])
     assert len(_enforce_schema(without_temp, signature.inputs)) == 3
     with pytest.raises(Exception, match="missing inputs"):
-        _enforce_schema(without_temp, infer_signature(X.head(200)).inputs)
+        _enforce_schema(without_temp, head_inputs)
+
+
+def test_the_signature_types_a_categorical_coded_as_numbers_as_mlflow_does(tmp_path):
+    """A config may list a numeric column (here the weekday, with missing values first) as categorical: the
+    signature keeps what ``features_frame`` hands the model, as MLflow infers it from every row."""
+    from mlflow.models import infer_signature
+
+    from airflow_mlops.core import training as core
+    from airflow_mlops.operators.training import model_signature
+
+    yaml_text = TEST_CONFIG_YAML.replace(
+        "categorical: [carrier, origin, dest]", "categorical: [carrier, origin, dest, weekday]"
+    )
+    yaml_text = yaml_text.replace("numeric: [sched_hour, weekday,", "numeric: [sched_hour,")
+    config = core.load_config(write_configs(tmp_path, config=yaml_text)["config"])
+    assert "weekday" in config.categorical and "weekday" not in config.numeric
+    result = core.train(build_frame((1, 2), sample=0.3, seed=0), config)
+    train = result.split.train.copy()
+    train.loc[:9, "weekday"] = np.nan
+    X = core.features_frame(train, config)
+    signature = model_signature(train, config, result.model.classes_)
+    assert signature == infer_signature(X, result.model.predict_proba(X))
+    assert str({spec.name: spec.type for spec in signature.inputs.inputs}["weekday"]) != "string"

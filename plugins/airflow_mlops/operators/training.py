@@ -450,26 +450,33 @@ def log_fitted_model(
 
 
 def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -> Any:
-    """The logged model's MLflow signature, from the config rather than inferred from a sample.
+    """The logged model's MLflow signature: what MLflow infers from every training row, without scanning them.
 
-    Inputs are the configured features as ``core.training.features_frame`` hands them to the model:
-    categoricals as strings, numerics as doubles, in the config's order. A column is required only when no
-    training row lacks it: inferred from a sample, a feature missing in some rows but not in the sample is
-    marked required, and MLflow's schema enforcement then refuses input that leaves it out, though the model
-    was trained on rows without it. The output is ``predict_proba``'s: one float64 column per class.
+    Input types are MLflow's inference on one row that holds each feature's first present value, as
+    ``core.training.features_frame`` hands it to the model (so a categorical coded as numbers keeps its type).
+    A column is required only when no training row lacks it: inferred from a sample, a feature missing in
+    some rows but not in the sample is marked required, and MLflow's schema enforcement then refuses input
+    that leaves it out, though the model was trained on rows without it. The output is ``predict_proba``'s:
+    one float64 column per class.
     """
     import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+    import pandas as pd
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
-    missing = train[config.features].isna().any()
-    categorical = set(config.categorical)
-    inputs = Schema(
-        [
-            ColSpec(DataType.string if name in categorical else DataType.double, name, required=not missing[name])
+    from airflow_mlops.core.training import features_frame
+
+    features = train[config.features]
+    present = features.notna()
+    first = pd.DataFrame(
+        {
+            name: features[name].iloc[[int(present[name].to_numpy().argmax())]].reset_index(drop=True)
             for name in config.features
-        ]
+        }
     )
+    types = infer_signature(features_frame(first, config)).inputs
+    required = present.all()
+    inputs = Schema([ColSpec(spec.type, spec.name, required=bool(required[spec.name])) for spec in types.inputs])
     return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), (-1, len(classes)))]))
 
 
