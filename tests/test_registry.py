@@ -501,6 +501,36 @@ def test_a_failed_fit_leaves_a_failed_run(store):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def test_a_failed_model_upload_leaves_a_failed_logged_model_and_run(store, monkeypatch):
+    """The model's artifacts cannot be written: the error reaches the task, the logged model is ``FAILED`` (not
+    left pending) and so is the run."""
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.operators.training import TrainModelOperator
+
+    def refuse(self, artifact_uri, local_dir, artifact_path=None):
+        if "/models/" in artifact_uri:
+            raise OSError("artifact store refused the upload")
+        return upload(self, artifact_uri, local_dir, artifact_path)
+
+    upload = MlflowHook.upload_artifacts
+    monkeypatch.setattr(MlflowHook, "upload_artifacts", refuse)
+    snapshot = write_snapshot(store["lake"], build_frame((1, 2), sample=0.2, seed=5))
+    op = TrainModelOperator(task_id="train_model", training_set=snapshot, config_path=store["paths"]["config"])
+    with pytest.raises(OSError, match="refused the upload"):
+        op.execute(task_context("train_model", "manual__upload_fails"))
+    h = hook()
+    (run,) = h.client.search_runs(
+        [e.experiment_id for e in h.client.search_experiments()],
+        filter_string="tags.`mlops.airflow.run_id` = 'manual__upload_fails'",
+    )
+    assert run.info.status == "FAILED"
+    assert h.client.list_artifacts(run.info.run_id, "config")  # what was written before stays
+    (model,) = h.client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert str(model.status) in ("FAILED", "LoggedModelStatus.FAILED")
+
+
 def test_the_signature_makes_a_feature_optional_when_any_training_row_misses_it(tmp_path):
     """``model_signature`` equals MLflow's inference over every training row, also when the rows that miss a
     value come last (inferring from the first rows, as a sample would, makes that feature required)."""

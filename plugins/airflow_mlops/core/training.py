@@ -280,13 +280,21 @@ def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> p
 
 
 def features_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
-    """The model's input: the configured features, categoricals as strings (missing → None)."""
+    """The model's input: the configured features, each as ``model_input`` makes it."""
     X = frame[config.features].copy()
     for col in config.categorical:
-        X[col] = X[col].astype("object").where(X[col].notna(), None)
+        X[col] = model_input(X[col], categorical=True)
     for col in config.numeric:
-        X[col] = X[col].astype("float64")
+        X[col] = model_input(X[col], categorical=False)
     return X
+
+
+def model_input(values: pd.Series, *, categorical: bool) -> pd.Series:
+    """One feature column as the model takes it: a categorical as Python objects (missing → None), a numeric
+    as float64."""
+    if categorical:
+        return values.astype("object").where(values.notna(), None)
+    return values.astype("float64")
 
 
 # -- model ------------------------------------------------------------------------------------------------

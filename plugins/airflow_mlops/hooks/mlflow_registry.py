@@ -145,19 +145,27 @@ class MlflowHook(BaseHook):
     ) -> Any:
         """Log a fitted scikit-learn model to the run ``run_id`` with MLflow's sklearn flavor; returns ``ModelInfo``.
 
-        ``save_kwargs`` are those of ``mlflow.sklearn.log_model`` (signature, input example, pip requirements,
+        ``save_kwargs`` are those of ``mlflow.sklearn.save_model`` (signature, input example, pip requirements,
         serialization format, ``pyfunc_predict_fn`` ...). The model is MLflow 3's logged model of the run: in
         the run's experiment and artifact store, with the run's parameters and the usual context tags, linked
-        to the run as its output. The run's status is left as it was.
+        to the run as its output, ``READY`` once its artifacts are uploaded (``FAILED`` if that fails). The
+        run's status is left as it was.
 
-        Unlike ``mlflow.sklearn.log_model`` this needs no active run (it can run on any thread), and it reads
-        nothing back from the store that the caller already knows: given ``experiment_id`` and ``params`` (the
-        run's), it fetches no run. MLflow's post-log self-check is left out: it reloads the saved model through
-        pyfunc and predicts the serving input example, a third of ``log_model``'s time, and only warns when that
-        fails. The training operator scores every training row (the example's among them) for its training
-        metrics, the serving stage's infra validation serves the model for real, and ``tests/test_registry.py``
-        loads logged models through pyfunc and scores their input example.
+        The steps of ``mlflow.sklearn.log_model``, through MLflow's public API, less what they cost here for
+        nothing: this needs no active run (it can run on any thread), and it reads nothing back from the store
+        that it already knows (given ``experiment_id`` and ``params``, the run's, it fetches no run; the logged
+        model's artifact location comes from creating it). MLflow's post-log self-check is left out: it
+        reloads the saved model through pyfunc and predicts the serving input example, a third of
+        ``log_model``'s time, and only warns when that fails. The training operator scores every training row
+        (the example's among them) for its training metrics, the serving stage's infra validation serves the
+        model for real, and ``tests/test_registry.py`` loads logged models through pyfunc and scores their
+        input example.
         """
+        import contextlib
+        import tempfile
+
+        import mlflow.sklearn
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
         from mlflow.tracking.context.registry import resolve_tags
 
@@ -165,7 +173,6 @@ class MlflowHook(BaseHook):
             run = self.client.get_run(run_id)
             experiment_id = experiment_id or run.info.experiment_id
             params = run.data.params if params is None else params
-        self.activate()  # Model.log writes through the fluent API's store
         logged = self.client.create_logged_model(
             experiment_id,
             name=name,
@@ -173,17 +180,32 @@ class MlflowHook(BaseHook):
             params={k: str(v) for k, v in params.items()},
             tags=resolve_tags(),
         )
-        return Model.log(
-            None,  # artifact_path: deprecated in favour of name
-            _SklearnFlavor,
-            name=name,
-            run_id=run_id,
-            model_id=logged.model_id,
-            flavor_name="mlflow.sklearn",
-            validate_serving_input=False,
-            sk_model=model,
-            **save_kwargs,
-        )
+        try:
+            self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+            mlflow_model = Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run_id,
+                model_id=logged.model_id,
+            )
+            with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+                path = os.path.join(tmp, name)
+                mlflow.sklearn.save_model(model, path, mlflow_model=mlflow_model, **save_kwargs)
+                self.upload_artifacts(logged.artifact_location, path)
+            logged = self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        return mlflow_model.get_model_info(logged)
+
+    def upload_artifacts(self, artifact_uri: str, local_dir: str, artifact_path: str | None = None) -> None:
+        """Upload the files under ``local_dir`` to ``artifact_uri`` (a run's or a logged model's artifact root,
+        as known from creating it), under ``artifact_path``: ``MlflowClient.log_artifacts`` less its store
+        lookup of where that run's artifacts go."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri).log_artifacts(local_dir, artifact_path)
 
     # -- links ---------------------------------------------------------------------------------------------
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
@@ -378,20 +400,6 @@ class MlflowHook(BaseHook):
         self.client.set_model_version_tag(
             entry.model, entry.to_version, f"mlops.{entry.alias}_since", f"{entry.timestamp} (ledger #{entry.seq})"
         )
-
-
-class _SklearnFlavor:
-    """``mlflow.sklearn`` as the flavor ``Model.log`` saves with. ``Model.log`` reads its
-    ``validate_serving_input`` switch from the flavor's arguments and passes them all on to ``save_model``,
-    which does not accept it: this takes it off."""
-
-    __name__ = "mlflow.sklearn"
-
-    @staticmethod
-    def save_model(*, validate_serving_input: bool = True, **kwargs: Any) -> None:
-        import mlflow.sklearn
-
-        mlflow.sklearn.save_model(**kwargs)
 
 
 def _safe(name: str) -> str:

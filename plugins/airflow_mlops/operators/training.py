@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
     from airflow.sdk import Context
+    from mlflow.entities import RunInfo
 
     from airflow_mlops.core.training import TrainingConfig
 
@@ -210,7 +211,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
     :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
     :param lake_root: lake root URL; default from ``MLOPS_LAKE``.
     :param lake_conn_id: connection with the lake's credentials.
-    :return: (XCom) run_id, experiment_id, model_uri, model_id, training_set, train/holdout months, config hash.
+    :return: (XCom) run_id, experiment_id, artifact_uri (the run's), model_uri, model_id, training_set, train/holdout months, config hash.
     :raises TrainingSetError: the snapshot fails verification.
     """
 
@@ -276,7 +277,8 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
             )
             try:
                 model, fit_seconds = core.fit(split, config)
-                run_id, experiment_id = opening.result()
+                run = opening.result()
+                run_id, experiment_id = run.run_id, run.experiment_id
                 uploading = pool.submit(
                     log_fitted_model, hook, run_id, config, model, split, experiment_id=experiment_id, params=params
                 )
@@ -285,7 +287,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
             except BaseException:
                 # The run is marked failed (opening it may itself have failed: then it marked itself).
                 with contextlib.suppress(Exception):
-                    hook.client.set_terminated(run_id or opening.result()[0], "FAILED")
+                    hook.client.set_terminated(run_id or opening.result().run_id, "FAILED")
                 raise
         self.log.info(
             "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
@@ -308,6 +310,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         logged = {
             "run_id": run_id,
             "experiment_id": experiment_id,
+            "artifact_uri": run.artifact_uri,
             "model_uri": model_info.model_uri,
             "model_id": model_id,
             "registered_model_name": config.registered_model_name,
@@ -332,9 +335,9 @@ def open_training_run(
     lineage: dict[str, str],
     feature_views: dict | None,
     params: dict[str, Any] | None = None,
-) -> tuple[str, str]:
+) -> RunInfo:
     """Create the training run (in ``experiment_name``, created if absent) with what is known before fitting;
-    returns the run's and the experiment's ids.
+    returns its ``RunInfo`` (run and experiment id, artifact URI).
 
     Tags tie it to the Airflow task, the git commit, the snapshot and the feature view versions; params are
     ``params`` (default ``training_params``); the snapshot is the run's dataset input (URI + sha256
@@ -369,7 +372,8 @@ def open_training_run(
     params = training_params(config, split) if params is None else params
     client = hook.client
     experiment_id = hook.get_or_create_experiment(experiment_name)
-    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name).info
+    run_id = run.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         # Metadata only (URI + sha256 + schema): inferring the schema of the whole frame, as from_pandas does,
@@ -390,11 +394,14 @@ def open_training_run(
             run_id,
             datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag(k, v) for k, v in input_tags.items()])],
         )
-        client.log_text(run_id, yaml.safe_dump(config.to_yaml_dict(), sort_keys=False), CONFIG_ARTIFACT)
+        folder, name = CONFIG_ARTIFACT.rsplit("/", 1)
+        with tempfile.TemporaryDirectory(prefix="config-") as tmp:
+            (Path(tmp) / name).write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
+            hook.upload_artifacts(run.artifact_uri, tmp, folder)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    return run_id, experiment_id
+    return run
 
 
 def training_params(config: TrainingConfig, split: Any) -> dict[str, Any]:
@@ -452,8 +459,9 @@ def log_fitted_model(
 def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -> Any:
     """The logged model's MLflow signature: what MLflow infers from every training row, without scanning them.
 
-    Input types are MLflow's inference on one row that holds each feature's first present value, as
-    ``core.training.features_frame`` hands it to the model (so a categorical coded as numbers keeps its type).
+    Input types are MLflow's inference on one row that holds each feature's first present value, converted
+    as ``core.training.features_frame`` converts every row for the model (``model_input``: so a categorical
+    coded as numbers keeps its type).
     A column is required only when no training row lacks it: inferred from a sample, a feature missing in
     some rows but not in the sample is marked required, and MLflow's schema enforcement then refuses input
     that leaves it out, though the model was trained on rows without it. The output is ``predict_proba``'s:
@@ -464,19 +472,16 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from airflow_mlops.core.training import features_frame
+    from airflow_mlops.core.training import model_input
 
-    features = train[config.features]
-    present = features.notna()
-    first = pd.DataFrame(
-        {
-            name: features[name].iloc[[int(present[name].to_numpy().argmax())]].reset_index(drop=True)
-            for name in config.features
-        }
-    )
-    types = infer_signature(features_frame(first, config)).inputs
-    required = present.all()
-    inputs = Schema([ColSpec(spec.type, spec.name, required=bool(required[spec.name])) for spec in types.inputs])
+    categorical, first, required = set(config.categorical), {}, {}
+    for name in config.features:
+        present = train[name].notna().to_numpy()
+        required[name] = bool(present.all())
+        at = int(present.argmax())
+        first[name] = model_input(train[name].iloc[at : at + 1], categorical=name in categorical).to_numpy()
+    types = infer_signature(pd.DataFrame(first)).inputs
+    inputs = Schema([ColSpec(spec.type, spec.name, required=required[spec.name]) for spec in types.inputs])
     return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), (-1, len(classes)))]))
 
 
@@ -665,7 +670,11 @@ def evaluate_challenger(
             (Path(tmp) / name).write_text(json.dumps(document, indent=2))
             if len(set(y)) == 2:
                 (Path(tmp) / "curves.svg").write_text(ev.curves_svg(y, curves))
-            client.log_artifacts(run_id, tmp, folder)  # the document and the plot in one upload
+            # The document and the plot in one upload, where the training task said the run's artifacts are.
+            if trained.get("artifact_uri"):
+                hook.upload_artifacts(trained["artifact_uri"], tmp, folder)
+            else:
+                client.log_artifacts(run_id, tmp, folder)
         logging_metrics.result()
     return {
         "candidate": candidate.overall,
