@@ -103,7 +103,7 @@ def main() -> int:
 
         data = ObjectStoragePath(snapshot["uri"]).read_bytes()
         assert sha256_bytes(data) == snapshot["sha256"]
-        result = core.train(core.read_parquet_bytes(data), config)
+        result = core.train(core.read_parquet_table(data), config)  # the split converts each side once
         proba = core.predict_proba(result.model, result.split.holdout, config)
         return ev.evaluate(
             result.split.holdout, proba, label=config.label, threshold=config.threshold, slices=config.slices

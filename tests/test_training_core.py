@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,19 +54,31 @@ def test_holdout_is_the_newest_month_and_strictly_after_training(frame):
     assert len(split.train) + len(split.holdout) == frame["is_late"].notna().sum()
 
 
-def test_a_split_of_the_parquet_table_equals_the_split_of_the_frame(frame):
-    # The evaluation splits the decoded Parquet table and converts only the hold-out: same rows, same dtypes.
+@pytest.mark.parametrize("variant", ["as committed", "unlabelled rows", "no month column"])
+def test_a_split_of_the_parquet_table_equals_the_split_of_the_frame(frame, variant):
+    # Training and evaluation split the decoded Parquet table in Arrow and convert only the side they need:
+    # same rows, same months, same dtypes as the split of the whole frame in pandas.
     import io
 
     import pandas as pd
 
     shuffled = frame.sample(frac=1.0, random_state=5).reset_index(drop=True)  # ids out of order: sorted
+    if variant == "unlabelled rows":
+        shuffled.loc[shuffled.index[::7], "is_late"] = np.nan
+    cfg = config()
+    if variant == "no month column":  # the months are the event times' UTC months
+        cfg = dataclasses.replace(cfg, month_column="batch_month")
     buffer = io.BytesIO()
     shuffled.to_parquet(buffer)
     data = buffer.getvalue()
-    from_frame = core.split_holdout(core.read_parquet_bytes(data), config())
-    from_table = core.split_holdout(core.read_parquet_table(data), config())
+    from_frame = core.split_holdout(core.read_parquet_bytes(data), cfg)
+    from_table = core.split_holdout(core.read_parquet_table(data), cfg)
     assert from_table.summary() == from_frame.summary()
+    if variant == "no month column":  # flights of the evening of March 31st (New York) depart in April UTC
+        assert from_table.holdout_months == ["2013-04"] and "2013-03" in from_table.train_months
+    else:
+        assert from_table.holdout_months == ["2013-03"] and from_table.train_months == ["2013-01", "2013-02"]
+    assert len(from_table.train) + len(from_table.holdout) == shuffled["is_late"].notna().sum()
     assert from_table.holdout["flight_id"].is_monotonic_increasing
     pd.testing.assert_frame_equal(from_table.holdout, from_frame.holdout)
     pd.testing.assert_frame_equal(from_table.train, from_frame.train)

@@ -144,7 +144,8 @@ def read_parquet_bytes(data: bytes) -> pd.DataFrame:
 
 def read_parquet_table(data: bytes) -> pa.Table:
     """The Parquet file ``data`` decoded, not yet converted to pandas: ``split_holdout`` of a table converts
-    only the rows a caller asks for (the evaluation needs the hold-out alone)."""
+    only the rows a caller asks for (training takes its rows, the evaluation the hold-out), and decides the
+    split itself in Arrow."""
     import io
 
     import pyarrow.parquet as pq
@@ -218,8 +219,8 @@ def split_holdout(frame: pd.DataFrame | pa.Table, config: TrainingConfig) -> Spl
     period (or later) is ever trained on. Unlabelled rows are dropped. Rows are ordered by id, so the same
     snapshot always gives the same training matrix whatever order its file has.
 
-    ``frame`` may be a pyarrow Table (``read_parquet_table``): the split is decided on its key columns and
-    each side is converted to pandas only when asked for.
+    ``frame`` may be a pyarrow Table (``read_parquet_table``): the split is decided on its key columns in
+    Arrow and each side is converted to pandas only when asked for.
 
     :raises ValueError: too few months to hold any out, or nothing left to train on.
     """
@@ -229,40 +230,78 @@ def split_holdout(frame: pd.DataFrame | pa.Table, config: TrainingConfig) -> Spl
     columns = frame.column_names if is_table else frame.columns
     check_columns(columns, config)
     has_month = config.month_column in set(columns)
-    keys = [config.label, config.id_column, config.timestamp_column] + ([config.month_column] if has_month else [])
-    keyed = frame.select(list(dict.fromkeys(keys))).to_pandas() if is_table else frame
-    # Row positions, labelled and in id order.
-    rows = np.flatnonzero(keyed[config.label].notna().to_numpy())
-    ids = keyed[config.id_column].iloc[rows]
-    if not ids.is_monotonic_increasing:  # committed training sets already are
-        rows = rows[np.argsort(ids.to_numpy(), kind="stable")]
-    ts = utc_timestamps(keyed[config.timestamp_column].iloc[rows]).reset_index(drop=True)
-    if has_month:
-        months = keyed[config.month_column].iloc[rows].astype(str).reset_index(drop=True)
-    else:
-        months = _utc_months(ts)
-    distinct = sorted(months.unique())
+    rows, ts, codes, labels = (_table_keys if is_table else _frame_keys)(frame, config, has_month)
+    distinct = sorted(labels)
     if len(distinct) <= config.holdout_months:
         raise ValueError(
             f"the training set covers {len(distinct)} month(s) ({', '.join(distinct) or 'none'}); "
             f"holding out {config.holdout_months} leaves nothing to train on"
         )
     holdout_months = distinct[-config.holdout_months :]
-    is_holdout = months.isin(holdout_months)
+    is_holdout = np.isin(codes, [labels.index(m) for m in holdout_months])
     cutoff = ts[is_holdout].min()
-    is_train = ~is_holdout & (ts < cutoff)
-    train_months = sorted(months[is_train].unique())
+    is_train = ~is_holdout & (ts < cutoff).to_numpy()
     if not is_train.any():
         raise ValueError(f"no labelled rows before the hold-out's first event {cutoff.isoformat()}")
     return Split(
         source=frame,
         label=config.label,
-        train_rows=rows[is_train.to_numpy()],
-        holdout_rows=rows[is_holdout.to_numpy()],
-        train_months=train_months,
+        train_rows=rows[is_train],
+        holdout_rows=rows[is_holdout],
+        train_months=sorted(labels[i] for i in np.unique(codes[is_train])),
         holdout_months=holdout_months,
         cutoff=cutoff.isoformat(),
     )
+
+
+def _frame_keys(frame: pd.DataFrame, config: TrainingConfig, has_month: bool) -> tuple[Any, pd.Series, Any, list[str]]:
+    """``split_holdout``'s keys of a DataFrame: the labelled rows' positions in id order, their UTC event
+    times, and their months as codes into a list of month labels."""
+    import numpy as np
+
+    rows = np.flatnonzero(frame[config.label].notna().to_numpy())
+    ids = frame[config.id_column].iloc[rows]
+    if not ids.is_monotonic_increasing:  # committed training sets already are
+        rows = rows[np.argsort(ids.to_numpy(), kind="stable")]
+    ts = utc_timestamps(frame[config.timestamp_column].iloc[rows]).reset_index(drop=True)
+    months = frame[config.month_column].iloc[rows].astype(str) if has_month else _utc_months(ts)
+    codes, labels = _factorize(months)
+    return rows, ts, codes, labels
+
+
+def _table_keys(table: pa.Table, config: TrainingConfig, has_month: bool) -> tuple[Any, pd.Series, Any, list[str]]:
+    """As ``_frame_keys``, of a pyarrow Table: computed in Arrow (a month column of strings is dictionary
+    encoded, not hashed as Python strings), the event times alone converted to pandas."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    label = table.column(config.label)
+    labelled = pc.is_valid(label)
+    if pa.types.is_floating(label.type):
+        labelled = pc.and_kleene(labelled, pc.invert(pc.is_nan(label)))
+    rows = np.flatnonzero(labelled.to_numpy(zero_copy_only=False))
+    ids = table.column(config.id_column).take(rows).combine_chunks()
+    if len(ids) > 1 and not pc.all(pc.greater_equal(ids[1:], ids[:-1])).as_py():  # committed sets already are
+        rows = rows[pc.sort_indices(ids).to_numpy()]  # a stable sort
+    ts = utc_timestamps(table.column(config.timestamp_column).take(rows).to_pandas()).reset_index(drop=True)
+    if not has_month:
+        codes, labels = _factorize(_utc_months(ts))
+        return rows, ts, codes, labels
+    months = table.column(config.month_column).take(rows).combine_chunks()
+    if not (pa.types.is_string(months.type) or pa.types.is_large_string(months.type)) or months.null_count:
+        codes, labels = _factorize(months.to_pandas().astype(str))  # as the DataFrame path spells them
+        return rows, ts, codes, labels
+    encoded = pc.dictionary_encode(months)
+    return rows, ts, encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+
+
+def _factorize(values: pd.Series) -> tuple[Any, list[str]]:
+    """Codes of ``values`` into the list of their distinct values."""
+    import pandas as pd
+
+    codes, labels = pd.factorize(values)
+    return codes, list(labels)
 
 
 def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> pd.DataFrame:

@@ -252,8 +252,9 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         from airflow_mlops.core import training as core
 
         config = core.load_config(self.config_path or default_config_path())
-        frame, info = self.read_training_set(self.training_set)
-        split = core.split_holdout(frame, config)
+        # Decoded but not converted: the split converts the training rows alone (the hold-out is evaluated later).
+        table, info = self.read_training_table(self.training_set)
+        split = core.split_holdout(table, config)
         feature_views = _parse(self.feature_views) or info.get("feature_views")
         hook = self.mlflow_hook
         hook.activate()
@@ -292,9 +293,9 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         self.log.info(
             "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
             config.model_type,
-            len(split.train),
+            len(split.train_rows),
             ", ".join(split.train_months),
-            len(split.holdout),
+            len(split.holdout_rows),
             ", ".join(split.holdout_months),
             fit_seconds,
         )
@@ -414,8 +415,8 @@ def training_params(config: TrainingConfig, split: Any) -> dict[str, Any]:
         "features.numeric": ",".join(config.numeric),
         "holdout_months": config.holdout_months,
         "threshold": config.threshold,
-        "train_rows": len(split.train),
-        "holdout_rows": len(split.holdout),
+        "train_rows": len(split.train_rows),
+        "holdout_rows": len(split.holdout_rows),
     }
 
 
