@@ -499,6 +499,11 @@ def test_a_failed_fit_leaves_a_failed_run(store):
         filter_string="tags.`mlops.airflow.run_id` = 'manual__one_class'",
     )
     assert [r.info.status for r in runs] == ["FAILED"]
+    # The run's logged model, created while the model was being fitted, is not left pending.
+    (model,) = h.client.search_logged_models(
+        [runs[0].info.experiment_id], filter_string=f"source_run_id = '{runs[0].info.run_id}'"
+    )
+    assert str(model.status) in ("FAILED", "LoggedModelStatus.FAILED")
 
 
 def test_a_failed_model_upload_leaves_a_failed_logged_model_and_run(store, monkeypatch):

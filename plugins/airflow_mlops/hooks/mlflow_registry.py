@@ -146,9 +146,8 @@ class MlflowHook(BaseHook):
         """Log a fitted scikit-learn model to the run ``run_id`` with MLflow's sklearn flavor; returns ``ModelInfo``.
 
         ``save_kwargs`` are those of ``mlflow.sklearn.save_model`` (signature, input example, pip requirements,
-        serialization format, ``pyfunc_predict_fn`` ...). The model is MLflow 3's logged model of the run: in
-        the run's experiment and artifact store, with the run's parameters and the usual context tags, linked
-        to the run as its output, ``READY`` once its artifacts are uploaded (``FAILED`` if that fails). The
+        serialization format, ``pyfunc_predict_fn`` ...). The model is MLflow 3's logged model of the run (see
+        ``create_logged_model``), ``READY`` once its artifacts are uploaded (``FAILED`` if that fails). The
         run's status is left as it was.
 
         The steps of ``mlflow.sklearn.log_model``, through MLflow's public API, less what they cost here for
@@ -161,12 +160,21 @@ class MlflowHook(BaseHook):
         model for real, and ``tests/test_registry.py`` loads logged models through pyfunc and scores their
         input example.
         """
-        import contextlib
-        import tempfile
+        logged = self.create_logged_model(run_id, name=name, experiment_id=experiment_id, params=params)
+        return self.save_sklearn_model(logged, model, **save_kwargs)
 
-        import mlflow.sklearn
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-        from mlflow.models import Model
+    def create_logged_model(
+        self,
+        run_id: str,
+        *,
+        name: str = "model",
+        experiment_id: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """Create the run's logged model, ``PENDING`` until ``save_sklearn_model`` fills it: in the run's
+        experiment and artifact store, with the run's parameters and the usual context tags, linked to the run
+        as its output. ``experiment_id`` and ``params`` are the run's (read from the store if not given)."""
+        from mlflow.entities import LoggedModelOutput
         from mlflow.tracking.context.registry import resolve_tags
 
         if experiment_id is None or params is None:
@@ -182,22 +190,46 @@ class MlflowHook(BaseHook):
         )
         try:
             self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        except BaseException:
+            self.fail_logged_model(logged.model_id)
+            raise
+        return logged
+
+    def save_sklearn_model(self, logged: Any, model: Any, **save_kwargs: Any) -> Any:
+        """Save the fitted ``model`` into the logged model ``logged`` (``create_logged_model``) with
+        ``mlflow.sklearn.save_model(**save_kwargs)``, upload it to the logged model's artifact location and
+        mark it ``READY`` (``FAILED`` if any of that fails); returns MLflow's ``ModelInfo``."""
+        import tempfile
+
+        import mlflow.sklearn
+        from mlflow.entities import LoggedModelStatus
+        from mlflow.models import Model
+
+        try:
             mlflow_model = Model(
                 artifact_path=logged.artifact_location,
                 model_uuid=logged.model_id,
-                run_id=run_id,
+                run_id=logged.source_run_id,
                 model_id=logged.model_id,
             )
             with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
-                path = os.path.join(tmp, name)
+                path = os.path.join(tmp, logged.name)
                 mlflow.sklearn.save_model(model, path, mlflow_model=mlflow_model, **save_kwargs)
                 self.upload_artifacts(logged.artifact_location, path)
             logged = self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            self.fail_logged_model(logged.model_id)
             raise
         return mlflow_model.get_model_info(logged)
+
+    def fail_logged_model(self, model_id: str) -> None:
+        """Mark a logged model ``FAILED`` (best effort: the error that led here is the one to report)."""
+        import contextlib
+
+        from mlflow.entities import LoggedModelStatus
+
+        with contextlib.suppress(Exception):
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
 
     def upload_artifacts(self, artifact_uri: str, local_dir: str, artifact_path: str | None = None) -> None:
         """Upload the files under ``local_dir`` to ``artifact_uri`` (a run's or a logged model's artifact root,

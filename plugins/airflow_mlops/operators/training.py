@@ -258,15 +258,15 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         feature_views = _parse(self.feature_views) or info.get("feature_views")
         hook = self.mlflow_hook
         hook.activate()
-        # Tracking overlaps the computation: the run (tags, params, dataset input, config) is written while the
-        # model fits, the model is uploaded while its training metrics are computed. What this hides is the
-        # tracking's waits (store commits, artifact copies); its Python work shares the interpreter lock with
-        # the fit's own Python loop.
-        run_id = None
+        # Tracking overlaps the computation. While the model fits: the run (tags, params, dataset input, config),
+        # its logged model (pending) and what describes the model (signature, input example). While the training
+        # metrics are computed: the fitted model saved and uploaded. What this hides is the tracking's waits
+        # (store commits, artifact copies); its Python work shares the interpreter lock with the computation,
+        # and the fit's long Python loop shares it at less cost than the training metrics' many NumPy calls.
         params = training_params(config, split)
         with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:
             opening = pool.submit(
-                open_training_run,
+                prepare_training_run,
                 hook,
                 config,
                 split,
@@ -278,18 +278,18 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
             )
             try:
                 model, fit_seconds = core.fit(split, config)
-                run = opening.result()
-                run_id, experiment_id = run.run_id, run.experiment_id
-                uploading = pool.submit(
-                    log_fitted_model, hook, run_id, config, model, split, experiment_id=experiment_id, params=params
-                )
+                run, logged_model, save_kwargs = opening.result()
+                uploading = pool.submit(log_fitted_model, hook, logged_model, config, model, save_kwargs)
                 train_metrics = core.training_metrics(model, split, config)
                 model_info = uploading.result()
             except BaseException:
-                # The run is marked failed (opening it may itself have failed: then it marked itself).
+                # The run and its model are marked failed (if preparing them failed, they were marked then).
                 with contextlib.suppress(Exception):
-                    hook.client.set_terminated(run_id or opening.result().run_id, "FAILED")
+                    run, logged_model, _ = opening.result()
+                    hook.fail_logged_model(logged_model.model_id)
+                    hook.client.set_terminated(run.run_id, "FAILED")
                 raise
+        run_id, experiment_id = run.run_id, run.experiment_id
         self.log.info(
             "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
             config.model_type,
@@ -420,41 +420,72 @@ def training_params(config: TrainingConfig, split: Any) -> dict[str, Any]:
     }
 
 
-def log_fitted_model(
+def prepare_training_run(
     hook: MlflowHook,
-    run_id: str,
     config: TrainingConfig,
-    model: Any,
     split: Any,
+    info: dict[str, Any],
     *,
-    experiment_id: str | None = None,
-    params: dict[str, Any] | None = None,
-) -> Any:
-    """Log the fitted pipeline to the run (``model_signature``, an input example of 5 training rows, explicit
-    pip requirements); returns MLflow's ``ModelInfo``. ``experiment_id`` and ``params`` are the run's (read
-    from the store if not given); see ``MlflowHook.log_sklearn_model``. The run's status is left to the
-    caller."""
+    experiment_name: str,
+    lineage: dict[str, str],
+    feature_views: dict | None,
+    params: dict[str, Any],
+) -> tuple[RunInfo, Any, dict[str, Any]]:
+    """What can be logged before the model is fitted: the run (``open_training_run``), its logged model
+    (pending) and the arguments that save the model into it (``model_save_kwargs``). On failure the run (and
+    the logged model, if created) are marked failed."""
+    run = open_training_run(
+        hook,
+        config,
+        split,
+        info,
+        experiment_name=experiment_name,
+        lineage=lineage,
+        feature_views=feature_views,
+        params=params,
+    )
+    logged_model = None
+    try:
+        logged_model = hook.create_logged_model(run.run_id, experiment_id=run.experiment_id, params=params)
+        return run, logged_model, model_save_kwargs(config, split)
+    except BaseException:
+        if logged_model is not None:
+            hook.fail_logged_model(logged_model.model_id)
+        hook.client.set_terminated(run.run_id, "FAILED")
+        raise
+
+
+def model_save_kwargs(config: TrainingConfig, split: Any) -> dict[str, Any]:
+    """How the model is saved, all known before it is fitted: ``model_signature`` (the classes are the
+    training labels' distinct values, as scikit-learn's classifiers order them), an input example of 5
+    training rows, explicit pip requirements, the configured serialization, ``predict_proba`` for pyfunc."""
+    import numpy as np
+
     from airflow_mlops.core import training as core
 
-    X_example = core.features_frame(split.train.head(5), config)
-    signature = model_signature(split.train, config, model.classes_)
-    kwargs: dict[str, Any] = {}
+    return {
+        "signature": model_signature(split.train, config, np.unique(split.train[config.label].to_numpy())),
+        "input_example": core.features_frame(split.train.head(5), config),
+        "pip_requirements": core.pip_requirements(),
+        "serialization_format": config.serialization_format,
+        "pyfunc_predict_fn": "predict_proba",
+    }
+
+
+def log_fitted_model(
+    hook: MlflowHook, logged_model: Any, config: TrainingConfig, model: Any, save_kwargs: dict[str, Any]
+) -> Any:
+    """Save the fitted pipeline into the run's logged model (``MlflowHook.save_sklearn_model``) with
+    ``save_kwargs`` (``model_save_kwargs``); returns MLflow's ``ModelInfo``. The run's status is left to the
+    caller."""
+    kwargs = dict(save_kwargs)
     if config.serialization_format == "skops":
         import skops.io
 
         kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return hook.log_sklearn_model(
-        run_id,
-        model,
-        experiment_id=experiment_id,
-        params=params,
-        signature=signature,
-        input_example=X_example,
-        pip_requirements=core.pip_requirements(),
-        serialization_format=config.serialization_format,
-        pyfunc_predict_fn="predict_proba",
-        **kwargs,
-    )
+    if len(model.classes_) != save_kwargs["signature"].outputs.inputs[0].shape[-1]:
+        raise ValueError(f"the model has {len(model.classes_)} classes, its signature another number")
+    return hook.save_sklearn_model(logged_model, model, **kwargs)
 
 
 def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -> Any:
