@@ -97,3 +97,25 @@ def test_landing_flag_starts_a_run_that_quarantines_a_broken_batch(stack, client
 def test_components_run_in_their_own_process_groups(stack):
     assert set(stack.pids()) == set(COMPONENTS)
     assert all(os.getpgid(pid) == pid for pid in stack.pids().values())
+
+
+def test_the_embedded_metadata_db_waits_for_locks_and_lets_readers_run(stack):
+    import sqlite3
+    import subprocess
+    import sys
+    from contextlib import closing
+
+    from airflow_mlops.devstack import SQLITE_CONNECT_ARGS
+
+    with closing(sqlite3.connect(stack.sqlite_db)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # What every component's engine gets from the stack's configuration: a writer waits for a lock.
+    probe = (
+        "from airflow import settings\n"
+        "with settings.engine.connect() as c:\n"
+        "    print(c.exec_driver_sql('PRAGMA busy_timeout').scalar())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=stack.env(), capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(done.stdout.split()[-1]) == SQLITE_CONNECT_ARGS["timeout"] * 1000

@@ -48,6 +48,11 @@ ADMIN_USER = "admin"
 PROFILE_FILE = "profile"
 #: Written to a component's log before each start: readiness is judged on the log after the newest one.
 START_MARK = "=== started"
+#: The embedded profile's SQLite metadata DB is shared by the API server, scheduler, DAG processor, triggerer and
+#: the task processes: a writer waits up to this long for another's lock (sqlite3's default, 5 s, is short on a
+#: busy small host and surfaces as an API 500 "Database error"). Airflow imports it by name
+#: (``[database] sql_alchemy_connect_args``).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,11 @@ class Stack:
         return self.home / "airflow"
 
     @property
+    def sqlite_db(self) -> Path:
+        """The embedded profile's metadata DB."""
+        return self.airflow_home / "airflow.db"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -231,7 +241,8 @@ class Stack:
                 "AIRFLOW__API__BASE_URL": self.url,
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.sqlite_db}",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs" / "tasks"),
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -279,6 +290,8 @@ class Stack:
             done = subprocess.run([_airflow(), "db", "migrate"], env=self.env(), stdout=out, stderr=subprocess.STDOUT)
         if done.returncode:
             raise RuntimeError(f"airflow db migrate failed (exit {done.returncode}); see {log}")
+        if self.profile == "embedded":
+            use_wal(self.sqlite_db)
 
     def up(self, timeout: float = 180.0) -> None:
         """Start the components that are not running, then wait until all of them are healthy."""
@@ -428,6 +441,21 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def use_wal(path: Path) -> None:
+    """Put a SQLite DB in write-ahead-log mode (kept in the file): readers no longer block the one writer.
+
+    The embedded Airflow's components read the metadata DB all the time (the UI, the scheduler loop) while tasks
+    and the API write to it; in SQLite's default rollback-journal mode every reader holds the writer off.
+    """
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path, timeout=SQLITE_CONNECT_ARGS["timeout"])) as db:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise RuntimeError(f"{path}: SQLite refused write-ahead-log mode (journal_mode is {mode!r})")
 
 
 def _airflow() -> str:
