@@ -274,6 +274,8 @@ def test_native_profile_matches_compose(tmp_path, monkeypatch):
         "AIRFLOW__CELERY__BROKER_URL",
     ):
         assert scheme_and_database(env[key]) == scheme_and_database(common[key]), key
+    # The embedded profile's SQLite lock wait is no PostgreSQL connection option.
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS" not in env
     assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == common["AIRFLOW__CELERY__WORKER_CONCURRENCY"]
     assert env["AIRFLOW__CORE__PARALLELISM"] == common["AIRFLOW__CORE__PARALLELISM"]
     assert (
