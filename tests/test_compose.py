@@ -434,7 +434,7 @@ def test_only_the_user_facing_services_publish_ports(compose: dict[str, Any]) ->
             "evidently ui --workspace /opt/mlops/evidently --host 0.0.0.0 --port 8000",
             id="evidently-ui",
         ),
-        pytest.param("airflow-worker", "celery worker", id="worker-celery"),
+        pytest.param("airflow-worker", "python -m airflow_mlops.preload celery worker", id="worker-celery-preloaded"),
     ],
 )
 def test_service_command(compose: dict[str, Any], name: str, fragment: str) -> None:

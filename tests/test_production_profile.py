@@ -286,7 +286,12 @@ def test_native_profile_matches_compose(tmp_path, monkeypatch):
     assert env["MLOPS_FEAST_REDIS"].split(",")[1:] == common["MLOPS_FEAST_REDIS"].split(",")[1:] == ["db=1"]
 
     services = compose["services"]
-    assert native.command("celery-worker")[1:] == services["airflow-worker"]["command"].split() == ["celery", "worker"]
+    # The worker preloads the heavy libraries its forked tasks share, natively and in compose.
+    assert (
+        native.command("celery-worker")[1:]
+        == services["airflow-worker"]["command"].split()[1:]
+        == ["-m", "airflow_mlops.preload", "celery", "worker"]
+    )
     mlflow_native = native.command("mlflow-server")
     mlflow_compose = " ".join(services["mlflow"]["command"])
     backend = mlflow_native[mlflow_native.index("--backend-store-uri") + 1]
@@ -458,8 +463,10 @@ def test_killed_worker(stack, client):
         train = _tries(client, TRAINING, training_run)["train_model"][0] == "running"
         return (feats, "train_model") if feats and train else None
 
-    killed_features_tasks, _ = _wait(running_pair, 600, "train_model and a features task never ran together", 1.0)
+    _wait(running_pair, 600, "train_model and a features task never ran together", 1.0)
     time.sleep(3)  # in the middle of both
+    # What runs at the kill (a features task may have ended during the pause and the next one started).
+    killed_features_tasks, _ = _wait(running_pair, 120, "train_model and a features task stopped running together", 0.2)
     worker = stack.pids()["celery-worker"]
     os.killpg(worker, signal.SIGKILL)
     _wait(lambda: "celery-worker" not in stack.pids(), 30, "the worker survived SIGKILL", 0.5)

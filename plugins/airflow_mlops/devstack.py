@@ -344,11 +344,10 @@ class Stack:
                 "--workers",
                 os.environ.get("MLOPS_MLFLOW_WORKERS", "1"),
             ]
-        if component == "celery-worker":
-            return [_airflow(), "celery", "worker"]
-        if component == "scheduler":
-            # Tasks fork from the scheduler (LocalExecutor): import the heavy libraries once, there.
-            return [sys.executable, "-m", "airflow_mlops.preload", "scheduler"]
+        if component in ("celery-worker", "scheduler"):
+            # Tasks fork from the scheduler (LocalExecutor) or from the Celery worker's pool (CeleryExecutor):
+            # the heavy libraries are imported once, there.
+            return [sys.executable, "-m", "airflow_mlops.preload", *component.replace("-", " ").split()]
         return [_airflow(), *component.split()]
 
     def start(self, component: str) -> int:
