@@ -33,7 +33,8 @@ def stack(tmp_path_factory):
     (home / "pipeline.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLOPS_CONFIG", str(home / "pipeline.yaml"))
-        # The scheduler preloads only what the ingest DAG's tasks import (the whole list costs ~40 s of a 2-core start).
+        # The scheduler preloads only what the ingest DAG's tasks import (the whole list costs ~40 s of a
+        # 2-core start).
         patch.setenv("MLOPS_PRELOAD_MODULES", "pandas,pyarrow.parquet,great_expectations")
         patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
         patch.setenv("MLOPS_HOME", str(home))
