@@ -319,21 +319,34 @@ def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> p
 
 
 def features_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
-    """The model's input: the configured features, each as ``model_input`` makes it."""
-    X = frame[config.features].copy()
-    for col in config.categorical:
-        X[col] = model_input(X[col], categorical=True)
-    for col in config.numeric:
-        X[col] = model_input(X[col], categorical=False)
-    return X
+    """The model's input: the configured features in config order, each as ``model_input`` makes it (one new
+    frame built from the converted columns: a numeric one goes in as its float64 array)."""
+    import pandas as pd
+
+    categorical = set(config.categorical)
+    return pd.DataFrame(
+        {
+            col: model_input(frame[col], categorical=True) if col in categorical else _float64(frame[col])
+            for col in config.features
+        },
+        index=frame.index,
+    )
 
 
 def model_input(values: pd.Series, *, categorical: bool) -> pd.Series:
     """One feature column as the model takes it: a categorical as Python objects (missing → None), a numeric
-    as float64."""
+    as float64 (missing → NaN)."""
+    import pandas as pd
+
     if categorical:
         return values.astype("object").where(values.notna(), None)
-    return values.astype("float64")
+    return pd.Series(_float64(values), index=values.index, name=values.name)
+
+
+def _float64(values: pd.Series) -> Any:
+    import numpy as np
+
+    return values.to_numpy(dtype="float64", na_value=np.nan)
 
 
 # -- model ------------------------------------------------------------------------------------------------
