@@ -587,3 +587,35 @@ def test_the_signature_types_a_categorical_coded_as_numbers_as_mlflow_does(tmp_p
     signature = model_signature(train, config, result.model.classes_)
     assert signature == infer_signature(X, result.model.predict_proba(X))
     assert str({spec.name: spec.type for spec in signature.inputs.inputs}["weekday"]) != "string"
+
+def test_the_dataset_input_schema_is_the_snapshot_s_own(tmp_path):
+    """A run's dataset schema is the Parquet file's: each column typed as MLflow types the pandas column it
+    becomes, required exactly when no row (of the whole snapshot, not just its first rows) lacks it."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mlflow.models import infer_signature
+
+    from airflow_mlops.core import training as core
+    from airflow_mlops.operators.training import dataset_schema
+
+    config = core.load_config(write_configs(tmp_path)["config"])
+    frame = build_frame((1, 2), sample=0.3, seed=0).sort_values("flight_id").reset_index(drop=True)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    table = core.read_parquet_table(buffer.getvalue())
+    schema = {spec.name: spec for spec in dataset_schema(core.split_holdout(table, config)).inputs}
+    assert list(schema) == table.column_names
+    inferred = {spec.name: spec for spec in infer_signature(table.to_pandas()).inputs.inputs}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        assert schema[name].required is (column.null_count == 0), name
+        if not (pa.types.is_integer(column.type) and column.null_count):  # pandas makes those float
+            assert schema[name].type == inferred[name].type, name
+    late = [name for name, spec in schema.items() if not spec.required]
+    assert "temp" in late and schema["carrier"].required
+    # A type MLflow cannot name (uint64), or a DataFrame source: MLflow's inference on 200 training rows.
+    odd = core.split_holdout(table.append_column("big", pa.array(np.arange(len(table), dtype="uint64"))), config)
+    assert dataset_schema(odd) == infer_signature(odd.train.head(200)).inputs
+    as_frame = core.split_holdout(pq.read_table(io.BytesIO(buffer.getvalue())).to_pandas(), config)
+    assert dataset_schema(as_frame) == infer_signature(as_frame.train.head(200)).inputs

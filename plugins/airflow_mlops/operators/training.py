@@ -349,7 +349,6 @@ def open_training_run(
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag, Param
-    from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
 
@@ -383,7 +382,7 @@ def open_training_run(
             resolve_dataset_source(info["uri"]),
             name=f"training_set-{info['sha256'][:12]}",
             digest=info["sha256"][:32],
-            schema=infer_signature(split.train.head(200)).inputs,
+            schema=dataset_schema(split),
         )
         input_tags = {
             "mlflow.data.context": "training",
@@ -403,6 +402,53 @@ def open_training_run(
         client.set_terminated(run_id, "FAILED")
         raise
     return run
+
+
+def dataset_schema(split: Any) -> Any:
+    """The MLflow schema of the training set a split was taken from (a run's dataset input).
+
+    Of an Arrow table (what the operators read), its own schema: every column with the type the Parquet
+    file declares, required when the column holds no null (counts Arrow keeps, nothing is scanned). Of a
+    DataFrame, or a table with a column type MLflow has no name for, what MLflow infers from 200 training rows.
+    """
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    source = split.source
+    if hasattr(source, "column_names"):
+        specs = []
+        for name, column in zip(source.column_names, source.columns, strict=True):
+            kind = _mlflow_type(column.type)
+            if kind is None:
+                break
+            specs.append(ColSpec(kind, name, required=column.null_count == 0))
+        else:
+            return Schema(specs)
+    return infer_signature(split.train.head(200)).inputs
+
+
+def _mlflow_type(arrow_type: Any) -> str | None:
+    """The MLflow column type of an Arrow type, as MLflow infers it from the pandas column it converts to."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        bits, signed = arrow_type.bit_width, pa.types.is_signed_integer(arrow_type)
+        if bits < 32 or (signed and bits == 32):
+            return "integer"
+        return "long" if bits < 64 or signed else None  # MLflow has no type for uint64
+    if pa.types.is_floating(arrow_type):
+        return "float" if arrow_type.bit_width <= 32 else "double"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return "binary"
+    if pa.types.is_timestamp(arrow_type):
+        return "datetime"
+    return None
 
 
 def training_params(config: TrainingConfig, split: Any) -> dict[str, Any]:
