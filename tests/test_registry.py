@@ -96,7 +96,9 @@ def test_run_records_lineage(champion, store):
     assert model.artifact_location.startswith(str(store["root"] / "artifacts")) or model.artifact_location.startswith(
         (store["root"] / "artifacts").as_uri()
     )
-    assert any(k.startswith("holdout_slice.carrier.") for k in run.data.metrics)
+    # Per slice, MLflow gets the figures the config names (n, roc_auc); the evaluation JSON holds them all.
+    slice_metrics = {k.rsplit(".", 1)[1] for k in run.data.metrics if k.startswith("holdout_slice.carrier.")}
+    assert slice_metrics == {"n", "roc_auc"}
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.source and snap["uri"] in dataset_input.dataset.source
     assert {t.key: t.value for t in dataset_input.tags}["sha256"] == snap["sha256"]
@@ -107,6 +109,11 @@ def test_run_records_lineage(champion, store):
     import mlflow
 
     h.activate()
+    from airflow_mlops.core.training import SLICE_METRIC_NAMES
+
+    document = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/evaluation.json")
+    carriers = document["candidate"]["slices"]["carrier"]
+    assert carriers and all(set(m) == set(SLICE_METRIC_NAMES) for m in carriers.values())
     info = mlflow.models.get_model_info(champion["trained"]["model_uri"])
     assert info.signature is not None and info.saved_input_example_info is not None
     # The signature is what MLflow infers from all the training rows and the model's output on them: a
@@ -174,8 +181,11 @@ def test_retraining_from_recorded_lineage_reproduces_metrics_exactly(champion, s
         again.split.holdout, proba, label=config.label, threshold=config.threshold, slices=config.slices
     )
     logged = run.data.metrics
-    for key, value in result.flat_metrics("holdout").items():
+    for key, value in result.flat_metrics("holdout", slice_metrics=config.mlflow_slice_metrics).items():
         assert logged[key] == value, key  # exactly, not approximately
+    # ... and every slice figure of the evaluation JSON (all of them, not only those MLflow got as metrics).
+    document = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/evaluation.json")
+    assert document["candidate"]["slices"] == json.loads(json.dumps(result.slices))
     original = mlflow.sklearn.load_model(f"models:/{MODEL}/{version.version}")
     assert (core.predict_proba(original, again.split.holdout, config) == proba).all()
 
@@ -587,6 +597,7 @@ def test_the_signature_types_a_categorical_coded_as_numbers_as_mlflow_does(tmp_p
     signature = model_signature(train, config, result.model.classes_)
     assert signature == infer_signature(X, result.model.predict_proba(X))
     assert str({spec.name: spec.type for spec in signature.inputs.inputs}["weekday"]) != "string"
+
 
 def test_the_dataset_input_schema_is_the_snapshot_s_own(tmp_path):
     """A run's dataset schema is the Parquet file's: each column typed as MLflow types the pandas column it

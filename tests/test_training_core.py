@@ -162,6 +162,25 @@ def test_slices_report_sizes_and_undefined_metrics_as_none():
     assert flat["holdout_slice.carrier.AA.n"] == 4
     assert "holdout_slice.carrier.HA.roc_auc" not in flat
     assert ev.Evaluation.from_dict(result.to_dict()).slices == result.slices
+    # Which per-slice figures MLflow gets (the config's evaluation.mlflow_slice_metrics); overall ones always.
+    chosen = result.flat_metrics(slice_metrics=["n", "roc_auc"])
+    assert {k for k in chosen if "_slice." in k} == {
+        "holdout_slice.carrier.AA.n",
+        "holdout_slice.carrier.AA.roc_auc",
+        "holdout_slice.carrier.HA.n",
+    }
+    assert {k for k in chosen if "_slice." not in k} == {k for k in flat if "_slice." not in k}
+    assert not any("_slice." in k for k in result.flat_metrics(slice_metrics=[]))
+
+
+def test_the_config_names_the_slice_metrics_mlflow_gets():
+    base = {"features": {"categorical": ["carrier"], "numeric": []}, "model": {"type": "logistic_regression"}}
+    assert core.TrainingConfig.from_dict(base).mlflow_slice_metrics == ("n", "roc_auc")
+    config = core.TrainingConfig.from_dict({**base, "evaluation": {"mlflow_slice_metrics": ["brier"]}})
+    assert config.mlflow_slice_metrics == ("brier",)
+    assert core.TrainingConfig.from_dict(config.to_yaml_dict()) == config  # what a run logs reads back
+    with pytest.raises(ValueError, match="unknown metrics \\['auc'\\]"):
+        core.TrainingConfig.from_dict({**base, "evaluation": {"mlflow_slice_metrics": ["auc"]}})
 
 
 def test_curves_svg_draws_each_model_on_both_panels():

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pandas as pd
 
 #: Metrics reported for every model and slice; direction: True if higher is better.
@@ -67,13 +69,23 @@ class Evaluation:
             holdout=dict(data.get("holdout") or {}),
         )
 
-    def flat_metrics(self, prefix: str = "holdout") -> dict[str, float]:
-        """``{prefix}_{metric}`` and ``{prefix}_slice.{col}.{value}.{metric}`` for MLflow (``None`` omitted)."""
+    def flat_metrics(self, prefix: str = "holdout", slice_metrics: Iterable[str] | None = None) -> dict[str, float]:
+        """``{prefix}_{metric}`` and ``{prefix}_slice.{col}.{value}.{metric}`` for MLflow (``None`` omitted).
+
+        :param slice_metrics: which metrics of each slice (default all; empty: none).
+        """
         flat = {f"{prefix}_{k}": v for k, v in self.overall.items() if v is not None}
+        keep = None if slice_metrics is None else set(slice_metrics)
         for column, values in self.slices.items():
             for value, metrics in values.items():
                 key = _metric_safe(value)
-                flat.update({f"{prefix}_slice.{column}.{key}.{k}": v for k, v in metrics.items() if v is not None})
+                flat.update(
+                    {
+                        f"{prefix}_slice.{column}.{key}.{k}": v
+                        for k, v in metrics.items()
+                        if v is not None and (keep is None or k in keep)
+                    }
+                )
         return flat
 
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.core.evaluation import METRICS
+
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
 
 #: Model types a config may name; each maps to a pipeline builder below.
 MODEL_TYPES = ("hist_gradient_boosting", "logistic_regression", "random_forest")
+#: What the evaluation reports per slice (``core.evaluation.overall_metrics``): size, positive rate, metrics.
+SLICE_METRIC_NAMES = ("n", "positive_rate", *METRICS)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class TrainingConfig:
     holdout_months: int = 1
     threshold: float = 0.5
     slices: tuple[str, ...] = ("carrier", "origin", "month")
+    #: Per-slice metrics also logged as MLflow metrics (all of them are in the evaluation JSON whatever this says).
+    mlflow_slice_metrics: tuple[str, ...] = ("n", "roc_auc")
     id_column: str = "flight_id"
     timestamp_column: str = "event_timestamp"
     label: str = "is_late"
@@ -55,6 +61,12 @@ class TrainingConfig:
             raise ValueError("holdout.months must be at least 1: a model is never judged on its training data")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"evaluation.threshold must be in (0, 1), got {self.threshold}")
+        unknown = [m for m in self.mlflow_slice_metrics if m not in SLICE_METRIC_NAMES]
+        if unknown:
+            raise ValueError(
+                f"evaluation.mlflow_slice_metrics names unknown metrics {unknown}; expected some of "
+                f"{', '.join(SLICE_METRIC_NAMES)}"
+            )
         if self.serialization_format not in ("cloudpickle", "skops"):
             raise ValueError(
                 f"model.serialization_format must be cloudpickle or skops, not {self.serialization_format!r}"
@@ -85,7 +97,11 @@ class TrainingConfig:
                 "serialization_format": self.serialization_format,
             },
             "holdout": {"months": self.holdout_months},
-            "evaluation": {"threshold": self.threshold, "slices": list(self.slices)},
+            "evaluation": {
+                "threshold": self.threshold,
+                "slices": list(self.slices),
+                "mlflow_slice_metrics": list(self.mlflow_slice_metrics),
+            },
         }
 
     @property
@@ -108,6 +124,9 @@ class TrainingConfig:
                 holdout_months=int((data.get("holdout") or {}).get("months", 1)),
                 threshold=float((data.get("evaluation") or {}).get("threshold", 0.5)),
                 slices=tuple((data.get("evaluation") or {}).get("slices") or ()),
+                mlflow_slice_metrics=tuple(
+                    (data.get("evaluation") or {}).get("mlflow_slice_metrics", cls.mlflow_slice_metrics)
+                ),
                 id_column=data.get("id_column", "flight_id"),
                 timestamp_column=data.get("timestamp_column", "event_timestamp"),
                 label=data.get("label", "is_late"),

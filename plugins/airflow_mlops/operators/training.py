@@ -726,7 +726,7 @@ def evaluate_challenger(
     }
     client = hook.client
     run_id = trained["run_id"]
-    metrics = candidate.flat_metrics("holdout")
+    metrics = candidate.flat_metrics("holdout", slice_metrics=config.mlflow_slice_metrics)
     if champion:
         metrics.update({f"champion_{k}": v for k, v in champion.flat_metrics("holdout").items() if "_slice." not in k})
     from mlflow.entities import Metric, RunTag
