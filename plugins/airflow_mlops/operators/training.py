@@ -550,14 +550,16 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from airflow_mlops.core.training import model_input
+    from airflow_mlops.core.training import features_frame
 
-    categorical, first, required = set(config.categorical), {}, {}
+    at, required = {}, {}
     for name in config.features:
-        present = train[name].notna().to_numpy()
-        required[name] = bool(present.all())
-        at = int(present.argmax())
-        first[name] = model_input(train[name].iloc[at : at + 1], categorical=name in categorical).to_numpy()
+        present = ~pd.isna(train[name].to_numpy())
+        required[name], at[name] = bool(present.all()), int(present.argmax())
+    # The few rows that hold some feature's first present value, converted as the model gets them.
+    rows = sorted(set(at.values()))
+    sample = features_frame(train.iloc[rows], config)
+    first = {name: sample[name].to_numpy()[rows.index(i) :][:1] for name, i in at.items()}
     types = infer_signature(pd.DataFrame(first)).inputs
     inputs = Schema([ColSpec(spec.type, spec.name, required=required[spec.name]) for spec in types.inputs])
     return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), (-1, len(classes)))]))
