@@ -200,9 +200,14 @@ def test_degraded_candidate_is_never_promoted(champion, store):
         assert gate["champion_version"] == "1"
         assert any("below the floor" in r or "worse by" in r for r in gate["reasons"])
         assert out["registered"] == "skipped" and out["promoted"] == "skipped"
-        tags = h.client.get_run(out["trained"]["run_id"]).data.tags
+        run = h.client.get_run(out["trained"]["run_id"])
+        tags = run.data.tags
         assert tags["mlops.gate.approved"] == "false" and "REJECTED" in tags["mlops.gate.summary"]
         assert h.alias_version(MODEL, "champion") == "1"
+        # The champion's overall figures on the same hold-out sit beside the candidate's (not its slices).
+        champion_metrics = {k for k in run.data.metrics if k.startswith("champion_")}
+        assert "champion_holdout_roc_auc" in champion_metrics
+        assert not any("_slice." in k for k in champion_metrics)
     assert [str(v.version) for v in h.client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
     assert h.read_ledger(MODEL) == before
 

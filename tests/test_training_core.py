@@ -179,6 +179,11 @@ def test_the_config_names_the_slice_metrics_mlflow_gets():
     config = core.TrainingConfig.from_dict({**base, "evaluation": {"mlflow_slice_metrics": ["brier"]}})
     assert config.mlflow_slice_metrics == ("brier",)
     assert core.TrainingConfig.from_dict(config.to_yaml_dict()) == config  # what a run logs reads back
+    for none in ([], None):
+        assert (
+            core.TrainingConfig.from_dict({**base, "evaluation": {"mlflow_slice_metrics": none}}).mlflow_slice_metrics
+            == ()
+        )
     with pytest.raises(ValueError, match="unknown metrics \\['auc'\\]"):
         core.TrainingConfig.from_dict({**base, "evaluation": {"mlflow_slice_metrics": ["auc"]}})
 

@@ -125,7 +125,7 @@ class TrainingConfig:
                 threshold=float((data.get("evaluation") or {}).get("threshold", 0.5)),
                 slices=tuple((data.get("evaluation") or {}).get("slices") or ()),
                 mlflow_slice_metrics=tuple(
-                    (data.get("evaluation") or {}).get("mlflow_slice_metrics", cls.mlflow_slice_metrics)
+                    (data.get("evaluation") or {}).get("mlflow_slice_metrics", cls.mlflow_slice_metrics) or ()
                 ),
                 id_column=data.get("id_column", "flight_id"),
                 timestamp_column=data.get("timestamp_column", "event_timestamp"),

@@ -558,8 +558,8 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
         required[name], at[name] = bool(present.all()), int(present.argmax())
     # The few rows that hold some feature's first present value, converted as the model gets them.
     rows = sorted(set(at.values()))
-    sample = features_frame(train.iloc[rows], config)
-    first = {name: sample[name].to_numpy()[rows.index(i) :][:1] for name, i in at.items()}
+    sample, position = features_frame(train.iloc[rows], config), {row: k for k, row in enumerate(rows)}
+    first = {name: sample[name].to_numpy()[position[row] : position[row] + 1] for name, row in at.items()}
     types = infer_signature(pd.DataFrame(first)).inputs
     inputs = Schema([ColSpec(spec.type, spec.name, required=required[spec.name]) for spec in types.inputs])
     return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), (-1, len(classes)))]))
@@ -730,7 +730,7 @@ def evaluate_challenger(
     run_id = trained["run_id"]
     metrics = candidate.flat_metrics("holdout", slice_metrics=config.mlflow_slice_metrics)
     if champion:
-        metrics.update({f"champion_{k}": v for k, v in champion.flat_metrics("holdout").items() if "_slice." not in k})
+        metrics.update({f"champion_{k}": v for k, v in champion.flat_metrics("holdout", slice_metrics=()).items()})
     from mlflow.entities import Metric, RunTag
 
     # Every metric and the tag in one round trip (MLflow takes up to 1000 metrics per batch), written while the
