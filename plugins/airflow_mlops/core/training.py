@@ -338,34 +338,23 @@ def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> p
 
 
 def features_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
-    """The model's input: the configured features in config order, each as ``model_input`` makes it (one new
-    frame built from the converted columns: a numeric one goes in as its float64 array)."""
+    """The model's input: the configured features in config order, a categorical one as Python objects
+    (missing → None), a numeric one as float64 (missing → NaN); one new frame built from the converted columns."""
+    import numpy as np
     import pandas as pd
 
     categorical = set(config.categorical)
     return pd.DataFrame(
         {
-            col: model_input(frame[col], categorical=True) if col in categorical else _float64(frame[col])
+            col: (
+                frame[col].astype("object").where(frame[col].notna(), None)
+                if col in categorical
+                else frame[col].to_numpy(dtype="float64", na_value=np.nan)
+            )
             for col in config.features
         },
         index=frame.index,
     )
-
-
-def model_input(values: pd.Series, *, categorical: bool) -> pd.Series:
-    """One feature column as the model takes it: a categorical as Python objects (missing → None), a numeric
-    as float64 (missing → NaN)."""
-    import pandas as pd
-
-    if categorical:
-        return values.astype("object").where(values.notna(), None)
-    return pd.Series(_float64(values), index=values.index, name=values.name)
-
-
-def _float64(values: pd.Series) -> Any:
-    import numpy as np
-
-    return values.to_numpy(dtype="float64", na_value=np.nan)
 
 
 # -- model ------------------------------------------------------------------------------------------------

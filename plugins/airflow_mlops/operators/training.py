@@ -538,8 +538,8 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
     """The logged model's MLflow signature: what MLflow infers from every training row, without scanning them.
 
     Input types are MLflow's inference on one row that holds each feature's first present value, converted
-    as ``core.training.features_frame`` converts every row for the model (``model_input``: so a categorical
-    coded as numbers keeps its type).
+    as ``core.training.features_frame`` converts every row for the model (so a categorical coded as numbers
+    keeps its type).
     A column is required only when no training row lacks it: inferred from a sample, a feature missing in
     some rows but not in the sample is marked required, and MLflow's schema enforcement then refuses input
     that leaves it out, though the model was trained on rows without it. The output is ``predict_proba``'s:
