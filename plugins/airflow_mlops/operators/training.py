@@ -408,23 +408,23 @@ def dataset_schema(split: Any) -> Any:
     """The MLflow schema of the training set a split was taken from (a run's dataset input).
 
     Of an Arrow table (what the operators read), its own schema: every column with the type the Parquet
-    file declares, required when the column holds no null (counts Arrow keeps, nothing is scanned). Of a
-    DataFrame, or a table with a column type MLflow has no name for, what MLflow infers from 200 training rows.
+    file declares (``Any`` for a type MLflow has no name for, e.g. uint64, which MLflow cannot infer either),
+    required when the column holds no null (counts Arrow keeps, nothing is scanned). Of a DataFrame, what
+    MLflow infers from 200 training rows.
     """
     from mlflow.models import infer_signature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     source = split.source
-    if hasattr(source, "column_names"):
-        specs = []
-        for name, column in zip(source.column_names, source.columns, strict=True):
-            kind = _mlflow_type(column.type)
-            if kind is None:
-                break
-            specs.append(ColSpec(kind, name, required=column.null_count == 0))
-        else:
-            return Schema(specs)
-    return infer_signature(split.train.head(200)).inputs
+    if not hasattr(source, "column_names"):
+        return infer_signature(split.train.head(200)).inputs
+    return Schema(
+        [
+            ColSpec(_mlflow_type(column.type) or AnyType(), name, required=column.null_count == 0)
+            for name, column in zip(source.column_names, source.columns, strict=True)
+        ]
+    )
 
 
 def _mlflow_type(arrow_type: Any) -> str | None:
