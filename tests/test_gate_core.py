@@ -180,6 +180,114 @@ def test_force_bless_needs_reason_and_is_recorded():
     assert gate.GateDecision.from_dict(blessed.to_dict()) == blessed
 
 
+# -- regression models -----------------------------------------------------------------------------------
+REGRESSION_POLICY = {
+    "absolute": {"rmse": {"max": 3.0}, "r2": {"min": 0.6}},
+    "max_regression": {"overall": {"rmse": 0.05, "r2": 0.01}, "per_slice": {"mae": 0.2}},
+    "min_slice_size": 100,
+    "slice_columns": ["zone"],
+}
+
+
+def reg_metrics(rmse=2.0, mae=1.5, r2=0.8, n=5_000):
+    return {"n": n, "mean_label": 12.5, "rmse": rmse, "mae": mae, "r2": r2}
+
+
+def reg_evaluation(overall=None, **zones):
+    """A regression evaluation with zones north, south (big) and east (small)."""
+    slices = {"north": reg_metrics(mae=1.4, n=3000), "south": reg_metrics(mae=1.6, n=1950), "east": reg_metrics(n=50)}
+    slices.update(zones)
+    return {"overall": overall or reg_metrics(), "slices": {"zone": slices}, "threshold": None, "task": "regression"}
+
+
+REGRESSION_CASES = [
+    pytest.param(reg_evaluation(), None, None, True, "first model: no champion", id="first-run-within-ceiling"),
+    pytest.param(
+        reg_evaluation(reg_metrics(rmse=3.2)), None, None, False, "rmse 3.2000 is above the ceiling", id="rmse-ceiling"
+    ),
+    pytest.param(
+        reg_evaluation(reg_metrics(r2=0.55)), None, None, False, "r2 0.5500 is below the floor", id="r2-floor"
+    ),
+    pytest.param(reg_evaluation(), reg_evaluation(), "4", True, "checks passed against champion version 4", id="equal"),
+    pytest.param(
+        reg_evaluation(reg_metrics(rmse=2.1)),
+        reg_evaluation(),
+        "4",
+        False,
+        "overall.rmse 2.1000 vs champion 2.0000: worse by 0.1000",
+        id="higher-rmse-is-worse",
+    ),
+    pytest.param(
+        reg_evaluation(reg_metrics(rmse=1.5, r2=0.9)),
+        reg_evaluation(),
+        "4",
+        True,
+        "checks passed",
+        id="lower-rmse-is-better",
+    ),
+    pytest.param(
+        reg_evaluation(reg_metrics(rmse=2.04)), reg_evaluation(), "4", True, "checks passed", id="within-tolerance"
+    ),
+    pytest.param(
+        reg_evaluation(reg_metrics(r2=0.78)),
+        reg_evaluation(),
+        "4",
+        False,
+        "overall.r2 0.7800 vs champion 0.8000: worse by 0.0200",
+        id="lower-r2-is-worse",
+    ),
+    pytest.param(
+        reg_evaluation(south=reg_metrics(mae=1.9, n=1950)),
+        reg_evaluation(),
+        "4",
+        False,
+        "slice.zone.south.mae 1.9000 vs champion 1.6000: worse by 0.3000",
+        id="worse-on-one-slice",
+    ),
+    pytest.param(
+        reg_evaluation(east=reg_metrics(mae=9.0, n=50)),
+        reg_evaluation(),
+        "4",
+        True,
+        "zone=east (n=50)",
+        id="small-slice-ignored",
+    ),
+    pytest.param(
+        reg_evaluation({**reg_metrics(), "r2": None}),
+        None,
+        None,
+        False,
+        "r2 is missing",
+        id="undefined-r2-fails-closed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("candidate", "champion", "champion_version", "approved", "reason"), REGRESSION_CASES)
+def test_gate_rules_for_a_regression(candidate, champion, champion_version, approved, reason):
+    rules = gate.GatePolicy.from_dict(copy.deepcopy(REGRESSION_POLICY))
+    decision = gate.decide(candidate, champion, rules, champion_version=champion_version)
+    assert decision.approved is approved, decision.reasons
+    assert any(reason in r for r in decision.reasons), decision.reasons
+
+
+def test_worse_by_follows_each_metric_s_direction():
+    from airflow_mlops.core.evaluation import METRIC_DIRECTIONS
+
+    for metric, higher_is_better in METRIC_DIRECTIONS.items():
+        assert gate._worse_by(metric, 1.0, 2.0) == (1.0 if higher_is_better else -1.0), metric
+
+
+def test_a_policy_of_the_other_task_s_metrics_rejects():
+    # A classification policy judging a regression (or the reverse) finds its metrics missing: fail closed.
+    decision = gate.decide(reg_evaluation(), None, policy())
+    assert not decision.approved and any("roc_auc is missing" in r for r in decision.reasons)
+    decision = gate.decide(evaluation(), None, gate.GatePolicy.from_dict(copy.deepcopy(REGRESSION_POLICY)))
+    assert not decision.approved and any("rmse is missing" in r for r in decision.reasons)
+    with pytest.raises(ValueError, match="unknown metric 'mse'.*rmse, mae, r2"):
+        gate.GatePolicy.from_dict({"absolute": {"mse": {"max": 1.0}}})
+
+
 # -- ledger ----------------------------------------------------------------------------------------------
 def entry(seq, action, frm, to, **trigger):
     return lg.LedgerEntry(

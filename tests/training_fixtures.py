@@ -137,6 +137,75 @@ def shuffle_labels(frame: pd.DataFrame, keep_months: list[str], seed: int = 0) -
     return out
 
 
+#: A regression use case on ``regression_frame``: same layout as TEST_CONFIG_YAML, task regression.
+REGRESSION_CONFIG_YAML = """
+experiment_name: mlops-regression-test
+registered_model_name: regression_test
+id_column: row_id
+timestamp_column: event_timestamp
+label: target
+month_column: month
+features:
+  categorical: [zone, kind]
+  numeric: [x1, x2, x3]
+model:
+  task: regression
+  type: hist_gradient_boosting
+  seed: 11
+  params: {max_iter: 60, max_leaf_nodes: 15, min_samples_leaf: 20, early_stopping: false}
+holdout: {months: 1}
+evaluation: {slices: [zone, month]}
+"""
+
+REGRESSION_POLICY_YAML = """
+absolute:
+  rmse: {max: 2.5}
+  r2: {min: 0.5}
+max_regression:
+  overall: {rmse: 0.05, mae: 0.05}
+  per_slice: {rmse: 0.2}
+min_slice_size: 50
+slice_columns: [zone]
+"""
+
+
+def regression_frame(
+    n: int = 1500, seed: int = 0, months: tuple[str, ...] = ("2024-01", "2024-02", "2024-03")
+) -> pd.DataFrame:
+    """A seeded synthetic training set for a regression: ``target`` is linear in x1, x2 plus a per-zone offset and
+    a kind interaction, with unit Gaussian noise; x2 misses 5% of its values; rows spread evenly over ``months``."""
+    rng = np.random.default_rng(seed)
+    per_month = n // len(months)
+    starts = [pd.Timestamp(f"{m}-01", tz="UTC") for m in months]
+    event = pd.DatetimeIndex(
+        [
+            start + pd.Timedelta(minutes=int(m))
+            for start in starts
+            for m in np.sort(rng.integers(0, 27 * 24 * 60, per_month))
+        ]
+    )
+    size = len(event)
+    zone = rng.choice(["north", "south", "east"], size, p=[0.5, 0.3, 0.2])
+    kind = rng.choice(["a", "b"], size)
+    x1, x2, x3 = rng.normal(0, 2, size), rng.normal(5, 1, size), rng.uniform(-1, 1, size)
+    offset = pd.Series(zone).map({"north": 0.0, "south": 4.0, "east": -3.0}).to_numpy()
+    target = 3.0 * x1 - 2.0 * x2 + offset + np.where(kind == "a", 2.0 * x3, -x3) + rng.normal(0, 1, size)
+    x2 = np.where(rng.random(size) < 0.05, np.nan, x2)
+    return pd.DataFrame(
+        {
+            "row_id": [f"r{i:06d}" for i in range(size)],
+            "event_timestamp": event.astype("datetime64[us, UTC]"),
+            "month": event.strftime("%Y-%m"),
+            "zone": zone,
+            "kind": kind,
+            "x1": x1,
+            "x2": x2,
+            "x3": x3,
+            "target": target,
+        }
+    )
+
+
 def write_snapshot(lake: Any, frame: pd.DataFrame, feature_views: dict | None = None) -> dict[str, Any]:
     """Write ``frame`` as ``training_sets/<sha12>/training_set.parquet`` + manifest; return the feature-stage XCom."""
     buffer = io.BytesIO()

@@ -1,8 +1,10 @@
-"""Evaluation: metrics of predicted probabilities, overall and per slice, as plain JSON-ready dicts.
+"""Evaluation: metrics of a model's scores, overall and per slice, as plain JSON-ready dicts.
 
-An ``Evaluation`` is what the gate reads: ``overall`` metrics plus ``slices[column][value]`` metrics, each
-with its size ``n``. A metric that is undefined (e.g. ROC AUC on a slice with one class) is ``None``,
-never a made-up number, so a gate can tell "missing" from "bad".
+The scores are a classifier's positive-class probabilities (task ``classification``: ROC AUC, log loss,
+Brier, precision and recall at a threshold) or a regressor's predictions (task ``regression``: RMSE, MAE,
+R²). An ``Evaluation`` is what the gate reads: ``overall`` metrics plus ``slices[column][value]`` metrics,
+each with its size ``n``. A metric that is undefined (e.g. ROC AUC on a slice with one class, R² on a slice
+whose label is constant) is ``None``, never a made-up number, so a gate can tell "missing" from "bad".
 """
 
 from __future__ import annotations
@@ -16,8 +18,43 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-#: Metrics reported for every model and slice; direction: True if higher is better.
+#: The task types a model may have.
+TASKS = ("classification", "regression")
+#: Classification metrics reported for every model and slice; direction: True if higher is better. (Kept as the
+#: classification metrics for the callers that predate regression; ``METRIC_DIRECTIONS`` covers every task.)
 METRICS: dict[str, bool] = {"roc_auc": True, "log_loss": False, "brier": False, "precision": True, "recall": True}
+#: Regression metrics reported for every model and slice; direction: True if higher is better.
+REGRESSION_METRICS: dict[str, bool] = {"rmse": False, "mae": False, "r2": True}
+#: Every metric of every task: True if higher is better, False if lower is better.
+METRIC_DIRECTIONS: dict[str, bool] = {**METRICS, **REGRESSION_METRICS}
+#: What a task's evaluation reports besides its metrics: the size and the label's mean.
+_SUMMARY = {"classification": ("n", "positive_rate"), "regression": ("n", "mean_label")}
+
+
+def check_task(task: str) -> str:
+    """``task`` if it is a known task type; else ``ValueError`` naming it.
+
+    :param task: ``classification`` or ``regression``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
+def metrics_for(task: str) -> tuple[str, ...]:
+    """The metrics an evaluation of a ``task`` model reports (overall and per slice), in report order.
+
+    :param task: ``classification`` or ``regression``.
+    """
+    return tuple(METRICS if check_task(task) == "classification" else REGRESSION_METRICS)
+
+
+def slice_metric_names(task: str) -> tuple[str, ...]:
+    """Every figure an evaluation of a ``task`` model reports per slice: size, label mean, metrics.
+
+    :param task: ``classification`` or ``regression``.
+    """
+    return (*_SUMMARY[check_task(task)], *metrics_for(task))
 
 
 def _clean(value: float | None) -> float | None:
@@ -48,25 +85,69 @@ def overall_metrics(y_true: Any, proba: Any, threshold: float) -> dict[str, floa
     return out
 
 
+def regression_metrics(y_true: Any, predicted: Any) -> dict[str, float | None]:
+    """RMSE, MAE and R² of ``predicted`` against ``y_true``, plus ``n`` and ``mean_label``.
+
+    R² is ``None`` where it is undefined: fewer than two rows, or a constant label (scikit-learn would report
+    a made-up 0 or 1 there).
+
+    :param y_true: the labels.
+    :param predicted: the model's predictions, one per label.
+    """
+    import numpy as np
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y = np.asarray(y_true, dtype="float64")
+    p = np.asarray(predicted, dtype="float64")
+    n = int(len(y))
+    out: dict[str, float | None] = {"n": n, "mean_label": _clean(y.mean()) if n else None}
+    if n == 0:
+        return {**out, **dict.fromkeys(REGRESSION_METRICS)}
+    out["rmse"] = _clean(math.sqrt(mean_squared_error(y, p)))
+    out["mae"] = _clean(mean_absolute_error(y, p))
+    out["r2"] = _clean(r2_score(y, p)) if n >= 2 and np.ptp(y) > 0 else None
+    return out
+
+
+def task_metrics(y_true: Any, scores: Any, *, task: str = "classification", threshold: float = 0.5) -> dict[str, Any]:
+    """The overall figures of one task: ``overall_metrics`` (classification) or ``regression_metrics``.
+
+    :param y_true: the labels.
+    :param scores: positive-class probabilities (classification) or predictions (regression).
+    :param task: ``classification`` or ``regression``.
+    :param threshold: the classification decision threshold (unused for regression).
+    """
+    if check_task(task) == "classification":
+        return overall_metrics(y_true, scores, threshold)
+    return regression_metrics(y_true, scores)
+
+
 @dataclass
 class Evaluation:
-    """Metrics of one model on one hold-out."""
+    """Metrics of one model on one hold-out; ``threshold`` is the decision threshold (``None`` for regression)."""
 
     overall: dict[str, float | None]
     slices: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
-    threshold: float = 0.5
+    threshold: float | None = 0.5
     holdout: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        """An evaluation from its ``to_dict``; one written before tasks existed is a classification one.
+
+        :param data: the mapping ``to_dict`` gave.
+        """
+        threshold = data.get("threshold", 0.5)
         return cls(
             overall=dict(data.get("overall") or {}),
             slices={c: dict(v) for c, v in (data.get("slices") or {}).items()},
-            threshold=float(data.get("threshold", 0.5)),
+            threshold=None if threshold is None else float(threshold),
             holdout=dict(data.get("holdout") or {}),
+            task=str(data.get("task") or "classification"),
         )
 
     def flat_metrics(self, prefix: str = "holdout", slice_metrics: Iterable[str] | None = None) -> dict[str, float]:
@@ -94,22 +175,39 @@ def _metric_safe(value: str) -> str:
 
 
 def evaluate(
-    frame: pd.DataFrame, proba: Any, *, label: str, threshold: float, slices: tuple[str, ...] | list[str] = ()
+    frame: pd.DataFrame,
+    proba: Any,
+    *,
+    label: str,
+    threshold: float = 0.5,
+    slices: tuple[str, ...] | list[str] = (),
+    task: str = "classification",
 ) -> Evaluation:
-    """Score ``proba`` against ``frame[label]`` overall and for each value of each slice column."""
+    """Score ``proba`` against ``frame[label]`` overall and for each value of each slice column.
+
+    :param frame: the scored rows: the label and the slice columns.
+    :param proba: one score per row: the positive-class probability (classification) or the prediction
+        (regression).
+    :param label: the label column.
+    :param threshold: the classification decision threshold (for precision / recall); not used for regression.
+    :param slices: columns whose values define slices.
+    :param task: ``classification`` or ``regression``.
+    """
     import numpy as np
 
+    check_task(task)
     p = np.asarray(proba, dtype="float64")
     if len(p) != len(frame):
         raise ValueError(f"{len(p)} predictions for {len(frame)} rows")
     y = frame[label].to_numpy()
-    result = Evaluation(overall=overall_metrics(y, p, threshold), threshold=threshold)
+    kept = threshold if task == "classification" else None
+    result = Evaluation(overall=task_metrics(y, p, task=task, threshold=threshold), threshold=kept, task=task)
     for column in slices:
         keys = frame[column].astype("object").where(frame[column].notna(), "<missing>").astype(str).to_numpy()
         per_value = {}
         for value in sorted(set(keys)):
             mask = keys == value
-            per_value[value] = overall_metrics(y[mask], p[mask], threshold)
+            per_value[value] = task_metrics(y[mask], p[mask], task=task, threshold=threshold)
         result.slices[column] = per_value
     return result
 
@@ -146,6 +244,37 @@ def curves_svg(y_true: Any, curves: dict[str, Any], *, roc_points: int = 201) ->
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
         f'<rect width="{width}" height="{height}" fill="white"/>{"".join(panels)}</svg>'
+    )
+
+
+def predicted_vs_actual_svg(y_true: Any, predictions: dict[str, Any], *, n_bins: int = 20) -> str:
+    """Predicted against actual values of each named regression model, binned, as one small SVG document.
+
+    The rows are cut into ``n_bins`` quantile bins of each model's predictions; a point is a bin's mean
+    prediction (x) and mean actual value (y), so a well-calibrated model lies on the diagonal. Both axes span
+    the range of the plotted means (one scale for every model), labelled in the label's units.
+
+    :param y_true: the hold-out's labels.
+    :param predictions: model name → its predictions, one per label.
+    :param n_bins: the number of quantile bins (fewer points when predictions tie).
+    """
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="float64")
+    binned = {name: quantile_calibration(y, pred, n_bins=n_bins)[::-1] for name, pred in predictions.items()}
+    values = np.concatenate([np.r_[xs, ys] for xs, ys in binned.values()]) if binned else np.zeros(1)
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:  # one point: a unit-wide range around it
+        lo, hi = lo - 0.5, hi + 0.5
+    scaled = {name: ((xs - lo) / (hi - lo), (ys - lo) / (hi - lo)) for name, (xs, ys) in binned.items()}
+    width, height = 410, 380
+    panel = _svg_panel(
+        scaled, 60, "Predicted vs actual on the hold-out", "mean predicted", "mean actual", markers=True, axis=(lo, hi)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
+        f'<rect width="{width}" height="{height}" fill="white"/>{panel}</svg>'
     )
 
 
@@ -189,10 +318,14 @@ def _svg_panel(
     *,
     markers: bool = False,
     legend: str = "upper left",
+    axis: tuple[float, float] = (0.0, 1.0),
 ) -> str:
     """One unit-square panel (0..1 on both axes) with a dashed diagonal, ticks, labels and a legend in the
-    ``legend`` corner (``"upper left"`` or ``"lower right"``)."""
+    ``legend`` corner (``"upper left"`` or ``"lower right"``); the tick labels run from ``axis[0]`` to
+    ``axis[1]`` (the values the unit square was scaled from)."""
     from html import escape
+
+    lo, hi = axis
 
     top, size = 40, 290
 
@@ -203,9 +336,10 @@ def _svg_panel(
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         x, y = left + tick * size, top + (1 - tick) * size
         out.append(f'<line x1="{x:.1f}" y1="{top + size}" x2="{x:.1f}" y2="{top + size + 5}" stroke="#333"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + size + 18}" text-anchor="middle">{tick:g}</text>')
+        label = f"{lo + tick * (hi - lo):.4g}"
+        out.append(f'<text x="{x:.1f}" y="{top + size + 18}" text-anchor="middle">{label}</text>')
         out.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
-        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{tick:g}</text>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
     out.append(f'<polyline points="{xy(0, 0)} {xy(1, 1)}" fill="none" stroke="grey" stroke-dasharray="5,4"/>')
     for i, (name, (xs, ys)) in enumerate(lines.items()):
         colour = _COLOURS[i % len(_COLOURS)]

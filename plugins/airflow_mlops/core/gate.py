@@ -10,6 +10,10 @@ Rules, in order (every failed rule adds a reason; any reason of rejection reject
   on every slice of ``slice_columns`` with at least ``min_slice_size`` rows (smaller slices are listed,
   not judged);
 * any metric a rule needs that is missing or undefined (``None``) on either side → reject.
+
+Rules may name the metrics of any task (``core.evaluation.METRIC_DIRECTIONS``: classification's ROC AUC, log
+loss, Brier, precision, recall; regression's RMSE, MAE, R²), each judged in its own direction. A rule on a
+metric the evaluation does not report (a ROC AUC floor on a regression) finds it missing and rejects.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from airflow_mlops.core.evaluation import METRICS, Evaluation
+from airflow_mlops.core.evaluation import METRIC_DIRECTIONS, Evaluation
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,12 @@ class GatePolicy:
 
 
 def _known(metric: str) -> str:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r} in the gate policy; known: {', '.join(METRICS)}")
+    """``metric`` if a gate rule may name it (a metric of any task); else ``ValueError`` naming it.
+
+    :param metric: the metric a policy names.
+    """
+    if metric not in METRIC_DIRECTIONS:
+        raise ValueError(f"unknown metric {metric!r} in the gate policy; known: {', '.join(METRIC_DIRECTIONS)}")
     return metric
 
 
@@ -124,8 +132,8 @@ class GateDecision:
 
 
 def _worse_by(metric: str, candidate: float, reference: float) -> float:
-    """How much worse ``candidate`` is than ``reference`` (negative: better)."""
-    return reference - candidate if METRICS[metric] else candidate - reference
+    """How much worse ``candidate`` is than ``reference`` (negative: better), in ``metric``'s own direction."""
+    return reference - candidate if METRIC_DIRECTIONS[metric] else candidate - reference
 
 
 def decide(

@@ -1,5 +1,9 @@
 """Training: the scikit-learn pipeline a config describes, a time-based hold-out, seeded fitting.
 
+A config's ``task`` is ``classification`` (the score is the positive class's probability) or ``regression``
+(the score is the prediction); its ``model_type`` names a built-in estimator of that task (``ESTIMATORS``) or
+a factory in the use case's module (``"usecase:make_model"`` with ``module_file``).
+
 Plain functions with no Airflow import. pandas / scikit-learn are imported inside the functions so that
 importing this module stays cheap.
 """
@@ -13,22 +17,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.core.evaluation import METRICS
+from airflow_mlops.core.evaluation import METRICS, TASKS, slice_metric_names
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
     from sklearn.pipeline import Pipeline
 
-#: Model types a config may name; each maps to a pipeline builder below.
+#: Classification model types a config may name; each maps to a pipeline builder below.
 MODEL_TYPES = ("hist_gradient_boosting", "logistic_regression", "random_forest")
-#: What the evaluation reports per slice (``core.evaluation.overall_metrics``): size, positive rate, metrics.
+#: The built-in estimators of each task (``build_pipeline``); a config may also name a factory of its own.
+ESTIMATORS: dict[str, tuple[str, ...]] = {
+    "classification": MODEL_TYPES,
+    "regression": ("hist_gradient_boosting", "ridge", "random_forest"),
+}
+#: What a classification's evaluation reports per slice (``core.evaluation.overall_metrics``): size, positive
+#: rate, metrics. ``core.evaluation.slice_metric_names(task)`` gives those of any task.
 SLICE_METRIC_NAMES = ("n", "positive_rate", *METRICS)
+#: The per-slice figures MLflow gets by default, per task.
+DEFAULT_MLFLOW_SLICE_METRICS = {"classification": ("n", "roc_auc"), "regression": ("n", "rmse")}
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """What to train and how to judge it (``include/config/training.yaml``)."""
+    """What to train and how to judge it (``include/config/training.yaml``).
+
+    ``model_type`` is the estimator: a name of ``ESTIMATORS[task]``, or ``"<module stem>:<function>"`` (e.g.
+    ``"usecase:make_model"``), a factory in the use case's module ``module_file`` (an absolute path) called with
+    ``model_params`` when the pipeline is built. ``mlflow_slice_metrics`` left ``None`` is the task's default
+    (``DEFAULT_MLFLOW_SLICE_METRICS``). ``threshold`` is a classification's decision threshold.
+    """
 
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
@@ -40,18 +58,24 @@ class TrainingConfig:
     holdout_months: int = 1
     threshold: float = 0.5
     slices: tuple[str, ...] = ("carrier", "origin", "month")
-    #: Per-slice metrics also logged as MLflow metrics (all of them are in the evaluation JSON whatever this says).
-    mlflow_slice_metrics: tuple[str, ...] = ("n", "roc_auc")
+    #: Per-slice metrics also logged as MLflow metrics (all of them are in the evaluation JSON whatever this says);
+    #: ``None``: the task's default.
+    mlflow_slice_metrics: tuple[str, ...] | None = None
     id_column: str = "flight_id"
     timestamp_column: str = "event_timestamp"
     label: str = "is_late"
     month_column: str = "month"
     experiment_name: str = "mlops-training"
     registered_model_name: str = "model"
+    task: str = "classification"
+    module_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"unknown model type {self.model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r} in model.task; expected one of {', '.join(TASKS)}")
+        self._check_estimator()
+        if self.mlflow_slice_metrics is None:
+            object.__setattr__(self, "mlflow_slice_metrics", DEFAULT_MLFLOW_SLICE_METRICS[self.task])
         if not self.categorical and not self.numeric:
             raise ValueError("the training config lists no features")
         overlap = set(self.categorical) & set(self.numeric)
@@ -59,18 +83,59 @@ class TrainingConfig:
             raise ValueError(f"features listed as both categorical and numeric: {sorted(overlap)}")
         if self.holdout_months < 1:
             raise ValueError("holdout.months must be at least 1: a model is never judged on its training data")
-        if not 0.0 < self.threshold < 1.0:
+        if self.task == "classification" and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"evaluation.threshold must be in (0, 1), got {self.threshold}")
-        unknown = [m for m in self.mlflow_slice_metrics if m not in SLICE_METRIC_NAMES]
+        known = slice_metric_names(self.task)
+        unknown = [m for m in self.mlflow_slice_metrics if m not in known]
         if unknown:
             raise ValueError(
                 f"evaluation.mlflow_slice_metrics names unknown metrics {unknown}; expected some of "
-                f"{', '.join(SLICE_METRIC_NAMES)}"
+                f"{', '.join(known)} (a {self.task} model)"
             )
         if self.serialization_format not in ("cloudpickle", "skops"):
             raise ValueError(
                 f"model.serialization_format must be cloudpickle or skops, not {self.serialization_format!r}"
             )
+
+    def _check_estimator(self) -> None:
+        """Raise ``ValueError`` naming ``model_type`` unless it is a built-in estimator of the task or a
+        well-formed factory reference with its ``module_file`` (the module itself is only read when the
+        pipeline is built, at run time)."""
+        factory = self.estimator_factory
+        if factory is None:
+            known = ESTIMATORS[self.task]
+            if self.model_type not in known:
+                raise ValueError(
+                    f"unknown model type {self.model_type!r} for a {self.task} model; expected one of "
+                    f"{', '.join(known)}, or a factory of the use case's module as '<module stem>:<function>'"
+                )
+            return
+        stem, function = factory
+        if not stem or "/" in stem or "\\" in stem or not function.isidentifier():
+            raise ValueError(
+                f"model type {self.model_type!r}: a factory is named '<module stem>:<function>', e.g. 'usecase:make_model'"
+            )
+        if not self.module_file:
+            raise ValueError(
+                f"model type {self.model_type!r} names a factory of the use case's module, but the config has no "
+                "module_file (the absolute path of that module)"
+            )
+        module = Path(self.module_file)
+        if not module.is_absolute():
+            raise ValueError(f"module_file must be an absolute path, not {self.module_file!r}")
+        if module.stem != stem:
+            raise ValueError(
+                f"model type {self.model_type!r} names the module {stem!r} but module_file is {module.name}: "
+                f"write '{module.stem}:{function}'"
+            )
+
+    @property
+    def estimator_factory(self) -> tuple[str, str] | None:
+        """``(module stem, function)`` when ``model_type`` names a factory of the use case's module, else ``None``."""
+        if ":" not in self.model_type:
+            return None
+        stem, _, function = self.model_type.partition(":")
+        return stem.strip(), function.strip()
 
     @property
     def features(self) -> list[str]:
@@ -90,7 +155,9 @@ class TrainingConfig:
             "month_column": self.month_column,
             "features": {"categorical": list(self.categorical), "numeric": list(self.numeric)},
             "model": {
+                "task": self.task,
                 "type": self.model_type,
+                "module_file": self.module_file,
                 "seed": self.seed,
                 "threads": self.threads,
                 "params": dict(self.model_params),
@@ -111,21 +178,29 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        """A config from the layout of ``training.yaml`` (``to_yaml_dict``); no ``model.task`` is classification.
+
+        :param data: the mapping.
+        :raises ValueError: a required key is missing, or a value is invalid (the message names it).
+        """
         try:
             features, model = data["features"], data["model"]
+            evaluation = data.get("evaluation") or {}
             return cls(
                 categorical=tuple(features.get("categorical") or ()),
                 numeric=tuple(features.get("numeric") or ()),
+                task=model.get("task") or "classification",
                 model_type=model["type"],
+                module_file=model.get("module_file") or None,
                 model_params=dict(model.get("params") or {}),
                 seed=int(model.get("seed", 0)),
                 threads=int(model.get("threads", 1)),
                 serialization_format=model.get("serialization_format", "cloudpickle"),
                 holdout_months=int((data.get("holdout") or {}).get("months", 1)),
-                threshold=float((data.get("evaluation") or {}).get("threshold", 0.5)),
-                slices=tuple((data.get("evaluation") or {}).get("slices") or ()),
-                mlflow_slice_metrics=tuple(
-                    (data.get("evaluation") or {}).get("mlflow_slice_metrics", cls.mlflow_slice_metrics) or ()
+                threshold=float(evaluation.get("threshold", 0.5)),
+                slices=tuple(evaluation.get("slices") or ()),
+                mlflow_slice_metrics=(
+                    tuple(evaluation["mlflow_slice_metrics"] or ()) if "mlflow_slice_metrics" in evaluation else None
                 ),
                 id_column=data.get("id_column", "flight_id"),
                 timestamp_column=data.get("timestamp_column", "event_timestamp"),
@@ -186,7 +261,8 @@ class Split:
     """A time-based split: ``train`` strictly before ``cutoff``, ``holdout`` from it on.
 
     The two frames are taken from ``source`` (a DataFrame or a pyarrow Table) at ``train_rows`` /
-    ``holdout_rows`` when first asked for, one copy each, index ``0..n-1``, the label as int.
+    ``holdout_rows`` when first asked for, one copy each, index ``0..n-1``, the label as int (classification)
+    or float64 (regression).
     """
 
     source: Any = field(repr=False)
@@ -196,14 +272,15 @@ class Split:
     train_months: list[str]
     holdout_months: list[str]
     cutoff: str
+    task: str = "classification"
 
     @functools.cached_property
     def train(self) -> pd.DataFrame:
-        return _take_rows(self.source, self.train_rows, self.label)
+        return _take_rows(self.source, self.train_rows, self.label, self.task)
 
     @functools.cached_property
     def holdout(self) -> pd.DataFrame:
-        return _take_rows(self.source, self.holdout_rows, self.label)
+        return _take_rows(self.source, self.holdout_rows, self.label, self.task)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -270,6 +347,7 @@ def split_holdout(frame: pd.DataFrame | pa.Table, config: TrainingConfig) -> Spl
         train_months=sorted(labels[i] for i in np.unique(codes[is_train])),
         holdout_months=holdout_months,
         cutoff=cutoff.isoformat(),
+        task=config.task,
     )
 
 
@@ -323,9 +401,14 @@ def _factorize(values: pd.Series) -> tuple[Any, list[str]]:
     return codes, list(labels)
 
 
-def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> pd.DataFrame:
+def _take_rows(
+    source: pd.DataFrame | pa.Table, positions: Any, label: str, task: str = "classification"
+) -> pd.DataFrame:
     """The rows at ``positions`` of a DataFrame or a pyarrow Table as a new frame (one copy, index
-    0..n-1), the label as int."""
+    0..n-1), the label as int (classification) or float64 (regression).
+
+    :raises ValueError: a regression's label is not numeric.
+    """
     import pandas as pd
 
     if hasattr(source, "column_names"):
@@ -333,7 +416,15 @@ def _take_rows(source: pd.DataFrame | pa.Table, positions: Any, label: str) -> p
     else:
         out = source.take(positions)
         out.index = pd.RangeIndex(len(out))
-    out[label] = out[label].astype(int)
+    if task == "classification":
+        out[label] = out[label].astype(int)
+        return out
+    try:
+        out[label] = out[label].astype("float64")
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"the label {label!r} ({out[label].dtype}) is not numeric: a regression's label must be a number"
+        ) from err
     return out
 
 
@@ -359,45 +450,41 @@ def features_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
 
 # -- model ------------------------------------------------------------------------------------------------
 def build_pipeline(config: TrainingConfig) -> Pipeline:
-    """An unfitted pipeline: encoding of the configured features + the configured estimator, seeded."""
+    """An unfitted pipeline: encoding of the configured features + the configured estimator, seeded.
+
+    Built-in estimators (``ESTIMATORS``): gradient boosting reads ordinal-encoded categoricals (unknown /
+    missing: a code of their own, a branch of its own) and the numerics as they are; the others one-hot
+    categoricals and median-impute numerics (the linear ones also standardise them). A factory of the use
+    case's module (``estimator_factory``) gets the gradient boosting's encoding: categoricals ordinal-encoded
+    (unknown / missing → -1), numerics as they are (NaN kept: the estimator, or a pipeline the factory returns,
+    must take them if the features have gaps).
+
+    :param config: the training config.
+    :raises ValueError: the factory cannot be loaded or returns no estimator (the message names it).
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OrdinalEncoder
 
     cats, nums = list(config.categorical), list(config.numeric)
     params = dict(config.model_params)
+    classify = config.task == "classification"
+    if config.estimator_factory is not None:
+        return Pipeline([("encode", _ordinal_encoding(cats, nums)), ("model", make_user_estimator(config))])
     if config.model_type == "hist_gradient_boosting":
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-        encode = ColumnTransformer(
-            [
-                (
-                    "categorical",
-                    OrdinalEncoder(
-                        handle_unknown="use_encoded_value",
-                        unknown_value=-1,
-                        encoded_missing_value=-1,
-                        dtype="float64",
-                    ),
-                    cats,
-                ),
-                ("numeric", "passthrough", nums),
-            ],
-            verbose_feature_names_out=False,
-        )
         n_cat = len(cats)
         # Encoded unknown/missing (-1) is treated as missing by the estimator: its own branch.
         cat_mask = [True] * n_cat + [False] * len(nums)
-        model = HistGradientBoostingClassifier(
-            categorical_features=cat_mask if n_cat else None, random_state=config.seed, **params
-        )
-        return Pipeline([("encode", encode), ("model", model)])
+        estimator = HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor
+        model = estimator(categorical_features=cat_mask if n_cat else None, random_state=config.seed, **params)
+        return Pipeline([("encode", _ordinal_encoding(cats, nums)), ("model", model)])
 
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     numeric_steps = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
-    if config.model_type == "logistic_regression":
+    if config.model_type in ("logistic_regression", "ridge"):
         numeric_steps.append(("scale", StandardScaler()))
     encode = ColumnTransformer(
         [
@@ -418,11 +505,81 @@ def build_pipeline(config: TrainingConfig) -> Pipeline:
         from sklearn.linear_model import LogisticRegression
 
         model = LogisticRegression(random_state=config.seed, **{"max_iter": 1000, **params})
-    else:
+    elif config.model_type == "ridge":
+        from sklearn.linear_model import Ridge
+
+        model = Ridge(random_state=config.seed, **params)
+    elif classify:
         from sklearn.ensemble import RandomForestClassifier
 
         model = RandomForestClassifier(random_state=config.seed, **{"n_jobs": 1, **params})
+    else:
+        from sklearn.ensemble import RandomForestRegressor
+
+        model = RandomForestRegressor(random_state=config.seed, **{"n_jobs": 1, **params})
     return Pipeline([("encode", encode), ("model", model)])
+
+
+def _ordinal_encoding(cats: list[str], nums: list[str]) -> Any:
+    """Categoricals ordinal-encoded as float (unknown and missing → -1), numerics passed through, in that order."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OrdinalEncoder
+
+    return ColumnTransformer(
+        [
+            (
+                "categorical",
+                OrdinalEncoder(
+                    handle_unknown="use_encoded_value",
+                    unknown_value=-1,
+                    encoded_missing_value=-1,
+                    dtype="float64",
+                ),
+                cats,
+            ),
+            ("numeric", "passthrough", nums),
+        ],
+        verbose_feature_names_out=False,
+    )
+
+
+def make_user_estimator(config: TrainingConfig) -> Any:
+    """The estimator the use case's factory (``model_type`` ``"<module stem>:<function>"``) returns when called
+    with ``model_params``, seeded: a ``random_state`` parameter it leaves unset gets ``config.seed``.
+
+    The module's own code is pickled with the model (by value), so the saved model loads where the use case's
+    module is not importable (serving).
+
+    :param config: a config whose ``model_type`` names a factory.
+    :raises ValueError: the module or function cannot be loaded (``UserCodeError``), the function does not take
+        one argument, or what it returns is no estimator (no ``fit`` / ``predict``, or no ``predict_proba``
+        for a classification).
+    """
+    from airflow_mlops.usecase import load_function
+    from airflow_mlops.usecase.user_code import load_module
+
+    factory = config.estimator_factory
+    if factory is None or not config.module_file:
+        raise ValueError(f"model type {config.model_type!r} names no factory of a use case's module")
+    _, function = factory
+    make = load_function(config.module_file, function, arity=1)
+    model = make(dict(config.model_params))
+    where = f"{Path(config.module_file).name}: {function}(params)"
+    missing = [m for m in ("fit", "predict") if not callable(getattr(model, m, None))]
+    if config.task == "classification" and not callable(getattr(model, "predict_proba", None)):
+        missing.append("predict_proba")
+    if missing:
+        raise ValueError(
+            f"{where} returned {type(model).__name__}, not a scikit-learn {config.task} estimator "
+            f"(it lacks {', '.join(missing)})"
+        )
+    get_params = getattr(model, "get_params", None)
+    if callable(get_params) and "random_state" in (own := get_params(deep=False)) and own["random_state"] is None:
+        model.set_params(random_state=config.seed)
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(load_module(config.module_file))
+    return model
 
 
 @dataclass(frozen=True)
@@ -450,13 +607,13 @@ def train(frame: pd.DataFrame, config: TrainingConfig, split: Split | None = Non
 def fit(split: Split, config: TrainingConfig) -> tuple[Pipeline, float]:
     """Fit the configured pipeline on the split's training rows; returns it and the fit's seconds.
 
-    :raises ValueError: a single class in the training rows, or a feature with no value at all.
+    :raises ValueError: a single class in a classification's training rows, or a feature with no value at all.
     """
     import time
 
     from threadpoolctl import threadpool_limits
 
-    if split.train[config.label].nunique() < 2:
+    if config.task == "classification" and split.train[config.label].nunique() < 2:
         raise ValueError("the training rows hold a single class: nothing to learn")
     X, y = features_frame(split.train, config), split.train[config.label].to_numpy()
     empty = [c for c in config.features if X[c].isna().all()]
@@ -472,16 +629,42 @@ def fit(split: Split, config: TrainingConfig) -> tuple[Pipeline, float]:
 
 
 def training_metrics(model: Any, split: Split, config: TrainingConfig) -> dict[str, float | None]:
-    """Overall metrics of ``model`` on the rows it was trained on, as ``train_<metric>``."""
-    from airflow_mlops.core.evaluation import overall_metrics
+    """Overall metrics of ``model`` on the rows it was trained on, as ``train_<metric>`` (the task's metrics)."""
+    from airflow_mlops.core.evaluation import task_metrics
 
-    proba = predict_proba(model, split.train, config)
+    scores = predict_scores(model, split.train, config)
     y = split.train[config.label].to_numpy()
-    return {f"train_{k}": v for k, v in overall_metrics(y, proba, config.threshold).items()}
+    figures = task_metrics(y, scores, task=config.task, threshold=config.threshold)
+    return {f"train_{k}": v for k, v in figures.items()}
+
+
+def predict_scores(model: Any, frame: pd.DataFrame, config: TrainingConfig) -> Any:
+    """The model's score of each row, what its evaluation judges: P(label = 1) for a classification
+    (``predict_proba``), the prediction (``model.predict``, float64) for a regression.
+
+    :param model: a fitted pipeline (it selects its own columns by name).
+    :param frame: rows holding the configured features.
+    :param config: the training config (task, features, threads).
+    :raises ValueError: a regression model that does not predict one number per row.
+    """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    if config.task == "classification":
+        return predict_proba(model, frame, config)
+    X = features_frame(frame, config)
+    with threadpool_limits(config.threads):
+        predicted = np.asarray(model.predict(X), dtype="float64")
+    if predicted.shape != (len(X),):
+        if predicted.size != len(X):
+            raise ValueError(f"the model predicted an array of shape {predicted.shape} for {len(X)} rows")
+        predicted = predicted.reshape(len(X))
+    return predicted
 
 
 def predict_proba(model: Any, frame: pd.DataFrame, config: TrainingConfig | None = None) -> Any:
-    """P(label = 1) for each row. ``model`` is a fitted pipeline (it selects its own columns by name)."""
+    """P(label = 1) for each row, of a classifier. ``model`` is a fitted pipeline (it selects its own columns by
+    name). ``predict_scores`` is the score of any task."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 

@@ -199,7 +199,9 @@ class ResolveTrainingSetOperator(TrainingSetMixin, BaseOperator):
 class TrainModelOperator(TrainingSetMixin, BaseOperator):
     """Train the configured scikit-learn pipeline on a training-set snapshot and log it to MLflow.
 
-    The newest ``holdout.months`` month(s) are held out (never trained on). The run records: parameters,
+    The config's task (classification or regression) decides the training metrics and what the logged
+    model's pyfunc predicts (the positive class's probability, or the prediction). The newest
+    ``holdout.months`` month(s) are held out (never trained on). The run records: parameters,
     training metrics, the snapshot as a dataset input (URI + sha256), the resolved config (artifact + hash),
     the model with signature, input example and explicit pip requirements, and tags linking it to the
     Airflow task (dag/run/task id, try number), the git commit and the feature view versions.
@@ -291,8 +293,9 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
                 raise
         run_id, experiment_id = run.run_id, run.experiment_id
         self.log.info(
-            "trained %s on %d rows (%s), holding out %d rows (%s), in %.1fs",
+            "trained %s (%s) on %d rows (%s), holding out %d rows (%s), in %.1fs",
             config.model_type,
+            config.task,
             len(split.train_rows),
             ", ".join(split.train_months),
             len(split.holdout_rows),
@@ -365,6 +368,7 @@ def open_training_run(
         "mlops.feature_views": json.dumps(feature_views or {}, sort_keys=True),
         "mlops.config.sha256": config.sha256,
         "mlops.model.type": config.model_type,
+        "mlops.model.task": config.task,
         "mlops.train.months": ",".join(split.train_months),
         "mlops.holdout.months": ",".join(split.holdout_months),
     }
@@ -454,13 +458,14 @@ def _mlflow_type(arrow_type: Any) -> str | None:
 def training_params(config: TrainingConfig, split: Any) -> dict[str, Any]:
     """A training run's parameters: the model's configuration and the split's sizes."""
     return {
+        "task": config.task,
         "model_type": config.model_type,
         "seed": config.seed,
         **{f"model.{k}": v for k, v in config.model_params.items()},
         "features.categorical": ",".join(config.categorical),
         "features.numeric": ",".join(config.numeric),
         "holdout_months": config.holdout_months,
-        "threshold": config.threshold,
+        **({"threshold": config.threshold} if config.task == "classification" else {}),
         "train_rows": len(split.train_rows),
         "holdout_rows": len(split.holdout_rows),
     }
@@ -502,19 +507,22 @@ def prepare_training_run(
 
 
 def model_save_kwargs(config: TrainingConfig, split: Any) -> dict[str, Any]:
-    """How the model is saved, all known before it is fitted: ``model_signature`` (the classes are the
-    training labels' distinct values, as scikit-learn's classifiers order them), an input example of 5
-    training rows, explicit pip requirements, the configured serialization, ``predict_proba`` for pyfunc."""
+    """How the model is saved, all known before it is fitted: ``model_signature`` (for a classification the
+    classes are the training labels' distinct values, as scikit-learn's classifiers order them), an input
+    example of 5 training rows, explicit pip requirements, the configured serialization, and what pyfunc
+    calls: ``predict_proba`` for a classification, ``predict`` for a regression."""
     import numpy as np
 
     from airflow_mlops.core import training as core
 
+    classify = config.task == "classification"
+    classes = np.unique(split.train[config.label].to_numpy()) if classify else None
     return {
-        "signature": model_signature(split.train, config, np.unique(split.train[config.label].to_numpy())),
+        "signature": model_signature(split.train, config, classes),
         "input_example": core.features_frame(split.train.head(5), config),
         "pip_requirements": core.pip_requirements(),
         "serialization_format": config.serialization_format,
-        "pyfunc_predict_fn": "predict_proba",
+        "pyfunc_predict_fn": "predict_proba" if classify else "predict",
     }
 
 
@@ -529,7 +537,7 @@ def log_fitted_model(
         import skops.io
 
         kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    if len(model.classes_) != save_kwargs["signature"].outputs.inputs[0].shape[-1]:
+    if config.task == "classification" and len(model.classes_) != save_kwargs["signature"].outputs.inputs[0].shape[-1]:
         raise ValueError(f"the model has {len(model.classes_)} classes, its signature another number")
     return hook.save_sklearn_model(logged_model, model, **kwargs)
 
@@ -543,7 +551,12 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
     A column is required only when no training row lacks it: inferred from a sample, a feature missing in
     some rows but not in the sample is marked required, and MLflow's schema enforcement then refuses input
     that leaves it out, though the model was trained on rows without it. The output is ``predict_proba``'s:
-    one float64 column per class.
+    one float64 column per class; with ``classes`` ``None`` (a regression) it is ``predict``'s, one float64
+    per row.
+
+    :param train: the training rows.
+    :param config: the training config (features, task).
+    :param classes: a classification's classes, ``None`` for a regression.
     """
     import numpy as np
     import pandas as pd
@@ -562,16 +575,19 @@ def model_signature(train: pd.DataFrame, config: TrainingConfig, classes: Any) -
     first = {name: sample[name].to_numpy()[position[row] : position[row] + 1] for name, row in at.items()}
     types = infer_signature(pd.DataFrame(first)).inputs
     inputs = Schema([ColSpec(spec.type, spec.name, required=required[spec.name]) for spec in types.inputs])
-    return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), (-1, len(classes)))]))
+    shape = (-1,) if classes is None else (-1, len(classes))
+    return ModelSignature(inputs, Schema([TensorSpec(np.dtype("float64"), shape)]))
 
 
 class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
     """Score the new model and the current champion on the same time-based hold-out; log both to MLflow.
 
-    Overall metrics (ROC AUC, log loss, Brier, precision/recall at the configured threshold) and the same per
-    slice (configured columns, e.g. carrier, origin, month) with slice sizes. The candidate's run gets the
-    metrics, ``evaluation/evaluation.json`` (what the gate reads) and ROC / calibration curves (``curves.svg``). The champion
-    is loaded by the version its alias pointed at when read, so both sides of the comparison are pinned.
+    Overall metrics of the config's task (classification: ROC AUC, log loss, Brier, precision/recall at the
+    configured threshold; regression: RMSE, MAE, R²) and the same per slice (configured columns) with slice
+    sizes. The candidate's run gets the metrics, ``evaluation/evaluation.json`` (what the gate reads) and a
+    plot: ROC / calibration curves (``curves.svg``) of a classification, binned predicted-vs-actual values
+    (``predicted_vs_actual.svg``) of a regression. The champion is loaded by the version its alias pointed at
+    when read, so both sides of the comparison are pinned.
 
     :param trained: the XCom of ``TrainModelOperator`` (templated).
     :param training_set: the snapshot; default the one the model was trained on (templated).
@@ -687,9 +703,14 @@ def evaluate_challenger(
     models = models or {}
     hook.activate()
     candidate_model = models["candidate"].result() if "candidate" in models else load_model(hook, trained["model_uri"])
-    candidate_proba = core.predict_proba(candidate_model, holdout, config)
+    candidate_proba = core.predict_scores(candidate_model, holdout, config)
     candidate = ev.evaluate(
-        holdout, candidate_proba, label=config.label, threshold=config.threshold, slices=config.slices
+        holdout,
+        candidate_proba,
+        label=config.label,
+        threshold=config.threshold,
+        slices=config.slices,
+        task=config.task,
     )
     candidate.holdout = split.summary()
     lines = [
@@ -704,9 +725,14 @@ def evaluate_challenger(
                 if "champion" in models
                 else load_model(hook, f"models:/{name}/{champion_version}")
             )
-            champion_proba = core.predict_proba(champion_model, holdout, config)
+            champion_proba = core.predict_scores(champion_model, holdout, config)
             champion = ev.evaluate(
-                holdout, champion_proba, label=config.label, threshold=config.threshold, slices=config.slices
+                holdout,
+                champion_proba,
+                label=config.label,
+                threshold=config.threshold,
+                slices=config.slices,
+                task=config.task,
             )
             champion.holdout = split.summary()
             curves[f"champion v{champion_version}"] = champion_proba
@@ -748,8 +774,9 @@ def evaluate_challenger(
         logging_metrics = pool.submit(log_metrics)
         with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
             (Path(tmp) / name).write_text(json.dumps(document, indent=2))
-            if len(set(y)) == 2:
-                (Path(tmp) / "curves.svg").write_text(ev.curves_svg(y, curves))
+            plot = _evaluation_plot(config.task, y, curves)
+            if plot is not None:
+                (Path(tmp) / plot[0]).write_text(plot[1])
             # The document and the plot in one upload, where the training task said the run's artifacts are.
             if trained.get("artifact_uri"):
                 hook.upload_artifacts(trained["artifact_uri"], tmp, folder)
@@ -762,6 +789,25 @@ def evaluate_challenger(
         "holdout": split.summary(),
         "log": lines,
     }
+
+
+def _evaluation_plot(task: str, y: Any, scores: dict[str, Any]) -> tuple[str, str] | None:
+    """The hold-out's plot as (file name, SVG): ROC / calibration curves of a classification (both classes
+    present), binned predicted-vs-actual values of a regression (finite, at least two rows); ``None`` when
+    there is nothing to draw.
+
+    :param task: the config's task.
+    :param y: the hold-out's labels.
+    :param scores: model name → its scores on the hold-out.
+    """
+    import numpy as np
+
+    from airflow_mlops.core import evaluation as ev
+
+    if task == "classification":
+        return ("curves.svg", ev.curves_svg(y, scores)) if len(set(y)) == 2 else None
+    finite = len(y) >= 2 and all(np.isfinite(np.asarray(v, dtype="float64")).all() for v in [y, *scores.values()])
+    return ("predicted_vs_actual.svg", ev.predicted_vs_actual_svg(y, scores)) if finite else None
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
