@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_mlops import settings
 from airflow_mlops.hooks.mlflow_registry import MlflowHook
 from airflow_mlops.links_mlflow import RUN_URL_XCOM_KEY, MlflowRunLink
 from airflow_mlops.operators.training import EVALUATION_ARTIFACT, _parse, airflow_lineage
@@ -40,7 +39,8 @@ class ModelGateOperator(BaseOperator):
     why, and the reasons it overrode).
 
     :param evaluation: the XCom of ``EvaluateChallengerOperator`` (templated).
-    :param policy_path: the policy YAML; default ``include/config/gate_policy.yaml`` (templated).
+    :param usecase: the use-case folder whose ``gate`` section is the policy.
+    :param policy_path: a policy YAML instead of a use case (templated); neither: no policy, so the gate rejects.
     :param force_bless: approve whatever the policy says (templated; e.g. ``{{ params.force_bless }}``).
     :param force_bless_reason: why; required with ``force_bless`` (templated).
     :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
@@ -57,6 +57,7 @@ class ModelGateOperator(BaseOperator):
         self,
         *,
         evaluation: dict | str,
+        usecase: str | None = None,
         policy_path: str | None = None,
         force_bless: bool | str = False,
         force_bless_reason: str | None = None,
@@ -65,6 +66,7 @@ class ModelGateOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.evaluation = evaluation
+        self.usecase = usecase
         self.policy_path = policy_path
         self.force_bless = force_bless
         self.force_bless_reason = force_bless_reason
@@ -88,10 +90,16 @@ class ModelGateOperator(BaseOperator):
         if forced and not reason:
             raise ValueError("force_bless is set but force_bless_reason is empty: an override must say why")
 
-        path = self.policy_path or str(settings.include_dir() / "config" / "gate_policy.yaml")
-        policy = gate.load_policy(path)
+        if self.usecase:
+            from airflow_mlops.usecase import config
+
+            path = str(config.load(self.usecase).config_file) + ":gate"
+            policy = config.load(self.usecase).gate_policy()
+        else:
+            path = str(self.policy_path or "")
+            policy = gate.load_policy(path) if path else None
         if policy is None:
-            self.log.error("no gate policy at %s: rejecting (fail closed)", path)
+            self.log.error("no gate policy at %s: rejecting (fail closed)", path or "(none given)")
         self.mlflow_hook.activate()
         try:
             document = mlflow.artifacts.load_dict(f"runs:/{run_id}/{EVALUATION_ARTIFACT}")

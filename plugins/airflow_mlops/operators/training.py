@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_mlops import settings
 from airflow_mlops.exceptions import TrainingSetError
@@ -36,8 +37,22 @@ CONFIG_ARTIFACT = "config/training.yaml"
 EVALUATION_ARTIFACT = "evaluation/evaluation.json"
 
 
-def default_config_path() -> str:
-    return str(settings.include_dir() / "config" / "training.yaml")
+def training_config(usecase: str | None, config_path: str | None) -> Any:
+    """The training config of a use case folder, or of a ``training.yaml``-style file.
+
+    :raises AirflowFailException: neither is given, or the config is invalid (retrying cannot help).
+    """
+    from airflow_mlops.core import training as core
+    from airflow_mlops.usecase import config
+
+    try:
+        if usecase:
+            return config.load(usecase).training_config()
+        if config_path:
+            return core.load_config(config_path)
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from err
+    raise AirflowFailException("no training config: pass usecase=<use-case folder> (or config_path=<yaml>)")
 
 
 def airflow_lineage(context: Context) -> dict[str, str]:
@@ -207,7 +222,8 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
     Airflow task (dag/run/task id, try number), the git commit and the feature view versions.
 
     :param training_set: the snapshot: the feature stage's / resolver's XCom dict or a URI (templated).
-    :param config_path: training config YAML; default ``include/config/training.yaml`` (templated).
+    :param usecase: the use-case folder whose ``model`` section is the training config.
+    :param config_path: a ``training.yaml``-style config instead of a use case (templated).
     :param experiment_name: MLflow experiment; default from the config (templated).
     :param feature_views: feature view name → version, if not in the snapshot's manifest (templated).
     :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
@@ -225,6 +241,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
         self,
         *,
         training_set: dict | str,
+        usecase: str | None = None,
         config_path: str | None = None,
         experiment_name: str | None = None,
         feature_views: dict | None = None,
@@ -235,6 +252,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.training_set = training_set
+        self.usecase = usecase
         self.config_path = config_path
         self.experiment_name = experiment_name
         self.feature_views = feature_views
@@ -253,7 +271,7 @@ class TrainModelOperator(TrainingSetMixin, BaseOperator):
 
         from airflow_mlops.core import training as core
 
-        config = core.load_config(self.config_path or default_config_path())
+        config = training_config(self.usecase, self.config_path)
         # Decoded but not converted: the split converts the training rows alone (the hold-out is evaluated later).
         table, info = self.read_training_table(self.training_set)
         split = core.split_holdout(table, config)
@@ -593,7 +611,8 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
     :param training_set: the snapshot; default the one the model was trained on (templated).
     :param registered_model_name: default from the config (templated).
     :param champion_alias: alias of the model to beat.
-    :param config_path: training config YAML; default ``include/config/training.yaml`` (templated).
+    :param usecase: the use-case folder whose ``model`` section is the training config.
+    :param config_path: a ``training.yaml``-style config instead of a use case (templated).
     :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
     :return: (XCom) run_id, model_uri, registered_model_name, champion_version, overall metrics of both.
     :raises TrainingSetError: the snapshot fails verification.
@@ -611,6 +630,7 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
         training_set: dict | str | None = None,
         registered_model_name: str | None = None,
         champion_alias: str = "champion",
+        usecase: str | None = None,
         config_path: str | None = None,
         mlflow_conn_id: str = MlflowHook.default_conn_name,
         lake_root: str | None = None,
@@ -622,6 +642,7 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
         self.training_set = training_set
         self.registered_model_name = registered_model_name
         self.champion_alias = champion_alias
+        self.usecase = usecase
         self.config_path = config_path
         self.mlflow_conn_id = mlflow_conn_id
         self.lake_root = lake_root
@@ -634,10 +655,9 @@ class EvaluateChallengerOperator(TrainingSetMixin, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from airflow_mlops.core import training as core
 
         trained = _parse(self.trained)
-        config = core.load_config(self.config_path or default_config_path())
+        config = training_config(self.usecase, self.config_path)
         name = self.registered_model_name or trained.get("registered_model_name") or config.registered_model_name
         champion_version = self.mlflow_hook.alias_version(name, self.champion_alias)
         # Both models load (artifact copy, unpickling) while the snapshot is read and verified.

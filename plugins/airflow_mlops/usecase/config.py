@@ -137,6 +137,26 @@ class UseCase:
         """The id of one of the use case's DAGs: ``<name>_<stage>`` (ingest_validate, features, ...)."""
         return f"{self.name}_{stage}"
 
+    def training_config(self) -> Any:
+        """The ``model`` section as ``core.training.TrainingConfig`` (ValueError names what is wrong)."""
+        from airflow_mlops.core.training import TrainingConfig
+
+        try:
+            return TrainingConfig.from_dict(self.training_config_dict())
+        except ValueError as err:
+            raise UseCaseConfigError(f"{self.config_file}: model: {err}") from err
+
+    def gate_policy(self) -> Any:
+        """The ``gate`` section as ``core.gate.GatePolicy``; None when the section is empty (the gate then rejects)."""
+        from airflow_mlops.core.gate import GatePolicy
+
+        if not self.gate:
+            return None
+        try:
+            return GatePolicy.from_dict(self.gate)
+        except ValueError as err:
+            raise UseCaseConfigError(f"{self.config_file}: gate: {err}") from err
+
     def training_config_dict(self) -> dict[str, Any]:
         """The ``model`` section as the mapping ``core.training.TrainingConfig.from_dict`` reads."""
         model = self.model
