@@ -78,7 +78,11 @@ def _frames(months: list[str]) -> dict[str, pd.DataFrame]:
         for name, frame in replay_source.month_frames(month).items():
             parts.setdefault(name.removesuffix(".csv"), []).append(frame)
     raw = {name: pd.concat(p, ignore_index=True) if name != "planes" else p[0] for name, p in parts.items()}
-    return validation.prepare_batch(raw)
+    # as the ingest/validate DAG does: time_hour parsed, then the flight_delay use case's prepare_validation
+    from airflow_mlops.usecase import load_function
+
+    prepare = load_function(settings.project_root() / "examples" / "flight_delay" / "usecase.py", "prepare_validation")
+    return validation.prepare_batch(raw, prepare, {"flights": "time_hour", "weather": "time_hour"})
 
 
 def _fingerprint(months: list[str]) -> str:

@@ -27,13 +27,17 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 # The SDK's EventsTimetable does not serialize in Airflow 3.3.2 (its encoder drops `_summary`); the core one does.
 from airflow.timetables.events import EventsTimetable
 
-from airflow_mlops import config
+from airflow_mlops import config, settings
 from airflow_mlops.assets import LANDING, VALIDATED_BATCH
 from airflow_mlops.operators.ingest import IngestBatchOperator
 from airflow_mlops.operators.validation import ValidateBatchOperator
 
 INGEST = config.section("ingest")
 MONTHS = config.schedule_months()
+#: The reference use case's folder: its usecase.py derives the joinability columns the flights suite checks.
+USE_CASE = settings.project_root() / "examples" / "flight_delay"
+#: Columns parsed as UTC timestamps before validation (the suites and the published Parquet see datetimes).
+TIMESTAMP_COLUMNS = {"flights.csv": "time_hour", "weather.csv": "time_hour"}
 
 with DAG(
     dag_id="mlops_ingest_validate",
@@ -59,7 +63,20 @@ with DAG(
     tags=["mlops", "ingest", "validation"],
     doc_md=__doc__,
 ) as dag:
-    ingest = IngestBatchOperator(task_id="ingest_batch", month="{{ params.month or '' }}", files=INGEST["batch_files"])
+    ingest = IngestBatchOperator(
+        task_id="ingest_batch",
+        month="{{ params.month or '' }}",
+        files=INGEST["batch_files"],
+        primary=INGEST.get("primary"),
+        period_kind="month",
+    )
     ValidateBatchOperator.partial(
-        task_id="validate_batch", suites=config.section("validation")["suites"], outlets=[VALIDATED_BATCH]
+        task_id="validate_batch",
+        files=INGEST["batch_files"],
+        primary=INGEST.get("primary"),
+        period_kind="month",
+        suites=config.section("validation")["suites"],
+        timestamp_columns=TIMESTAMP_COLUMNS,
+        module_file=str(USE_CASE / "usecase.py"),
+        outlets=[VALIDATED_BATCH],
     ).expand(batch=ingest.output)

@@ -13,8 +13,18 @@ import pytest
 
 from airflow_mlops import settings
 from airflow_mlops.core import replay_source, validation
+from airflow_mlops.usecase import load_function
 
 SUITES = ("flights", "weather", "planes")
+#: The reference use case's module: its prepare_validation derives the columns the flights suite checks.
+USECASE = settings.project_root() / "examples" / "flight_delay" / "usecase.py"
+#: The columns the ingest/validate DAG parses as timestamps before validation.
+TIMESTAMPS = {"flights": "time_hour", "weather": "time_hour"}
+
+
+def _prepare(frames: dict) -> dict:
+    """Prepare a month of flights as the ingest/validate DAG does (timestamps, then the use case's function)."""
+    return validation.prepare_batch(frames, load_function(USECASE, "prepare_validation", arity=1), TIMESTAMPS)
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +44,11 @@ def _validate(
         frame, note = validation.read_csv_tolerant(data, name)
         frames[name.removesuffix(".csv")] = frame
         notes += [note] if note else []
-    params = {"year": int(month[:4]), "month": int(month[5:])}
     return validation.validate_batch(
         f"{month}-test",
-        validation.prepare_batch(frames),
+        _prepare(frames),
         suites,
-        params,
+        validation.batch_parameters(month),
         docs_dir=docs_dir,
         notes=tuple(notes),
         fingerprint=fingerprint,
@@ -256,7 +265,7 @@ def test_data_docs_pages_are_rendered(tmp_path, suites):
 def test_suite_parameters_pin_the_batch_to_its_month(suites):
     files = _batch_files("2013-05", None)
     frames = {n.removesuffix(".csv"): validation.read_csv_tolerant(d, n)[0] for n, d in files.items()}
-    report = validation.validate_batch("x", validation.prepare_batch(frames), suites, {"year": 2013, "month": 6})
+    report = validation.validate_batch("x", _prepare(frames), suites, validation.batch_parameters("2013-06"))
     assert any(
         f.expectation == "expect_column_values_to_be_between" and f.column == "month" for _, f in report.failures
     )
@@ -277,7 +286,7 @@ def test_validate_batch_needs_a_frame_per_suite(suites):
         validation.validate_batch("x", {}, {"flights": suites["flights"]}, {"year": 2013, "month": 1})
 
 
-def test_prepare_batch_marks_joinability():
+def test_the_use_case_marks_joinability():
     import pandas as pd
 
     flights = pd.DataFrame(
@@ -285,7 +294,78 @@ def test_prepare_batch_marks_joinability():
     )
     weather = pd.DataFrame({"origin": ["JFK"], "time_hour": ["2013-01-01T10:00:00Z"]})
     planes = pd.DataFrame({"tailnum": ["N2"]})
-    out = validation.prepare_batch({"flights": flights, "weather": weather, "planes": planes})["flights"]
-    assert out[validation.WEATHER_MATCH].tolist() == [True, False]
-    assert out[validation.PLANE_KNOWN].tolist() == [False, True]  # a missing tail number is not an unknown plane
+    out = _prepare({"flights": flights, "weather": weather, "planes": planes})["flights"]
+    assert out["_weather_match"].tolist() == [True, False]
+    assert out["_plane_known"].tolist() == [False, True]  # a missing tail number is not an unknown plane
     assert str(out["time_hour"].dtype) == "datetime64[us, UTC]"
+    # without the DAG's timestamp parsing, the use case parses them itself
+    raw = load_function(USECASE, "prepare_validation", arity=1)({"flights": flights, "weather": weather})
+    assert raw["flights"]["_weather_match"].tolist() == [True, False]
+    assert str(raw["weather"]["time_hour"].dtype) == "datetime64[us, UTC]"
+    assert validation.published_frame(out).columns.tolist() == ["origin", "time_hour", "tailnum"]
+
+
+def test_prepare_batch_parses_timestamps_then_calls_the_function():
+    import pandas as pd
+
+    frames = {
+        "readings": pd.DataFrame({"at": ["2024-05-17T10:00:00Z", "garbage"], "value": [1.0, 2.0]}),
+        "sites": pd.DataFrame({"at": ["not parsed"]}),
+    }
+    seen = {}
+
+    def prepare(given: dict) -> dict:
+        seen.update(given)
+        return {**given, "readings": given["readings"].assign(_positive=given["readings"]["value"] > 0)}
+
+    out = validation.prepare_batch(frames, prepare, {"readings": ["at"]})
+    assert str(seen["readings"]["at"].dtype) == "datetime64[us, UTC]"  # parsed before the function ran
+    assert out["readings"]["at"].isna().tolist() == [False, True]  # unparseable: NaT, for the null checks
+    assert out["sites"]["at"].tolist() == ["not parsed"]  # not listed: untouched
+    assert out["readings"]["_positive"].all()
+    assert frames["readings"]["at"].dtype == object  # the inputs are not modified
+    untouched = validation.prepare_batch(frames)  # nothing to parse, no function: the frames as they are
+    assert all(untouched[name] is frame for name, frame in frames.items())
+
+
+def test_prepare_batch_names_a_function_that_breaks_the_contract():
+    import pandas as pd
+
+    frames = {"a": pd.DataFrame({"x": [1]}), "b": pd.DataFrame({"y": [1]})}
+
+    def drops(given: dict) -> dict:
+        return {"a": given["a"]}
+
+    def returns_a_frame(given: dict) -> pd.DataFrame:
+        return given["a"]
+
+    with pytest.raises(ValueError, match=r"drops\(\) must return every frame.*dropped b"):
+        validation.prepare_batch(frames, drops)
+    with pytest.raises(TypeError, match=r"returns_a_frame\(\) must return a dict"):
+        validation.prepare_batch(frames, returns_a_frame)
+
+
+@pytest.mark.parametrize(
+    ("period", "expected"),
+    [
+        ("2013-03", {"period": "2013-03", "year": 2013, "month": 3}),
+        ("2024-12-31", {"period": "2024-12-31", "year": 2024, "month": 12, "day": 31}),
+    ],
+    ids=["month", "day"],
+)
+def test_batch_parameters(period, expected):
+    assert validation.batch_parameters(period) == expected
+
+
+def test_read_frame_tolerant_reads_csv_and_parquet():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    read, note = validation.read_frame_tolerant(frame.to_parquet(index=False), "f.parquet")
+    assert note is None and read.equals(frame)
+    read, note = validation.read_frame_tolerant(frame.to_csv(index=False).encode(), "f.csv")
+    assert note is None and read.equals(frame)
+    read, note = validation.read_frame_tolerant(b"PAR1 broken", "f.parquet")
+    assert read.empty and "f.parquet could not be parsed" in note
+    read, note = validation.read_frame_tolerant(b"", "f.parquet")
+    assert read.empty and note == "f.parquet is empty (0 data bytes)"

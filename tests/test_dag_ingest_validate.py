@@ -177,3 +177,300 @@ def test_corrupted_month_is_quarantined_and_stops_the_line(dag, march_validated,
     html = (quarantined / "data_docs.html").read_text()
     assert "<base href=" in html and "Great Expectations" in html
     assert len(_validated_events("2013-03")) == announced  # the broken delivery was not announced
+
+
+# -- a use case that is not flights: daily batches of sensor readings -----------------------------------------------
+DAY = "2024-05-17"
+#: The batch's files, the primary one (whose rows identify the batch) deliberately not first.
+DAILY_FILES = ["stations.csv", "readings.csv"]
+USECASE_PY = '''"""A test use case: readings must come from known stations."""
+
+
+def prepare_validation(frames):
+    readings, stations = frames["readings"], frames["stations"]
+    known = readings["station"].isin(set(stations["station"])) if "station" in readings.columns else False
+    return {**frames, "readings": readings.assign(_station_known=known)}
+'''
+
+
+def _suite(name: str, *expectations: tuple[str, dict]) -> dict:
+    return {"name": name, "expectations": [{"type": kind, "kwargs": kwargs} for kind, kwargs in expectations]}
+
+
+SUITES = {
+    "readings": _suite(
+        "readings_batch",
+        (
+            "expect_table_columns_to_match_set",
+            {"column_set": ["station", "at", "day", "value", "_station_known"], "exact_match": True},
+        ),
+        ("expect_table_row_count_to_be_between", {"min_value": 1, "max_value": 1000}),
+        ("expect_column_values_to_not_be_null", {"column": "at"}),
+        ("expect_column_values_to_be_between", {"column": "value", "min_value": -50, "max_value": 60}),
+        (
+            "expect_column_values_to_be_between",
+            {"column": "day", "min_value": {"$PARAMETER": "day"}, "max_value": {"$PARAMETER": "day"}},
+        ),
+        ("expect_column_values_to_be_in_set", {"column": "_station_known", "value_set": [True]}),
+    ),
+    "stations": _suite(
+        "stations_batch",
+        ("expect_table_columns_to_match_set", {"column_set": ["station", "name"], "exact_match": True}),
+        ("expect_column_values_to_be_unique", {"column": "station"}),
+    ),
+}
+
+
+@pytest.fixture
+def daily_usecase(tmp_path):
+    """A use case folder: ``usecase.py`` and ``expectations/<file stem>.json`` (the suites folder's defaults)."""
+    folder = tmp_path / "sensors"
+    (folder / "expectations").mkdir(parents=True)
+    (folder / "usecase.py").write_text(USECASE_PY)
+    for stem, suite in SUITES.items():
+        (folder / "expectations" / f"{stem}.json").write_text(json.dumps(suite))
+    return folder
+
+
+def _daily_frames(day: str = DAY):
+    import pandas as pd
+
+    hours = pd.date_range(f"{day}T00:00:00Z", periods=24, freq="h")
+    readings = pd.DataFrame(
+        {
+            "station": ["S1", "S2", "S3"] * 8,
+            "at": [t.isoformat() for t in hours],
+            "day": hours.day,
+            "value": [float(i % 30) - 5 for i in range(24)],
+        }
+    )
+    stations = pd.DataFrame({"station": ["S1", "S2", "S3"], "name": ["North", "South", "Pier"]})
+    return {"readings.csv": readings, "stations.csv": stations}
+
+
+def _land_daily(lake, frames: dict, day: str = DAY) -> dict:
+    """Land a batch as an upstream does: the files, then the ``_SUCCESS`` marker with their sha256."""
+    from airflow_mlops.core.batches import SUCCESS_MARKER, count_csv_rows
+
+    folder = lake.path("landing", day)
+    records = {}
+    for name, frame in frames.items():
+        data = frame.to_csv(index=False).encode()
+        records[name] = lake.write_file(folder / name, data, rows=count_csv_rows(data)).to_dict()
+    lake.write_file(folder / SUCCESS_MARKER, json.dumps({"files": records}).encode(), rows=len(records))
+    return records
+
+
+class _TaskInstance:
+    """What the operators use of a task instance: XCom pushes, kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.xcom: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.xcom[key] = value
+
+
+def _context(run_type: str = "manual") -> dict:
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    return {
+        "ti": _TaskInstance(),
+        "dag_run": SimpleNamespace(run_type=run_type),
+        "data_interval_start": None,
+        "outlet_events": defaultdict(lambda: SimpleNamespace(extra=None)),
+    }
+
+
+def _ingest(lake, period: str | None = DAY, **overrides):
+    """Ingest as the sensors pipeline would: daily batches of DAILY_FILES, readings.csv the primary file."""
+    from airflow_mlops.operators.ingest import IngestBatchOperator
+
+    args = {"files": DAILY_FILES, "primary": "readings.csv", "period_kind": "day", "period": period, **overrides}
+    return IngestBatchOperator(task_id="ingest_batch", lake_root=lake.root_url, **args).execute(_context())
+
+
+def _validate(lake, usecase, batch: dict, **overrides):
+    """Validate as the sensors pipeline would; returns the result and the task's context (XComs, Asset events)."""
+    from airflow_mlops.operators.validation import ValidateBatchOperator
+
+    args = {
+        "files": DAILY_FILES,
+        "primary": "readings.csv",
+        "period_kind": "day",
+        "expectations_dir": str(usecase / "expectations"),
+        "timestamp_columns": {"readings.csv": "at"},
+        "module_file": str(usecase / "usecase.py"),
+        **overrides,
+    }
+    op = ValidateBatchOperator(task_id="validate_batch", batch=batch, lake_root=lake.root_url, **args)
+    context = _context()
+    return op.execute(context), context, op
+
+
+def test_a_daily_batch_of_other_files_is_validated_and_announced(lake, daily_usecase):
+    import pandas as pd
+
+    frames = _daily_frames()
+    landed = _land_daily(lake, frames)
+    (batch,) = _ingest(lake)
+    assert (batch["period"], batch["primary"], "month" in batch) == (DAY, "readings.csv", False)
+    assert not lake.path("landing", DAY).exists()
+    (raw_dir,) = list(lake.path("raw", DAY).iterdir())
+    raw = lake.read_manifest(raw_dir)
+    assert (raw["period"], raw["primary"], "month" in raw) == (DAY, "readings.csv", False)
+    assert {n: r["sha256"] for n, r in raw["files"].items()} == {n: r["sha256"] for n, r in landed.items()}
+
+    result, context, op = _validate(lake, daily_usecase, batch)
+    validated = lake.read_manifest(lake.path("validated", DAY))
+    assert validated["validation"]["success"] is True and validated["period"] == DAY and "month" not in validated
+    assert set(validated["files"]) == {"readings.parquet", "stations.parquet"}
+    readings = pd.read_parquet(validated["files"]["readings.parquet"]["uri"].removeprefix("file://"))
+    assert len(readings) == len(frames["readings.csv"]) == validated["files"]["readings.parquet"]["rows"]
+    assert str(readings["at"].dtype) == "datetime64[us, UTC]"
+    assert "_station_known" not in readings.columns  # derived for validation only
+    assert lake.committed_periods("validated") == [DAY]
+
+    # the primary file's rows and hash identify the batch, not the first file's or the batch's total
+    assert (result["rows"], result["primary"]) == (len(frames["readings.csv"]), "readings.parquet")
+    assert result["sha256"] == validated["files"]["readings.parquet"]["sha256"]
+    event = context["outlet_events"][op.validated_asset].extra
+    assert event == {
+        k: result[k] for k in ("period", "batch_id", "sha256", "rows", "uri", "interval_start", "interval_end")
+    }
+    assert event["interval_start"].startswith(DAY) and event["interval_end"].startswith("2024-05-18")
+    assert context["ti"].xcom["report_key"].startswith("reports/data_docs/validations/")
+    assert lake.path(context["ti"].xcom["report_key"]).exists()
+
+
+def test_a_batch_is_published_with_the_suites_named_by_file(lake, daily_usecase, tmp_path):
+    """``suites`` maps a file (by name or stem) to a suite path; a file without one is published unvalidated."""
+    _land_daily(lake, _daily_frames())
+    (batch,) = _ingest(lake)
+    moved = tmp_path / "elsewhere.json"
+    moved.write_text((daily_usecase / "expectations" / "readings.json").read_text())
+    result, _, _ = _validate(lake, daily_usecase, batch, suites={"readings": str(moved)})
+    summary = lake.read_manifest(lake.path("validated", DAY))["validation"]
+    assert [s["suite"] for s in summary["suites"]] == ["readings_batch"]
+    assert set(result["files"]) == {"readings.parquet", "stations.parquet"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "expectation"),
+    [
+        ("out_of_range", "expect_column_values_to_be_between"),
+        ("unknown_station", "expect_column_values_to_be_in_set"),
+        ("other_day", "expect_column_values_to_be_between"),
+    ],
+    ids=str,
+)
+def test_a_corrupted_daily_batch_is_quarantined(lake, daily_usecase, kind, expectation):
+    from airflow_mlops.core.batches import batch_hash
+    from airflow_mlops.exceptions import BatchValidationError
+
+    frames = _daily_frames()
+    readings = frames["readings.csv"]
+    if kind == "out_of_range":
+        readings.loc[::5, "value"] = 999.0
+    elif kind == "unknown_station":
+        readings.loc[3, "station"] = "S9"
+    else:
+        readings["day"] = 16  # the rows of another day, landed as this one
+    landed = _land_daily(lake, frames)
+    (batch,) = _ingest(lake)
+    with pytest.raises(BatchValidationError, match=expectation) as failed:
+        _validate(lake, daily_usecase, batch)
+    assert batch["batch_id"] in str(failed.value)
+
+    digest = batch_hash({name: rec["sha256"] for name, rec in landed.items()})
+    quarantined = lake.path("quarantine", DAY, digest[:12])
+    assert _files(quarantined) == {
+        "_manifest.json",
+        "readings.csv",
+        "stations.csv",
+        "validation_result.json",
+        "data_docs.html",
+    }
+    manifest = lake.read_manifest(quarantined)
+    failed_expectations = [f["expectation"] for s in manifest["validation"]["suites"] for f in s["failed"]]
+    assert expectation in failed_expectations and manifest["period"] == DAY
+    result = json.loads((quarantined / "validation_result.json").read_bytes())
+    assert result["success"] is False and set(result["results"]) == {"readings_batch", "stations_batch"}
+    assert "<base href=" in (quarantined / "data_docs.html").read_text()
+    assert not lake.path("validated", DAY).exists()
+
+
+def test_a_daily_batch_without_its_primary_file_fails_once(lake):
+    """Ingest: a landed batch lacking a file fails without retries (AirflowFailException) and names it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    frames = _daily_frames()
+    del frames["readings.csv"]
+    _land_daily(lake, frames)
+    with pytest.raises(AirflowFailException, match=r"landing/2024-05-17/ is marked complete but has no readings\.csv"):
+        _ingest(lake)
+    assert _files(lake.path("raw")) == set()
+    assert lake.path("landing", DAY).exists()  # left for the upstream to complete
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"primary": "flights.csv"}, r"primary file 'flights\.csv' is not one of the batch files"),
+        ({"files": [*DAILY_FILES, "extra.csv"]}, r"has no extra\.csv"),
+        ({"suites": {"readings.csv": "missing.json"}}, r"no expectation suite for readings\.csv: .*missing\.json"),
+        ({"suites": {"other.csv": "readings.json"}}, r"suites names 'other\.csv', which is not one of the batch files"),
+        ({"period_kind": "month"}, r"covers a day; this pipeline's batches are by month"),
+        ({"prepare_function": "nothing_here"}, r"no function nothing_here\(\)"),
+    ],
+    ids=["unknown-primary", "missing-file", "missing-suite", "unknown-suite-file", "other-kind", "missing-function"],
+)
+def test_a_configuration_that_does_not_fit_the_batch_fails_once(lake, daily_usecase, overrides, message):
+    """Validate: errors that cannot change on retry are AirflowFailException naming what to fix; nothing is written."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    _land_daily(lake, _daily_frames())
+    (batch,) = _ingest(lake)
+    with pytest.raises(AirflowFailException, match=message):
+        _validate(lake, daily_usecase, batch, **overrides)
+    assert not lake.path("validated", DAY).exists() and not lake.path("quarantine", DAY).exists()
+
+
+def test_a_missing_default_suite_is_named(lake, daily_usecase):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    (daily_usecase / "expectations" / "stations.json").unlink()
+    _land_daily(lake, _daily_frames())
+    (batch,) = _ingest(lake)
+    with pytest.raises(AirflowFailException, match=r"no expectation suite for stations\.csv: .*stations\.json"):
+        _validate(lake, daily_usecase, batch)
+
+
+def test_a_failing_prepare_validation_fails_once_naming_it(lake, daily_usecase):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    (daily_usecase / "usecase.py").write_text("def prepare_validation(frames):\n    return frames['nope']\n")
+    _land_daily(lake, _daily_frames())
+    (batch,) = _ingest(lake)
+    with pytest.raises(AirflowFailException, match=r"prepare_validation\(\) of .*usecase\.py failed on batch"):
+        _validate(lake, daily_usecase, batch)
+
+
+def test_pending_days_are_ingested_and_months_ignored(lake):
+    """A run without a period takes every complete daily batch waiting; a month folder is not a daily batch."""
+    for day in ("2024-05-18", "2024-05-17"):
+        _land_daily(lake, _daily_frames(day), day)
+    _land_daily(lake, _daily_frames("2024-05-01"), "2024-05")
+    batches = _ingest(lake, period=None)
+    assert [b["period"] for b in batches] == ["2024-05-17", "2024-05-18"]
+    assert lake.path("landing", "2024-05").exists()
+    again = _ingest(lake, period="2024-05-18")  # nothing landed: the newest raw batch, for re-validation
+    assert [b["batch_id"] for b in again] == [batches[1]["batch_id"]]
+
+
+def test_a_named_period_of_the_wrong_form_fails_once(lake):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="not a day"):
+        _ingest(lake, period="2024-05")

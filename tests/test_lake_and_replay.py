@@ -49,6 +49,20 @@ def test_committed_months_lists_only_month_folders_with_a_manifest(lake):
     assert lake.committed_months("features") == []
 
 
+def test_committed_periods_lists_day_partitions_too(lake):
+    for period in ("2024-05-17", "2024-05-02", "2024-04"):
+        folder = lake.path("validated", period)
+        lake.write_manifest(folder, [lake.write_file(folder / "a.parquet", b"1", rows=1)], period=period)
+    lake.write_file(lake.path("validated", "2024-05-03", "a.parquet"), b"1", rows=1)  # written, never committed
+    lake.write_manifest(lake.path("validated", "2024-5-4"), [])  # not a normalised period name
+    assert lake.committed_periods("validated") == ["2024-04", "2024-05-02", "2024-05-17"]
+    assert lake.committed_periods("validated", kind="day") == ["2024-05-02", "2024-05-17"]
+    assert lake.committed_periods("validated", kind="month") == ["2024-04"]
+    assert lake.committed_months("validated") == lake.committed_periods("validated")
+    with pytest.raises(ValueError, match="not a period kind"):
+        lake.committed_periods("validated", kind="week")
+
+
 def test_build_features_catches_up_validated_months_left_without_features(lake):
     """Events folded into one run may name only the last month: the months behind it are built too."""
     from airflow_mlops.operators.features import BuildFeaturesOperator

@@ -1,7 +1,10 @@
 """Batch validation with Great Expectations 1.x: suites kept as JSON, results reduced to a small report.
 
-The suites live in ``include/expectations/*.json`` (GX 1.x suite format). Values that depend on the batch
-(its year and month) are suite parameters: ``{"$PARAMETER": "month"}``.
+A suite is a GX 1.x suite kept as JSON, one per batch file (a use case's ``expectations/<file stem>.json``).
+Values that depend on the batch (its period) are suite parameters: ``{"$PARAMETER": "month"}``
+(``batch_parameters`` lists them). Before GX sees a batch, its timestamp columns are parsed and an optional
+user function (a use case's ``prepare_validation``) may add columns a suite checks; those derived columns'
+names start with ``_`` and are never published.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-#: Columns the validator derives from the batch before GX sees it (their names start with ``_``).
-WEATHER_MATCH = "_weather_match"
-PLANE_KNOWN = "_plane_known"
+#: Columns whose names start with this are derived for validation only (by ``prepare_validation``): never published.
+DERIVED_PREFIX = "_"
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,11 @@ def load_suite(path: str | Path) -> dict:
 
 
 def read_csv_tolerant(data: bytes, name: str) -> tuple[pd.DataFrame, str | None]:
-    """Parse an upstream CSV; an unreadable file becomes an empty frame and a note, so GX still reports on it."""
+    """Parse an upstream CSV; an unreadable file becomes an empty frame and a note, so GX still reports on it.
+
+    :param data: the file's bytes.
+    :param name: the file's name (for the note).
+    """
     import pandas as pd
 
     try:
@@ -144,43 +152,104 @@ def read_csv_tolerant(data: bytes, name: str) -> tuple[pd.DataFrame, str | None]
         return pd.DataFrame(), f"{name} could not be parsed: {err}"
 
 
-def parse_timestamps(frame: pd.DataFrame, column: str = "time_hour") -> pd.DataFrame:
-    """UTC timestamps from ISO strings; unparseable values become NaT, which the null checks then catch."""
+def read_frame_tolerant(data: bytes, name: str) -> tuple[pd.DataFrame, str | None]:
+    """Parse an upstream batch file, CSV or Parquet (by its name); an unreadable one becomes an empty frame and a note.
+
+    :param data: the file's bytes.
+    :param name: the file's name (``.parquet``/``.pq``: Parquet; anything else: CSV).
+    """
     import pandas as pd
 
-    if column in frame.columns:
-        frame = frame.copy()
-        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce", format="ISO8601").astype(
+    from airflow_mlops.core.batches import is_parquet
+
+    if not is_parquet(name):
+        return read_csv_tolerant(data, name)
+    if not data:
+        return pd.DataFrame(), f"{name} is empty (0 data bytes)"
+    try:
+        return pd.read_parquet(io.BytesIO(data)), None
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        return pd.DataFrame(), f"{name} could not be parsed: {err}"
+
+
+def parse_timestamps(frame: pd.DataFrame, columns: str | Sequence[str], format: str | None = "ISO8601") -> pd.DataFrame:
+    """UTC timestamps in ``columns`` (those present); unparseable values become NaT, which null checks then catch.
+
+    :param frame: the frame (not modified).
+    :param columns: the column(s) to parse.
+    :param format: the ``pandas.to_datetime`` format; None lets pandas infer it.
+    """
+    import pandas as pd
+
+    present = [c for c in ([columns] if isinstance(columns, str) else columns) if c in frame.columns]
+    if not present:
+        return frame
+    frame = frame.copy()
+    for column in present:
+        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce", format=format).astype(
             "datetime64[us, UTC]"
         )
     return frame
 
 
-def prepare_batch(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Type a batch for validation and derive the joinability columns on ``flights``.
+def prepare_batch(
+    frames: dict[str, pd.DataFrame],
+    prepare: Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]] | None = None,
+    timestamps: Mapping[str, str | Sequence[str]] | None = None,
+    timestamp_format: str | None = "ISO8601",
+) -> dict[str, pd.DataFrame]:
+    """Type a batch for validation, then hand it to the use case's ``prepare`` function, if any.
 
-    ``_weather_match``: the flight finds its origin's weather at its scheduled hour in ``weather``.
-    ``_plane_known``: the flight's tail number is in the ``planes`` registry (when the batch carries one).
-    Other frames pass through with their ``time_hour`` parsed.
+    :param frames: frame name (file stem) → frame, as read from the batch's files.
+    :param prepare: ``prepare_validation(frames) -> frames``: adds the columns a suite checks (derived columns
+        start with ``_`` and are never published); it gets every frame and must return every frame.
+    :param timestamps: frame name → column(s) parsed as UTC timestamps before ``prepare`` runs.
+    :param timestamp_format: the format of those columns (``pandas.to_datetime``); None: inferred.
+    :raises TypeError: ``prepare`` did not return a mapping of DataFrames.
+    :raises ValueError: ``prepare`` dropped frames of the batch.
     """
-    prepared = {name: parse_timestamps(frame) for name, frame in frames.items()}
-    flights, weather = prepared.get("flights"), prepared.get("weather")
-    if flights is None or not len(flights.columns):
+    import pandas as pd
+
+    timestamps = timestamps or {}
+    prepared = {
+        name: parse_timestamps(frame, timestamps[name], timestamp_format) if name in timestamps else frame
+        for name, frame in frames.items()
+    }
+    if prepare is None:
         return prepared
-    keys = ["origin", "time_hour"]
-    if weather is not None and all(k in flights.columns and k in weather.columns for k in keys):
-        known = weather.loc[:, keys].drop_duplicates().assign(**{WEATHER_MATCH: True})
-        flights = flights.merge(known, on=keys, how="left", validate="many_to_one")
-        flights[WEATHER_MATCH] = flights[WEATHER_MATCH].eq(True)
-    else:
-        flights = flights.assign(**{WEATHER_MATCH: False})
-    planes = prepared.get("planes")
-    if planes is not None:
-        registry = set(planes["tailnum"].dropna()) if "tailnum" in planes.columns else set()
-        tails = flights["tailnum"] if "tailnum" in flights.columns else None
-        flights[PLANE_KNOWN] = tails.isin(registry) | tails.isna() if tails is not None else False
-    prepared["flights"] = flights
-    return prepared
+    where = getattr(prepare, "__qualname__", repr(prepare))
+    out = prepare(dict(prepared))
+    if not isinstance(out, dict) or not all(isinstance(f, pd.DataFrame) for f in out.values()):
+        raise TypeError(f"{where}() must return a dict of frame name -> pandas DataFrame, not {type(out).__name__}")
+    dropped = sorted(set(prepared) - set(out))
+    if dropped:
+        raise ValueError(f"{where}() must return every frame of the batch; it dropped {', '.join(dropped)}")
+    return out
+
+
+def batch_parameters(period: str) -> dict[str, Any]:
+    """The suite parameters of a batch of ``period``: ``period``, ``year``, ``month`` and, for a daily batch,
+    ``day`` (all of its start, UTC); a suite pins the batch to its period with ``{"$PARAMETER": "month"}``.
+
+    :param period: ``YYYY-MM`` or ``YYYY-MM-DD``.
+    """
+    from airflow_mlops.core.batches import parse_period, period_bounds, period_kind
+
+    period = parse_period(period)
+    start = period_bounds(period)[0]
+    params: dict[str, Any] = {"period": period, "year": start.year, "month": start.month}
+    if period_kind(period) == "day":
+        params["day"] = start.day
+    return params
+
+
+def published_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the columns derived for validation (names starting with ``_``).
+
+    :param frame: a prepared frame.
+    """
+    derived = [c for c in frame.columns if str(c).startswith(DERIVED_PREFIX)]
+    return frame.drop(columns=derived) if derived else frame
 
 
 def _failure(result: dict) -> ExpectationFailure:

@@ -113,17 +113,29 @@ class LakeHook(BaseHook):
             return None
         return json.loads(path.read_bytes())
 
-    def committed_months(self, zone: str) -> list[str]:
-        """The months committed (manifest written) in ``zone``, e.g. ``validated``, oldest first."""
-        from airflow_mlops.core.batches import parse_month
+    def committed_periods(self, zone: str, kind: str | None = None) -> list[str]:
+        """The periods (``YYYY-MM`` months and ``YYYY-MM-DD`` days) committed (manifest written) in ``zone``.
 
+        Oldest first (months before days when a zone holds both). Folders named otherwise (a report, a temporary
+        file, ``2013-3``) are not partitions.
+
+        :param zone: e.g. ``validated``.
+        :param kind: only periods of this kind (``month`` or ``day``); None: both.
+        """
+        from airflow_mlops.core.batches import check_kind, parse_period, period_kind
+
+        if kind is not None:
+            check_kind(kind)
         folder = self.path(zone)
-        months = []
+        periods = []
         for entry in folder.iterdir() if folder.exists() else []:
             try:
-                month = parse_month(entry.name)
+                period = parse_period(entry.name)
             except ValueError:
-                continue  # not a month folder (a report, a temporary file)
-            if month == entry.name and (entry / MANIFEST).exists():
-                months.append(month)
-        return sorted(months)
+                continue  # not a period folder
+            if period == entry.name and (kind is None or period_kind(period) == kind) and (entry / MANIFEST).exists():
+                periods.append(period)
+        return sorted(periods, key=lambda p: (len(p), p))
+
+    #: The name monthly code uses; it lists day partitions too.
+    committed_months = committed_periods
