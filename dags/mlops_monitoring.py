@@ -32,11 +32,9 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from airflow_mlops.assets import FEATURES, OUTCOMES, RETRAIN_REQUESTED
-from airflow_mlops.operators.monitoring import (
-    DriftCheckOperator,
-    PerformanceCheckOperator,
-    RetrainingPolicyOperator,
-)
+from airflow_mlops.operators.drift_check import DriftCheckOperator
+from airflow_mlops.operators.performance_check import PerformanceCheckOperator
+from airflow_mlops.operators.retraining_policy import RetrainingPolicyOperator
 
 with DAG(
     dag_id="mlops_monitoring",

@@ -1,8 +1,10 @@
-"""core.drift and core.performance on small real frames: profiles, scores, period selection, the outcome join."""
+"""core.drift and core.performance on small real frames: profiles, scores, period selection, batch rows, the outcome
+join (from a use case's module file), classification and regression performance and their decay."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,8 @@ import pytest
 
 from airflow_mlops.core import drift, performance
 from airflow_mlops.core.evaluation import Evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _frame(n: int, seed: int, shift: float = 0.0, carriers=("UA", "AA", "DL", "B6")) -> pd.DataFrame:
@@ -102,52 +106,204 @@ def test_unknown_method_and_columns_are_refused(profile):
         drift.compare(profile, _frame(10, seed=0).assign(x=1), SETTINGS, columns=["x"])
 
 
-def test_the_period_is_the_flights_departure_not_the_wall_clock():
+def test_the_period_is_the_event_time_not_the_wall_clock():
     log = pd.DataFrame(
         {
             "timestamp": pd.to_datetime(["2026-11-25T10:00"] * 4, utc=True),
-            "flight_id": ["20130301T05-UA-1", "20130331T23-UA-2", "20130401T00-UA-3", "20130215T10-UA-4"],
+            "row_id": ["20130301T05-a-1", "20130331T23-b-2", "20130401T00-c-3", "20130215T10-d-4"],
         }
     )
-    picked = drift.select_period(log, pd.Timestamp("2013-03-01", tz="UTC"), pd.Timestamp("2013-04-01", tz="UTC"))
-    assert picked["flight_id"].tolist() == ["20130301T05-UA-1", "20130331T23-UA-2"]
-    # A logged scheduled departure wins over the hour in the id.
-    log["input_scheduled_departure"] = pd.to_datetime(["2013-03-01T05:30", None, "2013-03-31T23:59", None], utc=True)
-    picked = drift.select_period(log, pd.Timestamp("2013-03-01", tz="UTC"), pd.Timestamp("2013-04-01", tz="UTC"))
-    assert picked["flight_id"].tolist() == ["20130301T05-UA-1", "20130331T23-UA-2", "20130401T00-UA-3"]
+    march = pd.Timestamp("2013-03-01", tz="UTC"), pd.Timestamp("2013-04-01", tz="UTC")
+    assert drift.select_period(log, *march).empty  # no event time, and no rule to read one from the id
+    by_id = {"id_column": "row_id", "id_time_format": "%Y%m%dT%H"}
+    assert drift.select_period(log, *march, **by_id)["row_id"].tolist() == ["20130301T05-a-1", "20130331T23-b-2"]
+    # A logged event time (an input_* datetime column, found by itself) wins over the time in the id.
+    log["input_when"] = pd.to_datetime(["2013-03-01T05:30", None, "2013-03-31T23:59", None], utc=True)
+    picked = drift.select_period(log, *march, **by_id)
+    assert picked["row_id"].tolist() == ["20130301T05-a-1", "20130331T23-b-2", "20130401T00-c-3"]
+    assert drift.select_period(log, *march)["row_id"].tolist() == ["20130301T05-a-1", "20130401T00-c-3"]
+    # Named explicitly, another column is read instead.
+    log["when"] = pd.to_datetime(["2013-02-01", "2013-03-02", "2013-03-03", "2013-03-04"], utc=True)
+    assert drift.select_period(log, *march, event_column="when")["row_id"].tolist() == [
+        "20130331T23-b-2",
+        "20130401T00-c-3",
+        "20130215T10-d-4",
+    ]
 
 
-# -- performance ------------------------------------------------------------------------------------------------
-def test_outcomes_use_the_feature_stage_flight_id_and_skip_cancelled():
-    flights = pd.DataFrame(
-        {
-            "time_hour": pd.to_datetime(["2013-01-01T10:00Z", "2013-01-01T11:00Z", "2013-01-02T05:00Z"]),
-            "carrier": ["ua", "AA", "DL"],
-            "flight": [1545, 7, 9],
-            "arr_delay": [20.0, 15.0, np.nan],
-        }
+def test_the_batch_rows_come_from_the_partition_label_rows_and_id_keyed_views():
+    labels = pd.DataFrame(
+        {"row_id": ["a", "b", "c"], "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC"), "zone": ["n", "s", "n"]}
+    ).assign(target=[1.0, 2.0, 3.0], zone_slot=["n@0", "s@0", "n@0"])
+    by_id = pd.DataFrame({"row_id": ["c", "a", "z"], "x1": [30.0, 10.0, 99.0], "unused": [0, 0, 0]})
+    by_slot = pd.DataFrame({"zone_slot": ["n@0", "s@0"], "x2": [5.0, 6.0]})
+    files = {drift.LABELS_FILE: labels, "row_view": by_id, "zone_view": by_slot}
+    out = drift.batch_frame(files, id_column="row_id", label="target", features=["zone", "x1", "x2"])
+    assert list(out.columns) == ["row_id", "zone", "target", "x1"]  # x2 needs a point-in-time join: left out
+    assert out["row_id"].tolist() == ["a", "b", "c"] and out["x1"].fillna(-1).tolist() == [10.0, -1, 30.0]
+    assert drift.batch_frame({"row_view": by_id}, id_column="row_id", label="target", features=["x1"]) is None
+
+
+def test_a_period_is_judged_on_its_traffic_else_on_its_batch(profile):
+    columns = drift.MonitoredColumns(id="row_id", label="y", prediction=drift.PREDICTION)
+    features = ["carrier", "distance", "sched_hour", "temp"]
+    settings = drift.DriftSettings(min_rows=1_000)
+    batch = _frame(3_000, seed=7).drop(columns=[drift.PREDICTION]).assign(distance=lambda f: f["distance"] * 2)
+    assessed = drift.assess_period(profile, _frame(3_000, seed=6), batch, settings, features=features, columns=columns)
+    summary = drift.period_summary(assessed, settings)
+    assert (summary["status"], summary["source"], summary["drifted_columns"]) == ("ok", "traffic", [])
+    assert summary["batch"]["drifted_columns"] == ["distance"]
+    metrics = drift.summary_metrics(summary)
+    assert metrics["drift_rows"] == 3_000 and set(metrics) >= {
+        "drift_share",
+        "drift_score.distance",
+        "prediction_drift",
+    }
+    assert drift.report_columns(assessed, _Kinds(), drift.PREDICTION)["numeric"][-1] == drift.PREDICTION
+
+    few = drift.assess_period(profile, _frame(100, seed=8), batch, settings, features=features, columns=columns)
+    summary = drift.period_summary(few, settings)
+    assert (summary["source"], summary["drifted_columns"], summary["rows"]) == ("batch", ["distance"], 3_000)
+    assert summary["prediction_drift"] == summary["traffic"]["prediction_drift"] is not None  # still the traffic's
+
+    empty = drift.assess_period(profile, _frame(0, seed=9), None, settings, features=features, columns=columns)
+    assert drift.period_summary(empty, settings)["status"] == "no_data"
+
+
+class _Kinds:
+    categorical = ("carrier",)
+    numeric = ("distance", "sched_hour", "temp")
+
+
+def test_the_reference_sample_names_its_predictions_as_the_traffic_does():
+    frame = _frame(2_000, seed=10).assign(row_id=lambda f: [f"r{i}" for i in range(len(f))], y=1, period="2024-01")
+
+    class Config(_Kinds):
+        features = [*_Kinds.categorical, *_Kinds.numeric]
+        month_column = "period"
+
+    columns = drift.MonitoredColumns(id="row_id", label="y", prediction="score")
+    profile, sample = drift.build_reference(
+        frame, frame[drift.PREDICTION].to_numpy(), config=Config(), columns=columns, settings=SETTINGS, sample_size=500
     )
-    out = performance.outcomes_from_flights(flights, threshold_minutes=15)
-    assert out["flight_id"].tolist() == ["20130101T10-UA-1545", "20130101T11-AA-7"]
-    assert out["is_late"].tolist() == [1, 0]
+    assert profile.prediction.name == "score" and profile.label_rate == 1.0
+    assert list(sample.columns) == ["row_id", "y", "period", *Config.features, "score"] and len(sample) == 500
 
 
-def test_join_keeps_the_newest_prediction_per_flight():
-    log = pd.DataFrame(
-        {
-            "timestamp": pd.to_datetime(["2026-01-01T00:00", "2026-01-01T00:05", "2026-01-01T00:01"], utc=True),
-            "flight_id": ["A", "A", "B"],
-            drift.PREDICTION: [0.1, 0.9, 0.5],
-        }
+# -- outcomes ---------------------------------------------------------------------------------------------------
+def _ctx(frames: dict[str, pd.DataFrame], **params):
+    from airflow_mlops.usecase import FeatureContext
+
+    return FeatureContext(period="2024-01", frames={"2024-01": frames}, params=params)
+
+
+EVENTS = pd.DataFrame({"key": ["a", "b", "c", "d"], "value": [3.0, 12.0, None, 7.0]})
+
+
+def test_outcomes_come_from_the_use_case_module_file(tmp_path):
+    module = tmp_path / "usecase.py"
+    module.write_text(
+        "def outcomes(ctx):\n"
+        "    events = ctx.current['events']\n"
+        "    done = events[events['value'].notna()]\n"
+        "    return done.assign(row_id=done['key'].str.upper(), big=(done['value'] > ctx.params['limit']).astype(int))\n"
     )
-    joined = performance.join_outcomes(log, pd.DataFrame({"flight_id": ["A"], "is_late": [1]}))
-    assert joined.frame[drift.PREDICTION].tolist() == [0.9]
-    assert (joined.predictions, joined.unique_flights, joined.without_outcome) == (3, 2, 1)
+    out = performance.load_outcomes(module, _ctx({"events": EVENTS}, limit=5), id_column="row_id", label="big")
+    assert out.to_dict("list") == {"row_id": ["A", "B", "D"], "big": [0, 1, 1]}
+
+
+def test_without_outcomes_the_label_rows_are_the_outcomes(tmp_path):
+    module = tmp_path / "rows.py"
+    module.write_text(
+        "def label_rows(ctx):\n"
+        "    events = ctx.current['events']\n"
+        "    return events.rename(columns={'key': 'row_id', 'value': 'y'}).assign(other=1)\n"
+    )
+    out = performance.load_outcomes(module, _ctx({"events": EVENTS}), id_column="row_id", label="y")
+    assert out.to_dict("list") == {"row_id": ["a", "b", "d"], "y": [3.0, 12.0, 7.0]}  # no label: no outcome
 
 
 @pytest.mark.parametrize(
+    ("body", "error", "match"),
+    [
+        pytest.param("x = 1\n", "UserCodeError", "no function label_rows", id="neither-function"),
+        pytest.param("def outcomes(ctx, extra):\n    pass\n", "UserCodeError", "1 positional", id="wrong-arity"),
+        pytest.param("def outcomes(ctx):\n    return [1]\n", "OutcomesError", "DataFrame, not list", id="not-a-frame"),
+        pytest.param(
+            "import pandas as pd\ndef outcomes(ctx):\n    return pd.DataFrame({'row_id': ['a']})\n",
+            "OutcomesError",
+            "no column y",
+            id="no-label",
+        ),
+        pytest.param(
+            "import pandas as pd\ndef outcomes(ctx):\n    return pd.DataFrame({'row_id': ['a', 'a'], 'y': [1, 0]})\n",
+            "OutcomesError",
+            "1 ids twice, e.g. a",
+            id="id-twice",
+        ),
+    ],
+)
+def test_a_broken_outcomes_module_is_named_in_the_error(tmp_path, body, error, match):
+    from airflow_mlops.usecase import UserCodeError
+
+    module = tmp_path / "broken.py"
+    module.write_text(body)
+    expected = {"UserCodeError": UserCodeError, "OutcomesError": performance.OutcomesError}[error]
+    with pytest.raises(expected, match=match) as raised:
+        performance.load_outcomes(module, _ctx({}), id_column="row_id", label="y")
+    assert "broken.py" in str(raised.value)
+
+
+@pytest.mark.skipif(not (ROOT / "examples" / "flight_delay" / "usecase.py").exists(), reason="no flight example")
+def test_the_flight_example_outcomes_use_the_feature_stage_id_and_skip_cancelled():
+    flights = pd.DataFrame(
+        {
+            "time_hour": pd.to_datetime(["2013-01-01T10:00Z", "2013-01-01T11:00Z", "2013-01-02T05:00Z"]),
+            "minute": [15, 0, 30],
+            "carrier": ["ua", "AA", "DL"],
+            "flight": [1545, 7, 9],
+            "origin": ["EWR", "JFK", "LGA"],
+            "dest": ["IAH", "MIA", "ATL"],
+            "arr_delay": [20.0, 15.0, np.nan],
+        }
+    )
+    module = ROOT / "examples" / "flight_delay" / "usecase.py"
+    ctx = _ctx({"flights": flights}, threshold_minutes=15)
+    out = performance.load_outcomes(module, ctx, id_column="flight_id", label="is_late")
+    assert sorted(zip(out["flight_id"], out["is_late"], strict=True)) == [
+        ("20130101T10-UA-1545", 1),
+        ("20130101T11-AA-7", 0),
+    ]
+
+
+def test_join_keeps_the_newest_prediction_per_id():
+    log = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(["2026-01-01T00:00", "2026-01-01T00:05", "2026-01-01T00:01"], utc=True),
+            "row_id": ["A", "A", "B"],
+            drift.PREDICTION: [0.1, 0.9, 0.5],
+        }
+    )
+    joined = performance.join_outcomes(log, pd.DataFrame({"row_id": ["A"], "y": [1]}), id_column="row_id", label="y")
+    assert joined.frame[drift.PREDICTION].tolist() == [0.9] and joined.frame["y"].dtype == "int64"
+    assert (joined.predictions, joined.unique_ids, joined.without_outcome) == (3, 2, 1)
+    values = performance.join_outcomes(
+        log, pd.DataFrame({"row_id": ["A", "B"], "y": [1.5, 2.0]}), id_column="row_id", label="y"
+    )
+    assert values.frame["y"].tolist() == [2.0, 1.5] and values.frame["y"].dtype == "float64"  # a regression label
+
+
+# -- performance ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
     ("metric", "live", "holdout", "expected"),
-    [("roc_auc", 0.70, 0.75, 0.05), ("log_loss", 0.55, 0.50, 0.05), ("brier", 0.15, 0.18, -0.03)],
+    [
+        ("roc_auc", 0.70, 0.75, 0.05),
+        ("log_loss", 0.55, 0.50, 0.05),
+        ("brier", 0.15, 0.18, -0.03),
+        ("rmse", 2.5, 2.0, 0.5),
+        ("mae", 1.0, 1.5, -0.5),
+        ("r2", 0.6, 0.8, 0.2),
+    ],
 )
 def test_decay_is_positive_when_worse_whatever_the_direction(metric, live, holdout, expected):
     assert performance.decay({metric: live}, {metric: holdout}, [metric])[metric] == pytest.approx(expected)
@@ -180,3 +336,94 @@ def test_measure_compares_slices_big_enough_on_both_sides():
     assert summary["decay"]["roc_auc"] > 0.05
     assert list(summary["slice_decay"]) == ["carrier=UA"]  # AA: too small on both sides
     assert summary["worst_slice_decay"]["roc_auc"]["slice"] == "carrier=UA"
+
+
+def test_settings_take_the_task_metrics_and_refuse_another_task_metrics():
+    assert performance.PerformanceSettings.from_config({}, task="regression").metrics == ("rmse", "mae", "r2")
+    assert performance.PerformanceSettings.from_config({"performance": {"slice_columns": ["zone"]}}).slice_columns == (
+        "zone",
+    )
+    with pytest.raises(ValueError, match="unknown regression metrics"):
+        performance.PerformanceSettings.from_config({"performance": {"metrics": ["roc_auc"]}}, task="regression")
+    with pytest.raises(ValueError, match="unknown task"):
+        performance.PerformanceSettings(task="ranking")
+
+
+def _regression_frame(n: int, seed: int, noise: dict[str, float]) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    zone = np.where(np.arange(n) % 4 == 0, "east", "west")
+    y = rng.normal(10, 3, n)
+    scale = pd.Series(zone).map(noise).to_numpy()
+    return pd.DataFrame({"zone": zone, "y": y, "score": y + rng.normal(0, 1, n) * scale})
+
+
+def test_regression_performance_is_rmse_mae_r2_overall_and_per_slice():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    settings = performance.PerformanceSettings(
+        task="regression", metrics=("rmse", "mae", "r2"), slice_columns=("zone",), min_rows=100, min_slice_size=100
+    )
+    holdout_frame = _regression_frame(4_000, seed=1, noise={"east": 1.0, "west": 1.0})
+    holdout = performance.evaluate_regression(holdout_frame, holdout_frame["score"], label="y", slices=["zone"])
+    live_frame = _regression_frame(4_000, seed=2, noise={"east": 3.0, "west": 1.0})  # the east got worse
+    result = performance.measure(live_frame, "score", label="y", threshold=None, holdout=holdout, settings=settings)
+
+    y, p = live_frame["y"], live_frame["score"]
+    rmse = float(np.sqrt(mean_squared_error(y, p)))
+    assert result.live.overall["rmse"] == pytest.approx(rmse)
+    assert result.live.overall["mae"] == pytest.approx(mean_absolute_error(y, p))
+    assert result.live.overall["r2"] == pytest.approx(r2_score(y, p))
+    assert result.decay["rmse"] == pytest.approx(rmse - holdout.overall["rmse"]) and result.decay["rmse"] > 0
+    assert result.decay["r2"] == pytest.approx(holdout.overall["r2"] - r2_score(y, p)) and result.decay["r2"] > 0
+    summary = result.summary()
+    assert summary["worst_slice_decay"]["rmse"]["slice"] == "zone=east"
+    assert result.slice_decay["zone=west"]["rmse"] == pytest.approx(
+        result.live.slices["zone"]["west"]["rmse"] - holdout.slices["zone"]["west"]["rmse"]
+    )
+    assert result.slice_decay["zone=east"]["rmse"] > 1 > abs(result.slice_decay["zone=west"]["rmse"])
+    metrics = result.metrics()
+    assert metrics["live_rows"] == 4_000 and metrics["decay_rmse"] == pytest.approx(result.decay["rmse"])
+    assert metrics["worst_slice_decay_rmse"] == summary["worst_slice_decay"]["rmse"]["decay"]
+
+
+def test_regression_r2_is_undefined_on_a_constant_label():
+    out = performance.regression_metrics([2.0, 2.0, 2.0], [1.0, 2.0, 4.0])
+    assert out["r2"] is None and out["mae"] == pytest.approx(1.0) and out["rmse"] == pytest.approx(np.sqrt(5 / 3))
+    assert performance.regression_metrics([], [])["rmse"] is None
+
+
+def test_the_holdout_rows_of_the_reference_sample():
+    sample = pd.DataFrame({"period": ["2024-01", "2024-02", "2024-02"], "y": [1, 0, 1]})
+    rows = performance.holdout_rows(sample, ["2024-02"], period_column="period", label="y")
+    assert rows["y"].tolist() == [0, 1]
+    assert performance.holdout_rows(sample, [], period_column="period", label="y") is None
+    assert performance.holdout_rows(sample, ["2023-12"], period_column="period", label="y") is None
+
+
+def test_assess_reads_the_logged_threshold_and_reports_a_missing_holdout():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600)
+    log = pd.DataFrame(
+        {"row_id": [f"r{i}" for i in range(600)], "p": np.clip(y * 0.4 + rng.random(600) * 0.6, 0, 1)}
+    ).assign(threshold=[0.5] * 599 + [0.7])
+    joined = performance.join_outcomes(
+        log, pd.DataFrame({"row_id": log["row_id"], "y": y}), id_column="row_id", label="y"
+    )
+    columns = drift.MonitoredColumns(id="row_id", label="y", prediction="p")
+    settings = performance.PerformanceSettings(min_rows=100)
+    result, summary = performance.assess(
+        joined, log, columns=columns, default_threshold=0.35, holdout=None, settings=settings
+    )
+    assert (summary["status"], summary["threshold"], summary["rows"]) == ("no_holdout", 0.7, 600)
+    assert "no hold-out" in summary["reason"] and summary["decay"] == {"roc_auc": None, "log_loss": None, "brier": None}
+    assert result.live.threshold == 0.7 and result.live.overall["roc_auc"] > 0.7
+    regression = drift.MonitoredColumns(id="row_id", label="y", prediction="p", task="regression")
+    _, summary = performance.assess(
+        joined,
+        log,
+        columns=regression,
+        default_threshold=0.35,
+        holdout={"overall": {"rmse": 0.1, "mae": 0.1, "r2": 0.9}},
+        settings=performance.PerformanceSettings(task="regression", metrics=("rmse", "mae", "r2")),
+    )
+    assert summary["status"] == "ok" and summary["threshold"] is None and summary["decay"]["rmse"] > 0

@@ -4,7 +4,8 @@ A champion is trained on a sample of January–March 2013 (training_fixtures). T
 serving stage's own writer, predictions of that champion for:
 * May 2013: other January–March flights (same distribution as the reference) stamped as May departures;
 * June 2013: the same flights with ``distance`` shifted (a planted drift);
-* April 2013: the real April flights, whose outcomes arrive with the validated April batch.
+* April 2013: the real April flights, whose outcomes arrive with the validated April batch and its committed
+  feature partition (label rows, a view keyed by the flight id, a view keyed by a time slot).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from features_fixtures import seed_validated
 from training_fixtures import build_frame, run_pipeline, task_context, write_configs, write_snapshot
 
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = "flight_delay_test"
 MONITORING_YAML = """
+prediction_column: probability_late
+id_time_format: "%Y%m%dT%H"
 reference: {bins: 20, max_categories: 100, sample_rows: 3000}
 drift:
   method: psi
@@ -58,6 +62,26 @@ def _restamp(frame: pd.DataFrame, month: str) -> pd.DataFrame:
         + pd.Series(np.arange(len(out)), index=out.index).astype(str)
     )
     return out
+
+
+def _seed_features(lake, frame: pd.DataFrame, month: str) -> None:
+    """Commit ``features/<month>/`` as the feature stage does: label rows, a view keyed by the row id, and a view
+    keyed by a time slot (which the batch side cannot join without a point-in-time join)."""
+    views = {
+        "labels": frame[["flight_id", "event_timestamp", "carrier", "origin", "is_late", "month"]],
+        "flight_features": frame[
+            ["flight_id", "event_timestamp", "dest", "sched_hour", "weekday", "distance", "plane_age", "plane_seats"]
+        ].assign(plane_known=frame["plane_known"]),
+        "origin_weather": frame[["origin", "event_timestamp", "temp"]]
+        .assign(weather_slot=lambda f: f["origin"] + "@" + f["event_timestamp"].dt.strftime("%Y%m%dT%H"))
+        .drop_duplicates("weather_slot"),
+    }
+    target = lake.path("features", month)
+    records = [
+        lake.write_file(target / f"{name}.parquet", view.to_parquet(index=False), rows=len(view))
+        for name, view in views.items()
+    ]
+    lake.write_manifest(target, records, month=month)
 
 
 def _log_rows(frame: pd.DataFrame, proba: np.ndarray, features: list[str], version: str) -> list[dict]:
@@ -126,20 +150,23 @@ def stack(tmp_path_factory):
 
         same = _restamp(rest, "2013-05")
         shifted = _restamp(rest, "2013-06").assign(distance=lambda f: f["distance"] * 1.7 + 300)
-        april = build_frame((4,)).sample(n=4000, random_state=2)
+        april_all = build_frame((4,))
         # The feature stage's and the serving log's key: "<UTC hour %Y%m%dT%H>-<carrier>-<flight>".
-        hour, rest_of_id = april["flight_id"].str.split("-", n=1).str[0], april["flight_id"].str.split("-", n=1).str[1]
-        april["flight_id"] = hour.str.slice(0, 11) + "-" + rest_of_id
+        parts = april_all["flight_id"].str.split("-", n=1)
+        april_all["flight_id"] = parts.str[0].str.slice(0, 11) + "-" + parts.str[1]
+        april = april_all.sample(n=4000, random_state=2)
         writer = LakePartWriter(lake)
         for frame in (same, shifted, april):
             writer(_log_rows(frame, score(frame), config.features, "1"))
         seed_validated(lake, "2013-04")
+        _seed_features(lake, april_all, "2013-04")
         yield {
             "root": root,
             "lake": lake,
             "paths": paths,
             "config": config,
             "april": april,
+            "april_all": april_all,
             "rest": rest,
             "score": score,
             "writer": writer,
@@ -247,17 +274,38 @@ def test_the_evidently_report_leaves_an_empty_column_out_of_drift_only():
     assert "MissingValueCount(column=gust)" in names and snapshot._metadata["not_scored"] == "gust"
 
 
-def test_the_batch_side_carries_the_flight_level_features_and_the_label(stack):
+def test_the_regression_report_scores_the_same_rmse_as_the_check():
+    from airflow_mlops.core.performance import regression_metrics
+    from airflow_mlops.hooks.evidently_workspace import EvidentlyHook
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(10, 3, 400)
+    frame = pd.DataFrame({"y": y, "score": y + rng.normal(0, 1, 400)})
+    current = frame.iloc[200:]
+    snapshot = EvidentlyHook.performance_report("regression", frame.iloc[:200], current, target="y", prediction="score")
+    values = {m["metric_name"].split("(")[0]: m.get("value") for m in snapshot.dict()["metrics"]}
+    assert values["RMSE"] == pytest.approx(regression_metrics(current["y"], current["score"])["rmse"])
+
+
+def test_the_batch_side_is_the_partition_label_rows_with_the_id_keyed_views(stack):
     from airflow_mlops.core import drift
-    from airflow_mlops.operators.monitoring import DriftCheckOperator
+    from airflow_mlops.operators.drift_check import DriftCheckOperator
 
     op = _op(DriftCheckOperator, stack)
-    frame = op._batch_features("2013-04", stack["config"])
+    champion = op.champion()
+    columns = op.columns(champion)
+    assert (columns.id, columns.label, columns.prediction, columns.task) == (
+        "flight_id",
+        "is_late",
+        "probability_late",
+        "classification",
+    )
+    frame = op.batch_features("2013-04", champion["config"].features, columns)
     assert {"carrier", "origin", "dest", "distance", "sched_hour", "weekday", "plane_age", "is_late"} <= set(
         frame.columns
     )
-    champion = op.champion()
-    profile, _ = op.reference(champion, drift.DriftSettings.from_config(op.config))
+    assert "temp" not in frame.columns and len(frame) == len(stack["april_all"])  # the slot-keyed view is left out
+    profile, _ = op.reference(champion, drift.DriftSettings.from_config(op.config), columns)
     result = drift.compare(
         profile,
         frame,
@@ -266,21 +314,86 @@ def test_the_batch_side_carries_the_flight_level_features_and_the_label(stack):
         prediction_column=None,
         label="is_late",
     )
-    assert 0.1 < result.label_rate < 0.5 and result.reference_label_rate is not None
+    assert result.label_rate == pytest.approx(stack["april_all"]["is_late"].mean())
+    assert result.reference_label_rate is not None
+
+    checked, _ = _run(_op(DriftCheckOperator, stack, month="2013-04"))
+    assert (checked["status"], checked["source"]) == ("ok", "traffic")
+    assert checked["batch"]["rows"] == len(stack["april_all"]) and checked["batch"]["label_rate"] == pytest.approx(
+        result.label_rate
+    )
 
 
-def test_performance_joins_outcomes_and_compares_with_the_holdout(stack):
+@pytest.fixture(scope="module")
+def april_performance(stack):
     from airflow_mlops.operators.monitoring import PerformanceCheckOperator
 
-    result, context = _run(_op(PerformanceCheckOperator, stack, month="2013-04"))
+    return _run(_op(PerformanceCheckOperator, stack, month="2013-04"))
+
+
+def test_performance_joins_outcomes_and_compares_with_the_holdout(stack, april_performance):
+    from airflow_mlops.operators.monitoring import PerformanceCheckOperator
+
+    result, context = april_performance
     assert result["status"] == "ok", result
-    assert 3500 < result["rows"] <= 4000  # cancelled / diverted flights have no outcome
+    in_april = stack["april"]["event_timestamp"] < pd.Timestamp("2013-05-01", tz="UTC")
+    assert result["rows"] == int(in_april.sum())  # every logged April flight has its outcome in the partition
     assert result["live"]["roc_auc"] > 0.6 and abs(result["decay"]["roc_auc"]) < 0.1
     assert set(result["holdout"]) >= {"roc_auc", "log_loss", "brier"}
     assert context["ti"].xcom["report_key"] == f"reports/monitoring/performance/2013-04/{MODEL}-v1.html"
 
     none, _ = _run(_op(PerformanceCheckOperator, stack, month="2013-05"))
-    assert none["status"] == "no_outcomes"  # no validated May: outcomes unknown, not a failure
+    assert none["status"] == "no_outcomes"  # no May partition: outcomes unknown, not a failure
+
+
+LABEL_ROWS_MODULE = """
+import pandas as pd
+
+
+def label_rows(ctx):
+    flights = ctx.current["flights"]
+    done = flights[flights["arr_delay"].notna()]
+    hour = pd.to_datetime(done["time_hour"], utc=True).dt.strftime("%Y%m%dT%H")
+    ids = hour + "-" + done["carrier"].astype(str).str.upper() + "-" + done["flight"].astype("int64").astype(str)
+    return pd.DataFrame({"flight_id": ids, "is_late": (done["arr_delay"] > ctx.params["threshold_minutes"]).astype(int)})
+"""
+
+
+@pytest.mark.parametrize("module", ["label_rows_in_tmp_path", "flight_example"])
+def test_performance_outcomes_from_a_use_case_module(stack, april_performance, tmp_path, module):
+    """The same outcomes from the use case's own functions on the validated batch: ``label_rows`` of a module
+    written here (no ``outcomes``: its fallback), or the example's ``outcomes``."""
+    from airflow_mlops.operators.performance_check import PerformanceCheckOperator
+
+    if module == "flight_example":
+        path = ROOT / "examples" / "flight_delay" / "usecase.py"
+        if not path.exists():
+            pytest.skip("no flight example")
+    else:
+        path = tmp_path / "usecase.py"
+        path.write_text(LABEL_ROWS_MODULE)
+    op = _op(
+        PerformanceCheckOperator,
+        stack,
+        month="2013-04",
+        module_file=str(path),
+        feature_params={"threshold_minutes": 15},
+    )
+    result, _ = _run(op, run_id=f"manual__{module}")
+    expected = april_performance[0]
+    assert (result["status"], result["rows"], result["live"]) == ("ok", expected["rows"], expected["live"])
+
+
+def test_a_broken_use_case_module_fails_without_retry(stack, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_mlops.operators.performance_check import PerformanceCheckOperator
+
+    path = tmp_path / "broken.py"
+    path.write_text("import pandas as pd\n\ndef outcomes(ctx):\n    return pd.DataFrame({'flight_id': ['x']})\n")
+    op = _op(PerformanceCheckOperator, stack, month="2013-04", module_file=str(path))
+    with pytest.raises(AirflowFailException, match="broken.py: outcomes\\(ctx\\) returned no column is_late"):
+        _run(op)
 
 
 def test_no_champion_skips(stack):

@@ -192,3 +192,59 @@ def test_bootstrap_setting_is_read_and_checked():
     assert rp.RetrainingPolicy.from_dict({"bootstrap": {"min_months": None}}).bootstrap_min_months is None
     with pytest.raises(ValueError, match="bootstrap_min_months"):
         rp.RetrainingPolicy.from_dict({"bootstrap": {"min_months": 0}})
+
+
+# -- decay thresholds of any task ---------------------------------------------------------------------------------
+REGRESSION_POLICY = rp.RetrainingPolicy.from_dict(
+    {"performance_decay": {"overall": {"rmse": 0.5, "r2": 0.05}, "per_slice": {"mae": 1.0}}}
+)
+
+
+def regression_perf(decay: dict, slices: dict | None = None) -> dict:
+    return {"status": "ok", "rows": 2_000, "enough_rows": True, "decay": decay, "slice_decay": slices or {}}
+
+
+@pytest.mark.parametrize(
+    ("decay", "slices", "retrain", "needle"),
+    [
+        pytest.param({"rmse": 0.6, "r2": 0.0}, None, True, "rmse decayed by 0.6000 >= 0.5000", id="rmse-rose"),
+        pytest.param({"rmse": -0.6, "r2": 0.0}, None, False, "no trigger", id="rmse-fell"),
+        pytest.param({"rmse": 0.0, "r2": 0.06}, None, True, "r2 decayed by 0.0600 >= 0.0500", id="r2-dropped"),
+        pytest.param({}, {"zone=east": {"mae": 1.2}}, True, "mae decayed >= 1.0000 in 1 slice(s)", id="slice-mae"),
+    ],
+)
+def test_regression_decay_thresholds_fire_on_a_worse_figure_whatever_its_direction(decay, slices, retrain, needle):
+    """The check's decay is positive when worse (RMSE / MAE up, R² down): every threshold reads "worse by"."""
+    decision = rp.decide(REGRESSION_POLICY, interval("2024-03"), None, regression_perf(decay, slices), [])
+    assert decision.retrain is retrain and any(needle in r for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        pytest.param({"overall": {"accuracy": 0.1}}, "unknown metrics \\['accuracy'\\]", id="unknown-metric"),
+        pytest.param({"per_slice": {"rmse": -0.1}}, "must be >= 0", id="negative"),
+    ],
+)
+def test_decay_thresholds_are_checked(section, match):
+    with pytest.raises(ValueError, match=match):
+        rp.RetrainingPolicy.from_dict({"performance_decay": section})
+
+
+def test_decide_interval_reads_the_stored_records_and_returns_the_new_one():
+    source = {"model": "m", "month": "2013-06", "champion_version": "3"}
+    june = interval("2013-06")
+    decision, record = rp.decide_interval(POLICY, june, source, drift(share=0.9), None, {}, decided_by={"try": "1"})
+    assert decision.retrain and record["triggered"]["decided_by"] == {"try": "1"} and record["evaluations"] == 1
+    extra = decision.event_extra()
+    assert (extra["model"], extra["month"], extra["champion_version"]) == ("m", "2013-06", "3")
+    assert extra["interval_start"].startswith("2013-06-01") and extra["policy_sha256"] == POLICY.sha256
+
+    again, record = rp.decide_interval(POLICY, june, source, drift(share=0.9), None, {june.key: record})
+    assert (again.retrain, again.suppressed_by, record["evaluations"]) == (False, "dedupe", 2)
+    july, _ = rp.decide_interval(POLICY, interval("2013-07"), source, drift(share=0.9), None, {june.key: record})
+    assert july.suppressed_by == "cooldown"
+
+    boot = {"model": "m", "month": "2013-02", "bootstrap": True, "months_available": 2}
+    first, _ = rp.decide_interval(BOOTSTRAP, interval("2013-02"), boot, None, None, {})
+    assert first.retrain and first.champion_version is None and first.triggers[0].startswith("bootstrap")

@@ -2,10 +2,10 @@
 
 The reference is the champion's training-set snapshot. ``build_profile`` reduces it, once, to a
 ``ReferenceProfile``: per feature its reference-quantile bin edges and bin shares (numeric) or category shares
-(categorical), its missing share and range, and the same for the champion's predicted probability on the
-reference. ``compare`` then scores any amount of traffic against the profile in one vectorised pass per column
-(bin with ``searchsorted``, count with ``bincount``): the reference is never read again, so the cost of a check
-grows with the traffic only, not with the training set.
+(categorical), its missing share and range, and the same for the champion's predictions on the reference (a
+probability for a classifier, a value for a regressor). ``compare`` then scores any amount of traffic against the
+profile in one vectorised pass per column (bin with ``searchsorted``, count with ``bincount``): the reference is
+never read again, so the cost of a check grows with the traffic only, not with the training set.
 
 Scores (per column, missing values excluded, empty bins floored as Evidently does):
 
@@ -16,6 +16,10 @@ A column drifts when its score is at or above its threshold. A column with no va
 data cannot be compared: it counts as drifted ("no values"), since a feature the model gets as all-missing is
 not a shift to ignore. Data quality (missing share, unseen categories, values outside the reference range) is
 reported beside the drift, not folded into it.
+
+The period's inputs are generic: the traffic's event time (``event_times``), the batch rows of a committed
+feature partition (``batch_frame``) and the columns monitored (``MonitoredColumns``) are named by the caller,
+never by a domain. ``assess_period`` and ``period_summary`` make one check of a period.
 
 Plain functions and dataclasses, no Airflow import; numpy / pandas are imported inside the functions.
 """
@@ -36,7 +40,32 @@ METHODS = ("psi", "jensenshannon")
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 #: The bin of categorical values the reference did not have (or had beyond ``max_categories``).
 OTHER = "__other__"
-PREDICTION = "probability_late"
+#: The prediction column when the monitoring config names none (``prediction_column``).
+DEFAULT_PREDICTION = "prediction"
+#: Kept for callers that name the prediction column through the module (benchmarks).
+PREDICTION = DEFAULT_PREDICTION
+#: The partition file of label rows (id, event time, label, keys and the row's own features).
+LABELS_FILE = "labels"
+
+
+@dataclass(frozen=True)
+class MonitoredColumns:
+    """Which columns of the traffic and the outcomes monitoring reads; none is a domain name.
+
+    :param id: the row id joining a logged prediction to its outcome (the training config's ``id_column``).
+    :param label: the label (the training config's ``label``).
+    :param prediction: the logged prediction (a probability for classification, a value for regression).
+    :param task: ``classification`` or ``regression``.
+    :param event_time: the traffic's event-time column; None: found by ``event_times``.
+    :param id_time_format: a ``strptime`` format the id starts with, the event time of rows that have none.
+    """
+
+    id: str
+    label: str
+    prediction: str = DEFAULT_PREDICTION
+    task: str = "classification"
+    event_time: str | None = None
+    id_time_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,8 +242,12 @@ def build_profile(
     bins: int = 20,
     max_categories: int = 100,
     meta: dict[str, Any] | None = None,
+    prediction_name: str = DEFAULT_PREDICTION,
 ) -> ReferenceProfile:
-    """Reduce the reference frame (and the champion's predictions on it) to a ``ReferenceProfile``."""
+    """Reduce the reference frame (and the champion's predictions on it) to a ``ReferenceProfile``.
+
+    :param prediction_name: the name the predictions' column profile gets (the traffic's prediction column).
+    """
     import pandas as pd
 
     missing = [c for c in (*categorical, *numeric) if c not in frame.columns]
@@ -224,7 +257,9 @@ def build_profile(
     columns.update({c: profile_column(frame[c], c, NUMERIC, bins, max_categories) for c in numeric})
     prediction = None
     if predictions is not None:
-        prediction = profile_column(pd.Series(predictions, dtype="float64"), PREDICTION, NUMERIC, bins, max_categories)
+        prediction = profile_column(
+            pd.Series(predictions, dtype="float64"), prediction_name, NUMERIC, bins, max_categories
+        )
     label_rate = None
     if label and label in frame.columns and frame[label].notna().any():
         label_rate = float(frame[label].dropna().astype(float).mean())
@@ -392,7 +427,7 @@ def compare(
     settings: DriftSettings,
     *,
     columns: list[str] | None = None,
-    prediction_column: str | None = PREDICTION,
+    prediction_column: str | None = DEFAULT_PREDICTION,
     label: str | None = None,
 ) -> DriftResult:
     """Score ``current`` against ``profile``: every profiled column present in ``current`` (or ``columns``)."""
@@ -421,31 +456,302 @@ def compare(
     return result
 
 
-# -- selecting the period's traffic ---------------------------------------------------------------------------
-def event_times(log: pd.DataFrame) -> pd.Series:
-    """Each logged prediction's event time: the flight's scheduled departure (UTC), not when it was answered.
+# -- the champion's reference --------------------------------------------------------------------------------
+def reference_scores(model: Any, frame: pd.DataFrame, config: Any, task: str = "classification") -> np.ndarray:
+    """The champion's predictions on ``frame``: P(label = 1) for classification, the predicted value for regression.
 
-    ``input_scheduled_departure`` when logged, else the hour encoded in ``flight_id``
-    (``YYYYMMDDTHH-carrier-flight``). In a replay the wall clock is years after the flights.
+    :param model: the fitted pipeline.
+    :param frame: rows with the model's feature columns.
+    :param config: the champion's ``TrainingConfig``.
+    :param task: ``classification`` or ``regression``.
+    """
+    import numpy as np
+
+    from airflow_mlops.core import training
+
+    if task != "regression":
+        return np.asarray(training.predict_proba(model, frame, config), dtype="float64")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(getattr(config, "threads", 1)):
+        return np.asarray(model.predict(training.features_frame(frame, config)), dtype="float64")
+
+
+def build_reference(
+    frame: pd.DataFrame,
+    scores: Any,
+    *,
+    config: Any,
+    columns: MonitoredColumns,
+    settings: DriftSettings,
+    sample_size: int,
+    meta: dict[str, Any] | None = None,
+) -> tuple[ReferenceProfile, pd.DataFrame]:
+    """The champion's profile and its seeded reference sample (id, label, period, features and ``scores``).
+
+    :param frame: the champion's training set.
+    :param scores: the champion's predictions on ``frame`` (``reference_scores``).
+    :param config: the champion's ``TrainingConfig`` (feature kinds, period column).
+    :param columns: the monitored columns (the sample's prediction column is ``columns.prediction``).
+    :param settings: binning of the profile.
+    :param sample_size: rows kept in the sample.
+    :param meta: recorded in the profile.
+    """
+    profile = build_profile(
+        frame,
+        categorical=list(config.categorical),
+        numeric=list(config.numeric),
+        predictions=scores,
+        label=columns.label,
+        bins=settings.bins,
+        max_categories=settings.max_categories,
+        meta=meta,
+        prediction_name=columns.prediction,
+    )
+    period_column = getattr(config, "month_column", None)
+    wanted = dict.fromkeys([columns.id, columns.label, period_column, *config.features])
+    sample = frame[[c for c in wanted if c and c in frame.columns]].copy()
+    sample[columns.prediction] = scores
+    return profile, sample_rows(sample, sample_size, seed=0)
+
+
+def batch_frame(
+    files: dict[str, pd.DataFrame],
+    *,
+    id_column: str,
+    label: str,
+    features: list[str] | tuple[str, ...],
+    labels_name: str = LABELS_FILE,
+) -> pd.DataFrame | None:
+    """A period's rows with the model features its committed feature partition carries, plus the label.
+
+    The label rows carry the row's own features; a view keyed by the row id (one row per id) adds its features.
+    Views keyed otherwise (time slots, entities) need a point-in-time join and are left out.
+
+    :param files: the partition's frames by file stem (``labels`` and one per view).
+    :param id_column: the row id.
+    :param label: the label column.
+    :param features: the model's features; those present are kept.
+    :param labels_name: the stem of the label rows' file.
+    :return: None when the partition has no label rows.
+    """
+    base = files.get(labels_name)
+    if base is None:
+        return None
+    keep = [c for c in dict.fromkeys([id_column, *features, label]) if c in base.columns]
+    out = base[keep].reset_index(drop=True)
+    if id_column not in out.columns:
+        return out
+    for name in sorted(files):
+        view = files[name]
+        extra = [c for c in features if c in view.columns and c not in out.columns]
+        if name == labels_name or id_column not in view.columns or not extra:
+            continue
+        rows = view[[id_column, *extra]].drop_duplicates(id_column, keep="last")
+        out = out.merge(rows, on=id_column, how="left")
+    return out
+
+
+# -- one period's check ---------------------------------------------------------------------------------------
+@dataclass
+class PeriodDrift:
+    """A period's traffic and batch scored against the reference; which of them the policy reads."""
+
+    traffic: DriftResult | None
+    batch: DriftResult | None
+    traffic_frame: pd.DataFrame
+    batch_frame: pd.DataFrame | None
+    traffic_columns: list[str]
+    batch_columns: list[str]
+
+    @property
+    def source(self) -> str:
+        """``traffic`` when it had enough rows, else ``batch``."""
+        return "traffic" if self.traffic and self.traffic.enough_rows else "batch"
+
+    @property
+    def chosen(self) -> DriftResult | None:
+        return self.traffic if self.source == "traffic" else self.batch
+
+    @property
+    def current(self) -> pd.DataFrame | None:
+        return self.traffic_frame if self.source == "traffic" else self.batch_frame
+
+    @property
+    def columns(self) -> list[str]:
+        return self.traffic_columns if self.source == "traffic" else self.batch_columns
+
+
+def assess_period(
+    profile: ReferenceProfile,
+    traffic: pd.DataFrame,
+    batch: pd.DataFrame | None,
+    settings: DriftSettings,
+    *,
+    features: list[str] | tuple[str, ...],
+    columns: MonitoredColumns,
+) -> PeriodDrift:
+    """Score the traffic (features and predictions) and the batch (features and label) against the profile.
+
+    :param profile: the champion's reference profile.
+    :param traffic: the period's logged predictions.
+    :param batch: the period's batch rows (``batch_frame``), or None.
+    :param settings: how drift is measured.
+    :param features: the model's features; those present on each side are scored.
+    :param columns: the monitored columns.
+    """
+    traffic_columns = [c for c in features if c in traffic.columns]
+    batch_columns = [c for c in features if batch is not None and c in batch.columns]
+    traffic_result = (
+        compare(profile, traffic, settings, columns=traffic_columns, prediction_column=columns.prediction)
+        if len(traffic)
+        else None
+    )
+    batch_result = None
+    if batch is not None and len(batch):
+        batch_result = compare(
+            profile, batch, settings, columns=batch_columns, prediction_column=None, label=columns.label
+        )
+    return PeriodDrift(traffic_result, batch_result, traffic, batch, traffic_columns, batch_columns)
+
+
+_BRIEF = (
+    "rows",
+    "enough_rows",
+    "drift_share",
+    "drifted_columns",
+    "prediction_drift",
+    "label_rate",
+    "reference_label_rate",
+    "quality_issues",
+)
+_CHOSEN = ("rows", "enough_rows", "drift_share", "drifted_columns", "scores", "prediction_drift", "quality_issues")
+
+
+def period_summary(assessed: PeriodDrift, settings: DriftSettings) -> dict[str, Any]:
+    """What a drift check reports: each side in brief, then the chosen side's figures (``status`` ``ok``), or
+    ``status`` ``no_data`` when neither side has rows.
+
+    :param assessed: the period's scores.
+    :param settings: how drift was measured (its quality threshold).
+    """
+    q = settings.max_missing_increase
+    out: dict[str, Any] = {
+        "method": settings.method,
+        "traffic": _brief(assessed.traffic.summary(q)) if assessed.traffic else {"rows": 0},
+        "batch": _brief(assessed.batch.summary(q)) if assessed.batch else {"rows": 0},
+    }
+    chosen = assessed.chosen
+    if chosen is None or not chosen.rows:
+        return {**out, "status": "no_data", "rows": 0, "enough_rows": False}
+    full = chosen.summary(q)
+    out.update(status="ok", source=assessed.source, **{k: full[k] for k in _CHOSEN})
+    if assessed.source == "batch" and assessed.traffic is not None:
+        out["prediction_drift"] = assessed.traffic.summary(q)["prediction_drift"]
+    return out
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in _BRIEF}
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of a drift check's (``ok``) summary.
+
+    :param summary: ``period_summary``'s output.
+    """
+    metrics = {
+        "drift_share": summary["drift_share"],
+        "drifted_columns": float(len(summary["drifted_columns"])),
+        "drift_rows": float(summary["rows"]),
+        **{f"drift_score.{k}": v for k, v in summary["scores"].items() if v is not None},
+    }
+    if summary.get("prediction_drift") is not None:
+        metrics["prediction_drift"] = summary["prediction_drift"]
+    return metrics
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """Log lines of a drift check's (``ok``) summary.
+
+    :param summary: ``period_summary``'s output plus the period (``month``).
+    """
+    drifted = ", ".join(summary["drifted_columns"]) or "no column drifted"
+    lines = [
+        f"{summary['source']} of {summary.get('month')}: {summary['rows']} rows, drift share "
+        f"{summary['drift_share']:.2f} ({drifted}), prediction drift {summary.get('prediction_drift')}"
+    ]
+    return lines + [f"quality: {issue}" for issue in summary.get("quality_issues") or []]
+
+
+def report_columns(assessed: PeriodDrift, config: Any, prediction: str) -> dict[str, list[str]]:
+    """The categorical and numeric columns of the Evidently drift report (the traffic adds the predictions).
+
+    :param assessed: the period's scores.
+    :param config: the champion's ``TrainingConfig`` (feature kinds).
+    :param prediction: the prediction column.
+    """
+    columns = assessed.columns
+    numeric = [c for c in config.numeric if c in columns]
+    current = assessed.current
+    if assessed.source == "traffic" and current is not None and prediction in current.columns:
+        numeric.append(prediction)
+    return {"categorical": [c for c in config.categorical if c in columns], "numeric": numeric}
+
+
+# -- selecting the period's traffic ---------------------------------------------------------------------------
+def _event_column(log: pd.DataFrame) -> str | None:
+    """``event_timestamp`` if the log has it, else its first ``input_*`` column of a datetime type."""
+    import pandas as pd
+
+    if "event_timestamp" in log.columns:
+        return "event_timestamp"
+    for column in log.columns:
+        if str(column).startswith("input_") and pd.api.types.is_datetime64_any_dtype(log[column]):
+            return str(column)
+    return None
+
+
+def event_times(
+    log: pd.DataFrame,
+    event_column: str | None = None,
+    *,
+    id_column: str | None = None,
+    id_time_format: str | None = None,
+) -> pd.Series:
+    """Each logged prediction's event time (UTC), not when it was answered: in a replay the wall clock is years
+    after the events.
+
+    :param log: the inference log (or part of it).
+    :param event_column: the column holding the event time; None: ``event_timestamp`` if present, else the first
+        ``input_*`` column of a datetime type (the serving stage logs its request's event-time field so).
+    :param id_column: with ``id_time_format``: where a row has no event time, the id's leading characters parsed
+        with that format (an id that starts with its event time, e.g. ``20130301T05-...``).
+    :param id_time_format: the ``strptime`` format of that leading part.
     """
     import pandas as pd
 
-    from_id = pd.to_datetime(
-        log["flight_id"].astype(str).str.slice(0, 11), format="%Y%m%dT%H", utc=True, errors="coerce"
-    )
-    if "input_scheduled_departure" in log.columns:
-        scheduled = pd.to_datetime(log["input_scheduled_departure"], utc=True, errors="coerce")
-        return scheduled.where(scheduled.notna(), from_id)
-    return from_id
+    column = event_column or _event_column(log)
+    if column is not None and column in log.columns:
+        times = pd.to_datetime(log[column], utc=True, errors="coerce")
+    else:
+        times = pd.Series(pd.NaT, index=log.index, dtype="datetime64[ns, UTC]")
+    if id_column and id_time_format and id_column in log.columns:
+        width = len(pd.Timestamp("2000-01-01T00:00:00").strftime(id_time_format))
+        from_id = pd.to_datetime(
+            log[id_column].astype(str).str.slice(0, width), format=id_time_format, utc=True, errors="coerce"
+        )
+        times = times.where(times.notna(), from_id)
+    return times
 
 
-def select_period(log: pd.DataFrame, start: Any, end: Any) -> pd.DataFrame:
-    """Logged predictions whose flight departs in ``[start, end)`` (event time; see ``event_times``)."""
+def select_period(log: pd.DataFrame, start: Any, end: Any, **where: Any) -> pd.DataFrame:
+    """Logged predictions whose event time is in ``[start, end)``; ``where``: ``event_times``' keyword arguments."""
     import pandas as pd
 
     if log.empty:
         return log
-    times = event_times(log)
+    times = event_times(log, **where)
     mask = (times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))
     return log[mask.fillna(False).to_numpy()].reset_index(drop=True)
 

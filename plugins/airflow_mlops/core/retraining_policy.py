@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from airflow_mlops.core.performance import METRIC_DIRECTIONS
+
 PERIODS = ("month", "quarter", "year")
 
 
@@ -60,6 +62,18 @@ class RetrainingPolicy:
             raise ValueError("bootstrap_min_months must be at least 1 (or null: no bootstrap)")
         if self.drift_share is not None and not 0 < self.drift_share <= 1:
             raise ValueError(f"drift_share must be in (0, 1], got {self.drift_share}")
+        for where, limits in (("overall", self.performance_decay), ("per_slice", self.slice_performance_decay)):
+            unknown = sorted(m for m in limits if m not in METRIC_DIRECTIONS)
+            if unknown:
+                raise ValueError(
+                    f"policy.performance_decay.{where}: unknown metrics {unknown}; known: {', '.join(METRIC_DIRECTIONS)}"
+                )
+            negative = sorted(m for m, v in limits.items() if v < 0)
+            if negative:
+                raise ValueError(
+                    f"policy.performance_decay.{where}: {negative} must be >= 0 (a decay is how much worse, in the "
+                    "metric's units, whatever its direction)"
+                )
 
     @property
     def has_triggers(self) -> bool:
@@ -174,6 +188,18 @@ class PolicyDecision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def event_extra(self) -> dict[str, Any]:
+        """The extra of the ``retrain_requested`` Asset event a positive decision emits."""
+        return {
+            "reasons": self.reasons,
+            "interval_start": self.interval_start,
+            "interval_end": self.interval_end,
+            "month": self.month,
+            "model": self.model,
+            "champion_version": self.champion_version,
+            "policy_sha256": self.policy_sha256,
+        }
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyDecision:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
@@ -286,11 +312,11 @@ def decide(
             if abs((_utc(d.interval_start) - interval.start).total_seconds()) < policy.cooldown_days * 86400
         ]
         if near:
-            latest = max(near, key=lambda d: d.interval_start)
+            newest = max(near, key=lambda d: d.interval_start)
             return PolicyDecision(
                 False,
                 [
-                    f"cooldown: interval {latest.interval_key} triggered a retrain less than {policy.cooldown_days} days "
+                    f"cooldown: interval {newest.interval_key} triggered a retrain less than {policy.cooldown_days} days "
                     "of data from this one",
                     *fired,
                 ],
@@ -379,3 +405,46 @@ def history_from_records(records: list[dict[str, Any]]) -> list[PolicyDecision]:
         if chosen:
             out.append(PolicyDecision.from_dict(chosen))
     return out
+
+
+def decide_interval(
+    policy: RetrainingPolicy,
+    interval: Interval,
+    source: dict[str, Any],
+    drift: dict[str, Any] | None,
+    performance: dict[str, Any] | None,
+    records: dict[str, dict[str, Any]],
+    *,
+    decided_by: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> tuple[PolicyDecision, dict[str, Any]]:
+    """Decide for ``interval`` (the bootstrap case when ``source`` says so) and the interval's record to store.
+
+    :param policy: the policy.
+    :param interval: the data interval decided.
+    :param source: the summary naming the interval: ``model``, ``month``, ``champion_version``; for the bootstrap
+        case ``bootstrap`` and ``months_available``.
+    :param drift: the drift check's summary, or None.
+    :param performance: the performance check's summary, or None.
+    :param records: the stored records of the model's intervals, by interval key.
+    :param decided_by: who decides (the Airflow task's lineage).
+    :param now: the decision time (default: now).
+    """
+    others = {k: v for k, v in records.items() if k != interval.key}
+    existing = records.get(interval.key)
+    history = history_from_records([*others.values(), *([existing] if existing else [])])
+    context = {"month": source.get("month"), "model": source["model"], "decided_by": decided_by or {}}
+    if source.get("bootstrap"):
+        decision = decide_bootstrap(policy, interval, int(source["months_available"]), history, now=now, **context)
+    else:
+        decision = decide(
+            policy,
+            interval,
+            drift,
+            performance,
+            history,
+            now=now,
+            champion_version=source.get("champion_version"),
+            **context,
+        )
+    return decision, record_for_interval(existing, decision)

@@ -142,5 +142,70 @@ class EvidentlyHook(BaseHook):
         )
 
     @staticmethod
+    def regression_report(
+        reference: pd.DataFrame | None,
+        current: pd.DataFrame,
+        *,
+        target: str,
+        prediction: str,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """Regression quality of ``prediction`` against ``target`` (reference: the hold-out).
+
+        :param reference: the hold-out rows with target and prediction, or None.
+        :param current: the live rows joined with their outcomes.
+        :param target: the label column.
+        :param prediction: the predicted value column.
+        :param tags: report tags.
+        :param metadata: report metadata.
+        """
+        from evidently import DataDefinition, Dataset, Regression, Report
+        from evidently.presets import RegressionPreset
+
+        definition = DataDefinition(
+            regression=[Regression(target=target, prediction=prediction)], numerical_columns=[target, prediction]
+        )
+        columns = [target, prediction]
+        report = Report([RegressionPreset()], include_tests=False, tags=tags, metadata=metadata or {})
+        ref = None
+        if reference is not None and len(reference):
+            ref = Dataset.from_pandas(reference[columns], data_definition=definition)
+        return report.run(
+            current_data=Dataset.from_pandas(current[columns], data_definition=definition), reference_data=ref
+        )
+
+    @classmethod
+    def performance_report(
+        cls,
+        task: str,
+        reference: pd.DataFrame | None,
+        current: pd.DataFrame,
+        *,
+        target: str,
+        prediction: str,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """The task's quality report: ``classification_report`` (``prediction``: a probability) or
+        ``regression_report``.
+
+        :param task: ``classification`` or ``regression``.
+        :param reference: the hold-out rows, or None.
+        :param current: the live rows joined with their outcomes.
+        :param target: the label column.
+        :param prediction: the prediction column.
+        :param tags: report tags.
+        :param metadata: report metadata.
+        """
+        if task == "regression":
+            return cls.regression_report(
+                reference, current, target=target, prediction=prediction, tags=tags, metadata=metadata
+            )
+        return cls.classification_report(
+            reference, current, target=target, probability=prediction, tags=tags, metadata=metadata
+        )
+
+    @staticmethod
     def html(snapshot: Snapshot) -> bytes:
         return snapshot.get_html_str(as_iframe=False).encode()

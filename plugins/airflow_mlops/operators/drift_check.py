@@ -1,0 +1,129 @@
+"""Stage 9, drift: a month's traffic and batch against the champion's reference (``core.drift``)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.operators.champion_check import ChampionCheckOperator
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from airflow.sdk import Context
+
+    from airflow_mlops.core.drift import DriftSettings, MonitoredColumns, PeriodDrift
+
+
+class DriftCheckOperator(ChampionCheckOperator):
+    """Data, prediction and data-quality drift of a month's traffic and batch against the champion's reference.
+
+    Traffic: the inference log's predictions whose event falls in the month (event time, not when it was
+    answered): every model feature it logged plus the prediction column. Batch: the month's committed feature
+    partition (``<features_zone>/<month>/``): its label rows with the features they carry, plus the features of
+    the views keyed by the row id, and the label. Scores come from the champion's cached reference profile; the
+    Evidently report shows the same columns with the same method on a seeded sample. The policy reads the
+    traffic's figures, or the batch's when the month had too little traffic.
+
+    Arguments: those of ``ChampionCheckOperator`` and ``MonitoringBaseOperator``.
+
+    :return: (XCom) status, month, interval, model, champion_version, source, rows, drift_share, drifted_columns,
+        scores, prediction_drift, quality_issues, traffic and batch summaries, report_key, evidently/MLflow run ids.
+        The report's lake key is also pushed under ``report_key`` (the task's extra link).
+    :raises AirflowSkipException: no champion yet: nothing to monitor.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core import drift
+
+        champion, summary = self.start(context)
+        month, config, columns = summary["month"], champion["config"], self.columns(champion)
+        drift_settings = self.checked(drift.DriftSettings.from_config, self.config)
+        profile, sample = self.reference(champion, drift_settings, columns)
+
+        started = time.perf_counter()
+        traffic = self.traffic(summary, columns)
+        batch = self.batch_features(month, config.features, columns)
+        assessed = drift.assess_period(
+            profile, traffic, batch, drift_settings, features=config.features, columns=columns
+        )
+        self.log.info(
+            "drift of %s scored in %.2fs (%d predictions, %d batch rows)",
+            month,
+            time.perf_counter() - started,
+            len(traffic),
+            0 if batch is None else len(batch),
+        )
+        summary.update(drift.period_summary(assessed, drift_settings))
+        if summary["status"] != "ok":
+            summary["reason"] = f"no traffic and no feature partition for {month}"
+            self.log.warning("%s", summary["reason"])
+            return summary
+        for line in drift.summary_lines(summary):
+            self.log.info("%s", line)
+
+        snapshot = self.report(assessed, sample, drift_settings, config, columns, summary)
+        metrics = drift.summary_metrics(summary)
+        summary.update(
+            self.publish(
+                context,
+                kind="drift",
+                month=month,
+                champion=champion,
+                snapshot=snapshot,
+                metrics=metrics,
+                summary=summary,
+            )
+        )
+        return summary
+
+    def report(
+        self,
+        assessed: PeriodDrift,
+        sample: pd.DataFrame,
+        drift_settings: DriftSettings,
+        config: Any,
+        columns: MonitoredColumns,
+        summary: dict[str, Any],
+    ) -> Any:
+        """The Evidently drift report: the reference sample against a seeded sample of the chosen side."""
+        from airflow_mlops.core import drift
+
+        report_rows = int((self.config.get("drift") or {}).get("report_max_rows", 20000))
+        started = time.perf_counter()
+        snapshot = self.evidently.drift_report(
+            sample,
+            drift.sample_rows(assessed.current, report_rows, seed=0),
+            **drift.report_columns(assessed, config, columns.prediction),
+            method=drift_settings.method,
+            threshold=drift_settings.threshold,
+            per_column_threshold={
+                k: v for k, v in drift_settings.per_column_threshold.items() if k in assessed.columns
+            },
+            tags=["drift", summary["source"], summary["month"]],
+            metadata={
+                "model": summary["model"],
+                "version": summary["champion_version"],
+                "month": summary["month"],
+                "source": summary["source"],
+            },
+        )
+        self.log.info("Evidently drift report in %.1fs", time.perf_counter() - started)
+        return snapshot
+
+    def batch_features(
+        self, month: str, features: list[str] | tuple[str, ...], columns: MonitoredColumns
+    ) -> pd.DataFrame | None:
+        """The month's batch rows with the model features its committed feature partition carries, and the label;
+        None without a partition.
+
+        :param month: the month.
+        :param features: the model's features.
+        :param columns: the monitored columns (id, label).
+        """
+        from airflow_mlops.core import drift
+
+        files = self.lake.partition_frames(self.features_zone, month)
+        if files is None:
+            self.log.info("no feature partition for %s: traffic only", month)
+            return None
+        return drift.batch_frame(files, id_column=columns.id, label=columns.label, features=features)

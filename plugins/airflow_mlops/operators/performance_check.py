@@ -1,0 +1,160 @@
+"""Stage 9, performance: the champion's live metrics on a month, against its hold-out (``core.performance``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.operators.champion_check import ChampionCheckOperator
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from airflow.sdk import Context
+
+    from airflow_mlops.core.drift import MonitoredColumns
+
+
+class PerformanceCheckOperator(ChampionCheckOperator):
+    """The champion's live performance on a month: logged predictions joined with the outcomes that arrived.
+
+    Outcomes (id and label): with ``module_file``, the use case's ``outcomes(ctx)`` (else its ``label_rows(ctx)``)
+    on the month's validated frames; without, the label rows of the month's committed feature partition. The
+    newest prediction per id counts. Metrics of the task, overall and per slice (``performance.slice_columns`` of
+    the config), are compared with the champion's hold-out evaluation (``evaluation/evaluation.json`` on its
+    run): the decay, positive = worse. No outcomes yet, or too few joined rows, is a normal, reported state
+    (``status``), not a failure.
+
+    Arguments: those of ``ChampionCheckOperator`` and ``MonitoringBaseOperator``, and:
+
+    :param module_file: the use case's Python file (templated); None: outcomes from the feature partition.
+    :param outcomes_function: the module's optional outcomes function; its fallback is ``label_rows``.
+    :param feature_params: ``ctx.params`` of the use case's functions (``features.params``).
+    :return: (XCom) status, month, interval, model, champion_version, rows, live, holdout, decay, slice_decay,
+        worst_slice_decay, report_key, evidently/MLflow run ids.
+    :raises AirflowSkipException: no champion yet.
+    :raises AirflowFailException: the module or what its function returned is unusable (named in the message).
+    """
+
+    template_fields = (*ChampionCheckOperator.template_fields, "module_file")
+
+    def __init__(
+        self,
+        *,
+        module_file: str | None = None,
+        outcomes_function: str = "outcomes",
+        feature_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.module_file = module_file
+        self.outcomes_function = outcomes_function
+        self.feature_params = feature_params
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core import performance
+
+        champion, summary = self.start(context)
+        month, columns = summary["month"], self.columns(champion)
+        perf_settings = self.checked(performance.PerformanceSettings.from_config, self.config, task=columns.task)
+        outcomes, reason = self.outcomes(month, columns)
+        if outcomes is None:
+            return self._unjudged(summary, "no_outcomes", reason)
+        traffic = self.traffic(summary, columns)
+        if traffic.empty:
+            return self._unjudged(summary, "no_traffic", f"no logged predictions of {month}")
+        if columns.prediction not in traffic.columns:
+            self.fail(f"the inference log has no prediction column {columns.prediction!r} (set prediction_column)")
+        joined = performance.join_outcomes(traffic, outcomes, id_column=columns.id, label=columns.label)
+        self.log.info("%s: %s", month, joined.describe())
+        if joined.frame.empty:
+            return self._unjudged(summary, "no_outcomes", "no logged prediction has an outcome")
+
+        result, judged = performance.assess(
+            joined,
+            traffic,
+            columns=columns,
+            default_threshold=champion["config"].threshold,
+            holdout=self.holdout_evaluation(champion),
+            settings=perf_settings,
+        )
+        summary.update(judged)
+        self.log.info("live %s: %s; hold-out: %s", month, summary["live"], summary["holdout"])
+        self.log.info("decay (positive = worse): %s; worst slices: %s", summary["decay"], summary["worst_slice_decay"])
+        snapshot = self.report(champion, joined.frame, columns, month)
+        summary.update(
+            self.publish(
+                context,
+                kind="performance",
+                month=month,
+                champion=champion,
+                snapshot=snapshot,
+                metrics=result.metrics(),
+                summary=summary,
+            )
+        )
+        return summary
+
+    def _unjudged(self, summary: dict[str, Any], status: str, reason: str | None) -> dict[str, Any]:
+        summary.update(status=status, reason=reason, rows=0, enough_rows=False)
+        self.log.warning("%s", reason)
+        return summary
+
+    def outcomes(self, month: str, columns: MonitoredColumns) -> tuple[pd.DataFrame | None, str | None]:
+        """The month's outcomes (id, label), or None and why not (not arrived yet)."""
+        from airflow_mlops.core import performance
+        from airflow_mlops.core.drift import LABELS_FILE
+        from airflow_mlops.usecase import FeatureContext, UserCodeError
+
+        module_file, params = self.module_file, self.feature_params
+        if self.usecase_config is not None:
+            module_file = module_file or str(self.usecase_config.module_file)
+            params = params if params is not None else self.usecase_config.features.get("params")
+        if not module_file:
+            files = self.lake.partition_frames(self.features_zone, month)
+            if files is None or LABELS_FILE not in files:
+                return None, f"no feature partition with label rows for {month} yet: outcomes unknown"
+            labels = files[LABELS_FILE]
+            return self.checked(
+                performance.outcomes_from_labels, labels, id_column=columns.id, label=columns.label
+            ), None
+        frames = self.lake.partition_frames("validated", month)
+        if frames is None:
+            return None, f"no validated batch for {month} yet: outcomes unknown"
+        ctx = FeatureContext(
+            period=month, frames={month: frames}, params=dict(params or {}), config=self.usecase_config
+        )
+        try:
+            found = performance.load_outcomes(
+                module_file, ctx, id_column=columns.id, label=columns.label, function=self.outcomes_function
+            )
+        except (UserCodeError, performance.OutcomesError) as err:
+            self.fail(str(err))
+        return found, None
+
+    def holdout_evaluation(self, champion: dict[str, Any]) -> dict[str, Any] | None:
+        """The champion's hold-out evaluation (``candidate`` of ``evaluation/evaluation.json`` on its run)."""
+        import mlflow
+
+        self.mlflow_hook.activate()
+        try:
+            return mlflow.artifacts.load_dict(f"runs:/{champion['run_id']}/evaluation/evaluation.json").get("candidate")
+        except Exception as err:  # noqa: BLE001 - reported: live metrics without a comparison, the policy ignores decay
+            self.log.warning("no hold-out evaluation on run %s (%s): decay is not computed", champion["run_id"], err)
+            return None
+
+    def report(self, champion: dict[str, Any], joined: pd.DataFrame, columns: MonitoredColumns, month: str) -> Any:
+        """The Evidently quality report of the joined rows, the reference sample's hold-out rows as reference."""
+        from airflow_mlops.core import drift, performance
+
+        _, sample = self.reference(champion, drift.DriftSettings.from_config(self.config), columns)
+        reference = performance.holdout_rows(
+            sample, champion["holdout_months"], period_column=champion["config"].month_column, label=columns.label
+        )
+        return self.evidently.performance_report(
+            columns.task,
+            reference,
+            joined,
+            target=columns.label,
+            prediction=columns.prediction,
+            tags=["performance", month],
+            metadata={"model": champion["name"], "version": champion["version"], "month": month},
+        )

@@ -1,0 +1,126 @@
+"""Stage 10: apply the retraining policy to a month's checks and ask for a retrain, at most once
+(``core.retraining_policy``)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.assets import RETRAIN_REQUESTED
+from airflow_mlops.operators.monitoring_base import (
+    POLICY_ZONE,
+    MonitoringBaseOperator,
+    parse_json_arg,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_mlops.core.retraining_policy import PolicyDecision
+
+
+class RetrainingPolicyOperator(MonitoringBaseOperator):
+    """Apply the retraining policy to a month's drift and performance summaries; ask for a retrain, at most once.
+
+    Earlier decisions live in the lake, one JSON file per data interval (``monitoring/policy/<model>/<key>.json``,
+    written atomically); they give the cooldown, the cap and the dedupe (an interval that triggered never
+    triggers again, whatever reruns). The decision and its reasons are logged, stored there, pushed to XCom
+    under ``decision`` and tagged on the champion's model version. A positive decision is the task's success
+    and emits the ``retrain_requested`` Asset event with extra ``reasons``, ``interval_start``,
+    ``interval_end``, ``month``, ``model``, ``champion_version``; otherwise the task is skipped and emits nothing.
+
+    The decision is stored before the event is emitted: if emitting fails, the retry finds the interval decided
+    and does not ask again (at most once). Re-post it by hand through the REST API if that happens.
+
+    With no champion the checks are skipped and this task (``trigger_rule="none_failed"`` in the DAG) applies the
+    policy's bootstrap rule instead: once ``policy.bootstrap.min_months`` validated months exist up to the
+    month, it asks for the first model.
+
+    Arguments: those of ``MonitoringBaseOperator``, and:
+
+    :param drift: the XCom of ``DriftCheckOperator`` (templated).
+    :param performance: the XCom of ``PerformanceCheckOperator`` (templated; may be empty).
+    :return: (XCom) the decision (retrain, reasons, triggers, suppressed_by, interval, model, champion_version).
+    :raises AirflowSkipException: the policy does not ask for a retrain (decision recorded first).
+    """
+
+    template_fields = ("drift", "performance", "month", "registered_model_name", "config_path")
+    ui_color = "#fce8e6"
+
+    def __init__(self, *, drift: dict | str | None, performance: dict | str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("outlets", [RETRAIN_REQUESTED])
+        super().__init__(**kwargs)
+        self.drift = drift
+        self.performance = performance
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_mlops.core import retraining_policy as rp
+        from airflow_mlops.operators.training import airflow_lineage
+
+        drift_summary = parse_json_arg(self.drift) or None
+        perf_summary = parse_json_arg(self.performance) or None
+        policy = self.checked(rp.RetrainingPolicy.from_dict, self.config.get("policy") or {})
+        source = drift_summary or perf_summary
+        if not isinstance(source, dict) or not source.get("interval_start"):
+            source = self._without_summaries(context)
+        interval = rp.Interval.parse(source["interval_start"], source["interval_end"])
+        folder = self.lake.path(POLICY_ZONE, source["model"])
+        records = self.lake.records(folder)
+        decision, record = rp.decide_interval(
+            policy,
+            interval,
+            source,
+            drift_summary,
+            perf_summary,
+            records,
+            decided_by=airflow_lineage(context),
+        )
+        self.lake.write_record(folder, interval.key, record)
+        self._log_decision(decision)
+        small = decision.to_dict()
+        context["ti"].xcom_push(key="decision", value=small)
+        self._tag_champion(decision, source.get("month") or interval.key)
+        if not decision.retrain:
+            raise AirflowSkipException(f"no retrain for {interval.key}: {'; '.join(decision.reasons)[:500]}")
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = decision.event_extra()
+        return small
+
+    def _log_decision(self, decision: PolicyDecision) -> None:
+        verdict = "RETRAIN" if decision.retrain else f"no retrain ({decision.suppressed_by or 'no trigger'})"
+        log = self.log.warning if decision.retrain else self.log.info
+        log("policy for %s (%s v%s): %s", decision.interval_key, decision.model, decision.champion_version, verdict)
+        for line in decision.reasons:
+            log("  - %s", line)
+
+    def _tag_champion(self, decision: PolicyDecision, period: str) -> None:
+        if not decision.champion_version:
+            return
+        verdict = {"retrain": decision.retrain, "suppressed_by": decision.suppressed_by, "reasons": decision.reasons}
+        self.mlflow_hook.client.set_model_version_tag(
+            decision.model, decision.champion_version, f"mlops.policy.{period}", json.dumps(verdict)[:4000]
+        )
+
+    def _without_summaries(self, context: Context) -> dict[str, Any]:
+        """The checks were skipped: with no champion, the bootstrap case for the month; otherwise skip."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_mlops.core.batches import period_bounds
+
+        name = self.model_name()
+        if self.mlflow_hook.alias_version(name, self.champion_alias) is not None:
+            raise AirflowSkipException("no monitoring summary to decide on (the checks were skipped)")
+        month = self.period(context)
+        start, end = period_bounds(month)
+        months = [m for m in self.lake.committed_periods("validated", self.period_kind) if m <= month]
+        self.log.info("no %s model yet; validated months up to %s: %s", self.champion_alias, month, months or "none")
+        return {
+            "bootstrap": True,
+            "month": month,
+            "model": name,
+            "interval_start": start.isoformat(),
+            "interval_end": end.isoformat(),
+            "months_available": len(months),
+        }
