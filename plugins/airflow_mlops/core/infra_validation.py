@@ -4,8 +4,9 @@ The candidate runs in its own ``bentoml serve`` on a free loopback port, pinned 
 starts and stops it). The checks, each adding a reason when it fails — any failure rejects:
 
 * **readiness**: ``/readyz`` answers 200 within the timeout (a model that cannot load never gets there);
-* **canned requests**: each single request and the batch answer 200 with a probability in [0, 1], the
-  decision ``probability >= threshold``, the candidate's version, a request id, and one answer per flight;
+* **canned requests**: each single request and the batch answer 200 with the candidate's version, a request id,
+  one answer per request, and a valid prediction: for a classification a probability in [0, 1] with the label
+  ``prediction >= threshold``, for a regression a finite number (and no label);
 * **bad request**: each canned bad request is answered 4xx (not 2xx, not 5xx);
 * **latency**: the p95 of ``latency_requests`` single requests is within the budget.
 
@@ -56,16 +57,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def check_prediction(answer: Any, version: str) -> list[str]:
-    """Problems with one answer of ``/predict`` (empty: valid)."""
+def check_prediction(answer: Any, version: str, task: str = "classification") -> list[str]:
+    """Problems with one answer of ``/predict`` (empty: valid).
+
+    :param task: ``classification`` (a probability and its label at the threshold) or ``regression`` (a finite
+        number, no label).
+    """
     if not isinstance(answer, dict):
         return [f"not a JSON object: {str(answer)[:200]}"]
     problems = []
-    p, threshold = answer.get("probability_late"), answer.get("threshold")
-    if not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p <= 1.0:
-        problems.append(f"probability_late {p!r} is not a probability")
-    elif not isinstance(threshold, (int, float)) or answer.get("late") is not (p >= threshold):
-        problems.append(f"decision late={answer.get('late')!r} does not follow p={p} at threshold {threshold!r}")
+    value, threshold, label = answer.get("prediction"), answer.get("threshold"), answer.get("label")
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if task == "classification":
+        if not number or not 0.0 <= value <= 1.0:
+            problems.append(f"prediction {value!r} is not a probability")
+        elif not isinstance(threshold, int | float) or label is not (value >= threshold):
+            problems.append(f"label={label!r} does not follow prediction={value} at threshold {threshold!r}")
+    else:
+        if not number:
+            problems.append(f"prediction {value!r} is not a finite number")
+        if label is not None:
+            problems.append(f"a regression answered a label ({label!r})")
     if str(answer.get("model_version")) != str(version):
         problems.append(f"answered by version {answer.get('model_version')!r}, not the candidate {version}")
     if not answer.get("request_id"):
@@ -82,24 +94,27 @@ def validate_endpoint(
     latency_budget_ms: float,
     latency_requests: int = 50,
     ready_seconds: float | None = None,
+    task: str = "classification",
 ) -> InfraDecision:
     """Run the canned, bad-request and latency checks against a ready server.
 
     :param http: an ``httpx.Client`` with the server's ``base_url``.
-    :param canned: ``{"single": [flight, ...], "batch": {"flights": [...]}, "bad": [{"why", "route", "body"}]}``.
+    :param canned: ``{"single": [request, ...], "batch": {"rows": [...]}, "bad": [{"why", "route", "body"}]}``;
+        without ``batch`` the single requests are sent as one batch.
+    :param task: the model's task (``check_prediction``).
     """
     decision = InfraDecision(approved=False, model_name=model_name, version=str(version), ready_seconds=ready_seconds)
     decision.checks["ready"] = True
     reasons = decision.reasons
 
     single_ok = bool(canned.get("single"))
-    for i, flight in enumerate(canned.get("single") or []):
-        response = http.post("/predict", json=flight)
+    for i, request in enumerate(canned.get("single") or []):
+        response = http.post("/predict", json=request)
         if response.status_code != 200:
             single_ok = False
             reasons.append(f"canned request {i} answered HTTP {response.status_code}: {response.text[:300]}")
             continue
-        problems = check_prediction(response.json(), version)
+        problems = check_prediction(response.json(), version, task)
         if problems:
             single_ok = False
             reasons.append(f"canned request {i}: {'; '.join(problems)}")
@@ -107,9 +122,12 @@ def validate_endpoint(
         reasons.append("no canned single requests to check")
     decision.checks["canned_single"] = single_ok
 
-    batch = canned.get("batch")
-    batch_ok = bool(batch)
-    if batch:
+    batch = canned.get("batch") or ({"rows": list(canned["single"])} if canned.get("single") else None)
+    rows = batch.get("rows") if isinstance(batch, dict) else None
+    batch_ok = isinstance(rows, list) and bool(rows)
+    if batch and not batch_ok:
+        reasons.append('the canned batch must be {"rows": [request, ...]}')
+    elif batch:
         response = http.post("/predict_batch", json=batch)
         if response.status_code != 200:
             batch_ok = False
@@ -117,11 +135,11 @@ def validate_endpoint(
         else:
             body = response.json()
             answers = body.get("predictions") if isinstance(body, dict) else None
-            if not isinstance(answers, list) or len(answers) != len(batch["flights"]):
+            if not isinstance(answers, list) or len(answers) != len(rows):
                 batch_ok = False
-                reasons.append(f"canned batch of {len(batch['flights'])} got {len(answers or [])} answers")
+                reasons.append(f"canned batch of {len(rows)} got {len(answers or [])} answers")
             else:
-                problems = [p for a in answers for p in check_prediction(a, version)]
+                problems = [p for a in answers for p in check_prediction(a, version, task)]
                 if problems:
                     batch_ok = False
                     reasons.append(f"canned batch: {'; '.join(sorted(set(problems)))}")
@@ -141,11 +159,11 @@ def validate_endpoint(
 
     timings, failures = [], 0
     if canned.get("single"):
-        flights = canned["single"]
-        http.post("/predict", json=flights[0])  # warm the connection
+        requests = canned["single"]
+        http.post("/predict", json=requests[0])  # warm the connection
         for i in range(latency_requests):
             started = time.perf_counter()
-            response = http.post("/predict", json=flights[i % len(flights)])
+            response = http.post("/predict", json=requests[i % len(requests)])
             timings.append((time.perf_counter() - started) * 1000.0)
             failures += response.status_code != 200
     if timings:

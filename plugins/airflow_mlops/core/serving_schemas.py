@@ -1,173 +1,178 @@
-"""What the prediction service accepts and answers: typed requests with their domain, and the answers.
+"""What the prediction service of a use case answers, and its settings. No Airflow, no BentoML.
 
-Pydantic models (no Airflow, no BentoML): the BentoML service uses them as its API types, so a malformed or
-out-of-domain request is answered HTTP 400 with the failing field named, before any feature lookup. The domain
-(origins, known airports, departure range, batch size) comes from ``include/config/serving.yaml``.
+The request itself is generated from the use case's ``serving.request`` (``core.request_schema``); this module holds
+what is the same for every use case: the answers (``Prediction``, ``BatchPrediction``), ``/info``, the admin
+models (``ReloadRequest``, ``ReloadResult``) and ``ServingSettings``, the ``serving`` section of ``mlops.yaml``
+with its defaults.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from functools import cache
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from airflow_mlops import settings
+if TYPE_CHECKING:
+    from airflow_mlops.usecase.config import UseCase
 
-#: The entities whose features may be unknown; an answer lists those that fell back to their defaults.
-ENTITIES = ("flight", "weather", "carrier_history", "route_history", "origin_history")
-
-
-def serving_config_path() -> Path:
-    import os
-
-    return Path(os.environ.get("MLOPS_SERVING_CONFIG") or settings.include_dir() / "config" / "serving.yaml")
-
-
-@cache
-def _read_config(path: str) -> dict[str, Any]:
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping (model, request, server, inference_log, ...)")
-    return data
-
-
-def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """``serving.yaml`` as a dict (cached per path)."""
-    return _read_config(str(path or serving_config_path()))
-
-
-def include_file(relative: str) -> Path:
-    """A file named in ``serving.yaml`` relative to ``include/`` (absolute paths are kept)."""
-    path = Path(relative)
-    return path if path.is_absolute() else settings.include_dir() / path
+#: ``serving`` keys of ``mlops.yaml`` (anything else is an error naming it).
+SECTIONS = (
+    "port",
+    "model",
+    "threshold",
+    "batch_max_size",
+    "request",
+    "server",
+    "inference_log",
+    "swap",
+    "infra_validation",
+)
+DEFAULT_CANNED = "serving/canned_requests.json"
 
 
 @dataclass(frozen=True)
-class RequestDomain:
-    """What a request may name: the origins the model knows, known airports, departure range, batch size."""
+class ServingSettings:
+    """The ``serving`` section of a use case, with its defaults (see ``docs/usecase.md``). Where the service listens
+    is ``airflow_mlops.usecase.config.serving_url``.
 
-    origins: frozenset[str]
-    airports: frozenset[str]
-    local_timezone: str
-    earliest: date
-    latest: date
-    batch_max_size: int
+    :param request: the ``serving.request`` mapping (the generated request model's spec).
+    :param threshold: a classification's decision threshold; None: the one the model was evaluated at.
+    :param canned_file: the swap check's canned requests (``serving.swap.canned_requests_file``), absolute.
+    :param infra_canned_file: infrastructure validation's (``serving.infra_validation.canned_requests_file``;
+        default the swap check's).
+    """
+
+    usecase: str
+    folder: Path
+    task: str
+    model_name: str
+    request: dict[str, Any]
+    alias: str = "champion"
+    watch_interval_s: float = 0.0
+    threshold: float | None = None
+    batch_max_size: int = 500
+    workers: int = 1
+    threads: int = 2
+    timeout_s: int = 30
+    readiness_timeout_s: float = 120.0
+    log_enabled: bool = True
+    log_zone: str = "inference_log"
+    log_flush_rows: int = 500
+    log_flush_interval_s: float = 10.0
+    canned_file: Path = field(default_factory=lambda: Path(DEFAULT_CANNED))
+    infra_canned_file: Path = field(default_factory=lambda: Path(DEFAULT_CANNED))
+    infra_readiness_timeout_s: float = 240.0
+    latency_budget_ms: float = 500.0
+    latency_requests: int = 50
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> RequestDomain:
-        request = config["request"]
-        airports = json.loads(include_file(request["airports_file"]).read_text())["airports"]
-        return cls(
-            origins=frozenset(str(o).upper() for o in request["origins"]),
-            airports=frozenset(str(a).upper() for a in airports),
-            local_timezone=str(request.get("local_timezone", "UTC")),
-            earliest=date.fromisoformat(str(request["earliest_departure"])),
-            latest=date.fromisoformat(str(request["latest_departure"])),
-            batch_max_size=int(request["batch_max_size"]),
-        )
+    def from_usecase(cls, usecase: UseCase) -> ServingSettings:
+        """The settings of ``usecase``.
+
+        :param usecase: a loaded use case (``airflow_mlops.usecase.config.load``).
+        :raises ValueError: a bad ``serving`` section, the message naming the file and the key.
+        """
+        where = f"{usecase.config_file}: serving"
+        raw = usecase.serving or {}
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key (expected one of {', '.join(SECTIONS)})")
+        request = raw.get("request")
+        if not isinstance(request, dict) or not request.get("fields"):
+            raise ValueError(f"{where}.request: the request schema (event_time, fields) is required to serve")
+        model = _section(raw, "model", where)
+        server = _section(raw, "server", where)
+        log = _section(raw, "inference_log", where)
+        swap = _section(raw, "swap", where)
+        infra = _section(raw, "infra_validation", where)
+        threshold = raw.get("threshold")
+        canned = usecase.folder / str(swap.get("canned_requests_file") or DEFAULT_CANNED)
+        try:
+            settings = cls(
+                usecase=usecase.name,
+                folder=usecase.folder,
+                task=usecase.task,
+                model_name=str(model.get("name") or usecase.registered_model_name),
+                request=dict(request),
+                alias=str(model.get("alias") or "champion"),
+                watch_interval_s=float(model.get("watch_interval_s") or 0),
+                threshold=None if threshold is None else float(threshold),
+                batch_max_size=int(raw.get("batch_max_size", 500)),
+                workers=int(server.get("workers", 1)),
+                threads=int(server.get("threads", 2)),
+                timeout_s=int(server.get("timeout_s", 30)),
+                readiness_timeout_s=float(server.get("readiness_timeout_s", 120)),
+                log_enabled=bool(log.get("enabled", True)),
+                log_zone=str(log.get("zone") or "inference_log"),
+                log_flush_rows=int(log.get("flush_rows", 500)),
+                log_flush_interval_s=float(log.get("flush_interval_s", 10)),
+                canned_file=canned,
+                infra_canned_file=(
+                    usecase.folder / str(infra["canned_requests_file"]) if infra.get("canned_requests_file") else canned
+                ),
+                infra_readiness_timeout_s=float(infra.get("readiness_timeout_s", 240)),
+                latency_budget_ms=float(infra.get("latency_budget_ms", 500)),
+                latency_requests=int(infra.get("latency_requests", 50)),
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+        if settings.threshold is not None and not 0.0 < settings.threshold < 1.0:
+            raise ValueError(f"{where}.threshold: {settings.threshold} must be in (0, 1) (or null: the model's)")
+        if settings.batch_max_size < 1:
+            raise ValueError(f"{where}.batch_max_size: must be >= 1")
+        return settings
+
+    @property
+    def service_name(self) -> str:
+        """The BentoML service name (lower-case letters, digits, ``_``; starts and ends alphanumeric)."""
+        return f"mlops_{self.usecase}".rstrip("_")
+
+    def canned(self, infra: bool = False) -> dict[str, Any]:
+        """The canned requests: ``{"single": [request, ...], "batch": {"rows": [...]}, "bad": [...]}`` (only
+        ``single`` is required; infrastructure validation also uses the others).
+
+        :param infra: infrastructure validation's file rather than the swap check's.
+        :raises ValueError: the file is missing, not JSON, or has no ``single`` list (the message names it).
+        """
+        path = self.infra_canned_file if infra else self.canned_file
+        key = "infra_validation" if infra else "swap"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"serving.{key}.canned_requests_file: {path} does not exist") from None
+        except (OSError, ValueError) as err:
+            raise ValueError(f"serving.{key}.canned_requests_file: cannot read {path} as JSON: {err}") from None
+        single = data.get("single") if isinstance(data, dict) else None
+        if not isinstance(single, list) or not single:
+            raise ValueError(f'serving.{key}.canned_requests_file: {path} must hold {{"single": [request, ...]}}')
+        return data
 
 
-@cache
-def domain() -> RequestDomain:
-    return RequestDomain.from_config(load_config())
-
-
-Code = Annotated[str, Field(min_length=2, max_length=4, pattern=r"^[A-Za-z0-9]+$")]
-
-
-class FlightRequest(BaseModel):
-    """One scheduled flight. ``scheduled_departure`` without a UTC offset is local time at the origin."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    carrier: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{2}$", description="IATA carrier code, e.g. UA")]
-    flight: Annotated[int, Field(ge=1, le=9999, description="flight number")]
-    origin: Annotated[Code, Field(description="departure airport (FAA code): one the model knows")]
-    dest: Annotated[Code, Field(description="destination airport (FAA code)")]
-    scheduled_departure: Annotated[datetime, Field(description="ISO 8601; without offset: local at origin")]
-    tailnum: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9]{1,8}$", description="tail number, if known")] = None
-
-    @field_validator("carrier", "tailnum")
-    @classmethod
-    def _upper(cls, value: str | None) -> str | None:
-        return value.upper() if value else value
-
-    @field_validator("origin")
-    @classmethod
-    def _known_origin(cls, value: str) -> str:
-        value, known = value.upper(), domain().origins
-        if value not in known:
-            raise ValueError(f"unknown origin {value!r}: the model serves departures from {', '.join(sorted(known))}")
-        return value
-
-    @field_validator("dest")
-    @classmethod
-    def _known_dest(cls, value: str) -> str:
-        value = value.upper()
-        if value not in domain().airports:
-            raise ValueError(f"unknown airport {value!r}")
-        return value
-
-    @field_validator("scheduled_departure")
-    @classmethod
-    def _in_range(cls, value: datetime) -> datetime:
-        dom = domain()
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=ZoneInfo(dom.local_timezone))
-        if not dom.earliest <= value.date() <= dom.latest:
-            raise ValueError(f"scheduled departure {value.date()} is outside {dom.earliest}..{dom.latest}")
-        return value
-
-    # -- derived ---------------------------------------------------------------------------------------------
-    def departure_utc(self) -> datetime:
-        return self.scheduled_departure.astimezone(UTC)
-
-    def departure_local(self) -> datetime:
-        return self.scheduled_departure.astimezone(ZoneInfo(domain().local_timezone))
-
-    def flight_id(self) -> str:
-        """The feature stage's key: ``<UTC scheduled hour %Y%m%dT%H>-<carrier>-<flight>``."""
-        return f"{self.departure_utc():%Y%m%dT%H}-{self.carrier}-{self.flight}"
-
-
-class BatchRequest(BaseModel):
-    """Many flights at once (1 .. ``request.batch_max_size``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    flights: Annotated[list[FlightRequest], Field(min_length=1)]
-
-    @field_validator("flights", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> Any:
-        # Before parsing the items: an oversized batch is refused without validating every flight in it.
-        limit = domain().batch_max_size
-        if isinstance(value, list) and len(value) > limit:
-            raise ValueError(f"a batch holds at most {limit} flights, got {len(value)}")
-        return value
+def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}.{key}: must be a mapping")
+    return value
 
 
 class Prediction(BaseModel):
-    """The answer for one flight."""
+    """The answer for one request."""
 
     request_id: str
-    flight_id: str
-    probability_late: float
-    late: bool
-    threshold: float
+    id: Annotated[str | int | None, Field(description="the use case's id of the request (entity_keys)")]
+    prediction: Annotated[
+        float, Field(description="classification: the probability of the positive class; regression: the value")
+    ]
+    label: Annotated[bool | None, Field(description="classification: prediction >= threshold; regression: null")] = None
+    threshold: float | None = None
     model_name: str
     model_version: str
     defaults_used: list[str] = Field(
         default_factory=list,
-        description=f"entities unknown to the feature store whose features fell back to defaults: {', '.join(ENTITIES)}",
+        description="feature views that did not know the request's entity: their features fell back to defaults",
     )
 
 
@@ -181,11 +186,13 @@ class BatchPrediction(BaseModel):
 class ModelInfo(BaseModel):
     """What the service is serving (``/info``)."""
 
+    usecase: str
+    task: str
     model_name: str
     model_version: str
     alias: str | None
     pinned: bool
-    threshold: float
+    threshold: float | None
     loaded_at: str
     features: list[str]
     swaps: int

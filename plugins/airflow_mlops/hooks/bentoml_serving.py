@@ -1,4 +1,4 @@
-"""The BentoML serving endpoint: where it is, and the calls the suite makes to it (info, reload, predict).
+"""A use case's BentoML serving endpoint: where it is, and the calls the suite makes to it (info, reload, predict).
 
 Named ``bentoml_serving`` (not ``bentoml``): the plugin loader registers plugin files under their bare names.
 """
@@ -7,25 +7,31 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_mlops import settings
-
 if TYPE_CHECKING:
     import httpx
 
+    from airflow_mlops.usecase.config import UseCase
+
 
 class BentoServingHook(BaseHook):
-    """Talk to the prediction service.
+    """Talk to a use case's prediction service (``airflow_mlops.serving_service``).
 
-    Where it is, in order: the Airflow connection ``bentoml_conn_id`` (``host``/``port``/``schema``, or extra
-    ``url``; the admin token as ``password``), then ``MLOPS_SERVING_URL`` / ``MLOPS_SERVING_TOKEN``, else the
-    embedded server of ``MLOPS_HOME`` (``http://127.0.0.1:3000``, token file under ``MLOPS_HOME/run``).
+    Where it is, in order: an explicit ``url``; the Airflow connection ``bentoml_conn_id`` if it exists
+    (``host``/``port``/``schema``, or extra ``url``; the admin token as ``password``) — one endpoint, so meant for
+    a single-use-case deployment; else the use case's ``airflow_mlops.usecase.config.serving_url``
+    (``MLOPS_SERVING_URL__<NAME>``, else ``http://127.0.0.1:<MLOPS_SERVING_PORT__<NAME> or serving.server.port>``).
+    The admin token: the connection's password, else the embedded server's (loopback: ``MLOPS_SERVING_TOKEN`` or
+    the token file under ``MLOPS_HOME/run``), else ``MLOPS_SERVING_TOKEN``.
 
+    :param usecase: the use-case folder (holding ``mlops.yaml``).
     :param bentoml_conn_id: the connection of the serving endpoint; default ``bentoml_default``.
     :param url: an explicit URL (overrides the connection), e.g. a validation server on a free port.
+    :param timeout: seconds per call.
     """
 
     conn_name_attr = "bentoml_conn_id"
@@ -33,11 +39,24 @@ class BentoServingHook(BaseHook):
     conn_type = "http"
     hook_name = "BentoML serving"
 
-    def __init__(self, bentoml_conn_id: str = default_conn_name, url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        usecase: str | Path,
+        bentoml_conn_id: str = default_conn_name,
+        url: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         super().__init__()
+        self.usecase = usecase
         self.bentoml_conn_id = bentoml_conn_id
         self._url = url
         self.timeout = timeout
+
+    @cached_property
+    def config(self) -> UseCase:
+        from airflow_mlops.usecase import config
+
+        return config.load(self.usecase)
 
     @cached_property
     def _conn(self) -> Any:
@@ -60,7 +79,9 @@ class BentoServingHook(BaseHook):
             if conn.host:
                 host = conn.host if "://" in conn.host else f"{conn.schema or 'http'}://{conn.host}"
                 return f"{host}:{conn.port}" if conn.port else host
-        return settings.serving_url()
+        from airflow_mlops.usecase import config
+
+        return config.serving_url(self.config)
 
     @property
     def is_embedded(self) -> bool:
@@ -112,8 +133,9 @@ class BentoServingHook(BaseHook):
             )
         return response.json()
 
-    def predict(self, flight: dict[str, Any]) -> dict[str, Any]:
+    def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One prediction: ``request`` is a body of the use case's request model."""
         with self.client() as http:
-            response = http.post("/predict", json=flight)
+            response = http.post("/predict", json=request)
             response.raise_for_status()
             return response.json()

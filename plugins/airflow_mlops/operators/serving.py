@@ -1,4 +1,5 @@
-"""Serving steps: validate a candidate in the real serving stack, and deploy the champion with no downtime."""
+"""Serving steps of a use case: validate a candidate in the real serving stack, and deploy the champion with no
+downtime (``airflow_mlops.serving_service``, one service per use case)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from airflow_mlops.hooks.bentoml_serving import BentoServingHook
 from airflow_mlops.hooks.mlflow_registry import MlflowHook
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from airflow.sdk import Context
 
     from airflow_mlops.core.infra_validation import InfraDecision
+    from airflow_mlops.core.serving_schemas import ServingSettings
+    from airflow_mlops.usecase.config import UseCase
 
 INFRA_XCOM_KEY = "infra_validation"
 
@@ -42,39 +47,52 @@ def mlflow_env(hook: MlflowHook) -> dict[str, str]:
     return env
 
 
+def load_usecase(folder: str | Path) -> tuple[UseCase, ServingSettings]:
+    """The use case and its serving settings; a bad folder or config fails the task without retries."""
+    from airflow_mlops.core.serving_schemas import ServingSettings
+    from airflow_mlops.usecase import config
+
+    try:
+        usecase = config.load(folder)
+        return usecase, ServingSettings.from_usecase(usecase)
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from err
+
+
 class InfraValidateOperator(BaseOperator):
-    """Run the registered candidate in its own ``bentoml serve`` on a free loopback port and check it.
+    """Run the registered candidate in its own ``bentoml serve`` of the use case's service on a free loopback port,
+    pinned to its version, and check it.
 
     Readiness within the timeout, the canned requests answered validly by the candidate's version, a bad
-    request answered 4xx, the latency budget met (``include/config/serving.yaml``; see
+    request answered 4xx, the latency budget met (the use case's ``serving.infra_validation``; see
     ``core.infra_validation``). The decision is recorded on the model version as tags
     (``mlops.infra_validation.*``) and pushed to XCom key ``infra_validation``; the server is always stopped.
 
+    :param usecase: the use-case folder (holding ``mlops.yaml``).
     :param registered: the XCom of ``RegisterModelOperator`` (templated).
-    :param config_path: serving config; default ``include/config/serving.yaml`` (templated).
-    :param readiness_timeout_s: overrides the config.
-    :param latency_budget_ms: overrides the config.
+    :param readiness_timeout_s: overrides ``serving.infra_validation.readiness_timeout_s``.
+    :param latency_budget_ms: overrides ``serving.infra_validation.latency_budget_ms``.
     :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
     :return: (XCom) ``registered`` plus ``infra_validation`` (the decision): what ``PromoteModelOperator`` takes.
     :raises InfraValidationError: the candidate failed a check (after the decision was recorded).
     """
 
-    template_fields = ("registered", "config_path")
+    template_fields = ("registered",)
     ui_color = "#cfe2f3"
 
     def __init__(
         self,
         *,
+        usecase: str | Path,
         registered: dict | str,
-        config_path: str | None = None,
         readiness_timeout_s: float | None = None,
         latency_budget_ms: float | None = None,
         mlflow_conn_id: str = MlflowHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.usecase = str(usecase)
         self.registered = registered
-        self.config_path = config_path
         self.readiness_timeout_s = readiness_timeout_s
         self.latency_budget_ms = latency_budget_ms
         self.mlflow_conn_id = mlflow_conn_id
@@ -93,10 +111,10 @@ class InfraValidateOperator(BaseOperator):
             )
         name, version = registered["name"], str(registered["version"])
         decision = validate_candidate(
+            self.usecase,
             name,
             version,
             self.mlflow_hook,
-            config_path=self.config_path or None,
             readiness_timeout_s=self.readiness_timeout_s,
             latency_budget_ms=self.latency_budget_ms,
             log=self.log,
@@ -116,27 +134,29 @@ class InfraValidateOperator(BaseOperator):
 
 
 def validate_candidate(
+    usecase: str | Path,
     name: str,
     version: str,
     mlflow_hook: MlflowHook,
     *,
-    config_path: str | None = None,
     readiness_timeout_s: float | None = None,
     latency_budget_ms: float | None = None,
     log: Any = None,
 ) -> InfraDecision:
-    """Start a pinned server for ``name`` v``version`` on a free port, check it, stop it; returns the decision."""
+    """Start a pinned server of the use case for ``name`` v``version`` on a free port, check it, stop it; returns
+    the decision (see ``InfraValidateOperator``)."""
     import httpx
 
     from airflow_mlops.core import infra_validation as iv
-    from airflow_mlops.core.serving_schemas import include_file, load_config
     from airflow_mlops.serving_process import ServingError, ServingProcess, free_port
 
-    config = load_config(config_path)
-    settings = config.get("infra_validation") or {}
-    timeout = float(readiness_timeout_s or settings.get("readiness_timeout_s", 120))
-    budget = float(latency_budget_ms or settings.get("latency_budget_ms", 150))
-    canned = json.loads(include_file(settings.get("canned_requests_file", "serving/canned_requests.json")).read_text())
+    config, settings = load_usecase(usecase)
+    timeout = float(readiness_timeout_s or settings.infra_readiness_timeout_s)
+    budget = float(latency_budget_ms or settings.latency_budget_ms)
+    try:
+        canned = settings.canned(infra=True)
+    except ValueError as err:
+        raise AirflowFailException(f"{config.config_file}: {err}") from err
     port = free_port()
     env = {
         **mlflow_env(mlflow_hook),
@@ -144,9 +164,9 @@ def validate_candidate(
         "MLOPS_SERVING_MODEL_VERSION": str(version),
         "MLOPS_INFERENCE_LOG": "off",
     }
-    if config_path:
-        env["MLOPS_SERVING_CONFIG"] = str(config_path)
-    process = ServingProcess(port=port, name=f"serving-validate-v{version}-{port}", env=env)
+    process = ServingProcess(
+        usecase=config.folder, port=port, name=f"serving-validate-{config.name}-v{version}-{port}", env=env
+    )
 
     def give_up_on_load_error(http: httpx.Client) -> None:
         try:
@@ -159,7 +179,7 @@ def validate_candidate(
     try:
         process.start()
         if log:
-            log.info("validating %s v%s on %s (log %s)", name, version, process.url, process.logfile)
+            log.info("validating %s v%s of %s on %s (log %s)", name, version, config.name, process.url, process.logfile)
         try:
             waited = process.wait_ready(timeout, on_poll=give_up_on_load_error)
         except ServingError as err:
@@ -170,8 +190,9 @@ def validate_candidate(
                 model_name=name,
                 version=version,
                 canned=canned,
+                task=config.task,
                 latency_budget_ms=budget,
-                latency_requests=int(settings.get("latency_requests", 50)),
+                latency_requests=settings.latency_requests,
                 ready_seconds=round(waited, 2),
             )
     finally:
@@ -179,20 +200,21 @@ def validate_candidate(
 
 
 class DeployModelOperator(BaseOperator):
-    """Make the serving endpoint answer with ``version`` (default: the alias's), with no failed request.
+    """Make the use case's serving endpoint answer with ``version`` (default: the alias's), with no failed request.
 
     If the endpoint answers, it is asked to load the version, check it with canned requests and swap it in
-    (in-flight requests finish on the old model). If it does not answer and it is the embedded endpoint on
-    loopback, the suite's serving process is started (``airflow_mlops.serving_process``). Then ``/info`` must
+    (requests being answered finish on the old model). If it does not answer and it is the embedded endpoint on
+    loopback, the use case's serving process is started (``airflow_mlops.serving_process``). Then ``/info`` must
     report the version.
 
+    :param usecase: the use-case folder (holding ``mlops.yaml``).
     :param version: the version to serve (templated): a number, or the XCom of ``PromoteModelOperator`` /
         ``RollbackModelOperator`` (its ``to_version`` and ``model``); empty = the alias's current version.
-    :param registered_model_name: the model (templated); default the XCom's ``model``, else the serving config's
-        ``model.name``, else ``training.yaml``'s ``registered_model_name``.
-    :param alias: the alias served; default ``champion``.
+    :param registered_model_name: the model (templated); default the XCom's ``model``, else ``serving.model.name``,
+        else the use case's ``model.registered_model_name``.
+    :param alias: the alias served; default ``serving.model.alias`` (``champion``).
     :param start_if_down: start the embedded server when nothing answers (default True).
-    :param readiness_timeout_s: wait for a started server; default the serving config's.
+    :param readiness_timeout_s: wait for a started server; default ``serving.server.readiness_timeout_s``.
     :param bentoml_conn_id: the serving endpoint; see ``BentoServingHook``.
     :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
     :return: (XCom) url, model name, version, action (started / swapped / unchanged), load seconds.
@@ -205,9 +227,10 @@ class DeployModelOperator(BaseOperator):
     def __init__(
         self,
         *,
+        usecase: str | Path,
         version: str | int | dict | None = None,
         registered_model_name: str | None = None,
-        alias: str = "champion",
+        alias: str | None = None,
         start_if_down: bool = True,
         readiness_timeout_s: float | None = None,
         bentoml_conn_id: str = BentoServingHook.default_conn_name,
@@ -215,6 +238,7 @@ class DeployModelOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.usecase = str(usecase)
         self.version = version
         self.registered_model_name = registered_model_name
         self.alias = alias
@@ -225,7 +249,7 @@ class DeployModelOperator(BaseOperator):
 
     @cached_property
     def serving_hook(self) -> BentoServingHook:
-        return BentoServingHook(bentoml_conn_id=self.bentoml_conn_id)
+        return BentoServingHook(self.usecase, bentoml_conn_id=self.bentoml_conn_id)
 
     @cached_property
     def mlflow_hook(self) -> MlflowHook:
@@ -239,6 +263,7 @@ class DeployModelOperator(BaseOperator):
         return deploy(
             self.serving_hook,
             self.mlflow_hook,
+            usecase=self.usecase,
             version=_version_of(version),
             name=name or None,
             alias=self.alias,
@@ -260,28 +285,30 @@ def deploy(
     serving: BentoServingHook,
     mlflow_hook: MlflowHook,
     *,
+    usecase: str | Path,
     version: str | None = None,
     name: str | None = None,
-    alias: str = "champion",
+    alias: str | None = None,
     start_if_down: bool = True,
     readiness_timeout_s: float | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Start or update the serving endpoint so that it serves ``version`` (see ``DeployModelOperator``)."""
-    from airflow_mlops.core.serving_schemas import load_config
+    """Start or update the use case's serving endpoint so that it serves ``version`` (see ``DeployModelOperator``)."""
     from airflow_mlops.serving_process import ServingError, ServingProcess
 
-    config = load_config()
-    name = name or (config.get("model") or {}).get("name")
-    if not name:
-        from airflow_mlops.core.serving_schemas import include_file
-        from airflow_mlops.core.training import load_config as training_config
-
-        name = training_config(include_file("config/training.yaml")).registered_model_name
+    config, settings = load_usecase(usecase)
+    name = name or settings.model_name
+    alias = alias or settings.alias
     target = version or mlflow_hook.alias_version(name, alias)
     if target is None:
         raise ServingDeployError(f"{name}@{alias} does not exist: nothing to deploy")
-    result: dict[str, Any] = {"url": serving.url, "model_name": name, "version": str(target), "load_seconds": None}
+    result: dict[str, Any] = {
+        "url": serving.url,
+        "usecase": config.name,
+        "model_name": name,
+        "version": str(target),
+        "load_seconds": None,
+    }
     if serving.is_ready():
         current = serving.info().get("model_version")
         if str(current) == str(target):
@@ -297,8 +324,8 @@ def deploy(
     elif serving.is_embedded and start_if_down:
         port = int(serving.url.rsplit(":", 1)[1])
         env = {**mlflow_env(mlflow_hook), "MLOPS_SERVING_MODEL_NAME": name, "MLOPS_SERVING_ALIAS": alias}
-        process = ServingProcess(port=port, env=env)
-        timeout = float(readiness_timeout_s or (config.get("server") or {}).get("readiness_timeout_s", 120))
+        process = ServingProcess(usecase=config.folder, port=port, env=env)
+        timeout = float(readiness_timeout_s or settings.readiness_timeout_s)
         try:
             process.start()
             result["load_seconds"] = round(process.wait_ready(timeout), 2)
@@ -312,10 +339,10 @@ def deploy(
             # The alias moved between the lookup and the start, or a version other than the alias's was asked.
             serving.reload(str(target))
     else:
-        raise ServingDeployError(f"the serving endpoint {serving.url} does not answer /readyz")
+        raise ServingDeployError(f"the serving endpoint {serving.url} of {config.name} does not answer /readyz")
     served = serving.info().get("model_version")
     if str(served) != str(target):
         raise ServingDeployError(f"{serving.url} serves version {served}, not {target}")
     if log:
-        log.info("%s v%s is served at %s (%s)", name, target, serving.url, result["action"])
+        log.info("%s v%s is served at %s for %s (%s)", name, target, serving.url, config.name, result["action"])
     return result

@@ -1,61 +1,73 @@
-"""The flight-delay prediction service (BentoML 1.4): the registry's champion, enriched with Feast online features.
+"""The prediction service of a use case (BentoML 1.4): the registry's champion, its requests enriched with the
+use case's Feast online features. One service per use case, named by it (``MLOPS_USECASE``: its folder)::
 
-    bentoml serve include/serving/service.py:FlightDelayService --host 127.0.0.1 --port 3000
+    MLOPS_USECASE=examples/<name> bentoml serve airflow_mlops.serving_service:MlopsService --port 3000
 
-``POST /predict`` one flight → probability of a late arrival, the decision at the threshold, model version,
-request id and the entities that fell back to defaults; ``POST /predict_batch`` ``{"flights": [...]}``;
-``POST /info`` what is served; ``POST /admin/reload`` (header ``X-MLOPS-Token``) loads a version (default: the
-alias's current one), answers the canned requests with it, and only then swaps it in. ``/readyz``, ``/livez``
-and ``/metrics`` are BentoML's. Bad input is a 400 naming the field (typed pydantic inputs).
+``POST /predict`` one request (the model generated from ``serving.request`` of ``mlops.yaml``) → ``request_id``,
+``id`` (the use case's id column, from its ``entity_keys``), ``prediction`` (a classification: the probability
+of the positive class; a regression: the value), ``label`` (a classification: ``prediction >= threshold``; a
+regression: null), ``threshold``, ``model_name``, ``model_version`` and ``defaults_used`` (the feature views
+that did not know the request's entity). ``POST /predict_batch`` ``{"rows": [...]}``; ``POST /info`` what is
+served; ``POST /admin/reload`` (header ``X-MLOPS-Token``) loads a version (default: the alias's current one),
+answers the canned requests with it, and only then swaps it in; ``POST /admin/flush_log`` commits the inference
+log now. ``/readyz``, ``/livez`` and ``/metrics`` are BentoML's. Bad input is a 400 naming the field.
 
-Configuration: ``include/config/serving.yaml`` and the environment —
-``MLOPS_SERVING_MODEL_NAME`` / ``MLOPS_SERVING_ALIAS`` / ``MLOPS_SERVING_MODEL_VERSION`` (a pinned version
-never follows the alias: infrastructure validation), ``MLOPS_SERVING_TOKEN`` (or the file
-``MLOPS_SERVING_TOKEN_FILE``; none: no admin API), ``MLOPS_INFERENCE_LOG=off`` (no inference log), MLflow
-through ``MlflowHook``'s environment rules, Feast through ``FeastHook``'s, the lake through ``MLOPS_LAKE``.
+Configuration: the use case's ``serving`` section (``ServingSettings``) and the environment —
+``MLOPS_USECASE`` (required), ``MLOPS_SERVING_LAKE_ROOT`` (the use case's lake root, where the inference log
+goes; default ``<MLOPS_LAKE>/<name>``), ``MLOPS_SERVING_MODEL_NAME`` / ``MLOPS_SERVING_ALIAS`` /
+``MLOPS_SERVING_MODEL_VERSION`` (a pinned version never follows the alias: infrastructure validation),
+``MLOPS_SERVING_TOKEN`` (or the file ``MLOPS_SERVING_TOKEN_FILE``; none: no admin API), ``MLOPS_INFERENCE_LOG=off``
+(no inference log), MLflow through ``MlflowHook``'s environment rules, Feast through ``FeastHook``'s.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from airflow_mlops.core import serving_schemas as S
+from airflow_mlops.core.request_schema import batch_model, request_model
 from airflow_mlops.core.serving_schemas import (
     BatchPrediction,
-    BatchRequest,
-    FlightRequest,
     ModelInfo,
     Prediction,
     ReloadRequest,
     ReloadResult,
+    ServingSettings,
 )
+from airflow_mlops.usecase import config as usecase_config
 
 log = logging.getLogger("airflow_mlops.serving")
-CONFIG = S.load_config()
-SERVER = CONFIG["server"]
+
+
+def _usecase() -> usecase_config.UseCase:
+    folder = os.environ.get("MLOPS_USECASE")
+    if not folder:
+        raise RuntimeError("MLOPS_USECASE is not set: it names the use-case folder (holding mlops.yaml) to serve")
+    return usecase_config.load(folder)
+
+
+USECASE = _usecase()
+SETTINGS = ServingSettings.from_usecase(USECASE)
+#: The generated request models, bound to module-level names: BentoML resolves the APIs' string annotations here.
+Request = request_model(SETTINGS.request, base_dir=USECASE.folder)
+RequestBatch = batch_model(Request, SETTINGS.batch_max_size)
 
 
 class Forbidden(BentoMLException):
-    from http import HTTPStatus
-
     error_code = HTTPStatus.FORBIDDEN
 
 
 class SwapRejected(BentoMLException):
-    from http import HTTPStatus
-
     error_code = HTTPStatus.CONFLICT
 
 
@@ -68,33 +80,37 @@ def _token() -> str | None:
 
 
 @bentoml.service(
-    name="flight_delay",
-    workers=int(SERVER.get("workers", 1)),
-    threads=int(SERVER.get("threads", 2)),
-    traffic={"timeout": int(SERVER.get("timeout_s", 30))},
+    name=SETTINGS.service_name,
+    workers=SETTINGS.workers,
+    threads=SETTINGS.threads,
+    traffic={"timeout": SETTINGS.timeout_s},
 )
-class FlightDelayService:
+class MlopsService:
     def __init__(self) -> None:
         from threadpoolctl import threadpool_limits
 
-        from airflow_mlops.core.features import load_spec
+        from airflow_mlops.core.features import FeatureSpec
         from airflow_mlops.hooks.mlflow_registry import MlflowHook
+        from airflow_mlops.usecase import FeatureContext, load_function
 
         # One OpenMP thread per scoring call: requests run in parallel threads already, and on a small shared CPU
-        # OpenMP's spinning threads multiplied single-row latency (training.yaml's `threads: 1` note, likewise).
+        # OpenMP's spinning threads multiplied single-row latency.
         threadpool_limits(1)
 
-        model_cfg = CONFIG.get("model") or {}
-        self.alias = os.environ.get("MLOPS_SERVING_ALIAS") or model_cfg.get("alias") or "champion"
+        self.usecase = USECASE
+        self.settings = SETTINGS
+        self.alias = os.environ.get("MLOPS_SERVING_ALIAS") or SETTINGS.alias
         self.pinned = os.environ.get("MLOPS_SERVING_MODEL_VERSION") or None
-        self.name = os.environ.get("MLOPS_SERVING_MODEL_NAME") or model_cfg.get("name") or _training_model_name()
-        threshold = CONFIG.get("threshold")
-        self.threshold = None if threshold is None else float(threshold)
+        self.name = os.environ.get("MLOPS_SERVING_MODEL_NAME") or SETTINGS.model_name
+        self.lake_root = os.environ.get("MLOPS_SERVING_LAKE_ROOT") or usecase_config.lake_url(USECASE)
         self.mlflow = MlflowHook()
         self.client = self.mlflow.client
-        self.spec = load_spec()
+        self.spec = FeatureSpec.from_usecase(USECASE)
+        self.request_spec = Request.__request_spec__
+        self.entity_keys = load_function(USECASE.module_file, "entity_keys", arity=2)
+        self.ctx = FeatureContext(period="", params=self.spec.params, config=USECASE)
         self._features: Any = None  # the online reader, opened on first use (see ``features``)
-        self.canned = [FlightRequest(**r) for r in _canned()["single"]]
+        self.canned = [Request.model_validate(r) for r in SETTINGS.canned()["single"]]
         self.slot: Any = None
         self.load_error: str | None = None
         self._lock = threading.Lock()
@@ -106,9 +122,10 @@ class FlightDelayService:
         else:
             self._load_first(version)
         self._stop = threading.Event()
-        interval = float(model_cfg.get("watch_interval_s") or 0)
-        if interval > 0 and not self.pinned:
-            threading.Thread(target=self._watch, args=(interval,), name="alias-watch", daemon=True).start()
+        if SETTINGS.watch_interval_s > 0 and not self.pinned:
+            threading.Thread(
+                target=self._watch, args=(SETTINGS.watch_interval_s,), name="alias-watch", daemon=True
+            ).start()
 
     @property
     def features(self) -> Any:
@@ -119,19 +136,18 @@ class FlightDelayService:
 
             with self._lock:
                 if self._features is None:
-                    self._features = FeastHook().online_reader
+                    self._features = FeastHook(USECASE.folder, lake_root=self.lake_root).online_reader
         return self._features
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _inference_log(self) -> Any:
-        cfg = CONFIG.get("inference_log") or {}
-        if not cfg.get("enabled", True) or os.environ.get("MLOPS_INFERENCE_LOG", "").lower() in ("off", "0", "false"):
+        if not SETTINGS.log_enabled or os.environ.get("MLOPS_INFERENCE_LOG", "").lower() in ("off", "0", "false"):
             return None
         from airflow_mlops.core.inference_log import InferenceLogBuffer, LakePartWriter
         from airflow_mlops.hooks.lake import LakeHook
 
-        writer = LakePartWriter(LakeHook(), zone=cfg.get("zone", "inference_log"))
-        return InferenceLogBuffer(writer, int(cfg.get("flush_rows", 500)), float(cfg.get("flush_interval_s", 10)))
+        writer = LakePartWriter(LakeHook(root_url=self.lake_root), zone=SETTINGS.log_zone)
+        return InferenceLogBuffer(writer, SETTINGS.log_flush_rows, SETTINGS.log_flush_interval_s)
 
     def _load_first(self, version: str) -> None:
         from airflow_mlops.core.serving_model import ModelSlot
@@ -147,23 +163,28 @@ class FlightDelayService:
             return
         self.slot = ModelSlot(loaded)
         self.load_error = None
-        log.info("serving %s v%s (threshold %.3f)", loaded.name, loaded.version, loaded.threshold)
+        log.info("serving %s v%s (%s, threshold %s)", loaded.name, loaded.version, loaded.task, loaded.threshold)
 
     def _load(self, version: str) -> Any:
         from airflow_mlops.core.serving_model import load_version
 
-        return load_version(self.client, self.name, str(version), self.threshold)
+        return load_version(self.client, self.name, str(version), SETTINGS.threshold)
+
+    def _enrich(self, requests: list[Any]) -> Any:
+        from airflow_mlops.core.serving_model import enrich_requests
+
+        return enrich_requests(requests, self.request_spec, self.entity_keys, self.ctx, self.features, self.spec)
 
     def _check(self, loaded: Any) -> list[str]:
-        """Answer the canned requests with ``loaded``: every answer must be a probability."""
-        from airflow_mlops.core.serving_model import check_answers, lookup_features
+        """Answer the canned requests with ``loaded``: one valid answer each (a probability, or a finite value)."""
+        from airflow_mlops.core.serving_model import check_answers
 
-        rows, _ = lookup_features(self.features, self.spec, self.canned)
+        enriched = self._enrich(self.canned)
         try:
-            answers = loaded.score(rows)
+            answers = loaded.score(enriched.rows)
         except Exception as err:  # noqa: BLE001 - a model that cannot score is a failed check
             return [f"scoring the canned requests failed: {type(err).__name__}: {err}"]
-        return check_answers(answers, len(self.canned))
+        return check_answers(answers, len(self.canned), loaded.task)
 
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -257,116 +278,84 @@ class FlightDelayService:
             "inference_log": self.log_buffer.stats() if self.log_buffer else {"enabled": False},
         }
         if current is None:
-            return {**state, "model_name": self.name, "alias": self.alias, "pinned": bool(self.pinned)}
+            return {
+                **state,
+                "usecase": USECASE.name,
+                "task": USECASE.task,
+                "model_name": self.name,
+                "alias": self.alias,
+                "pinned": bool(self.pinned),
+            }
         info = ModelInfo(
+            usecase=USECASE.name,
+            task=current.task,
             model_name=current.name,
             model_version=current.version,
             alias=None if self.pinned else self.alias,
             pinned=bool(self.pinned),
             threshold=current.threshold,
             loaded_at=current.loaded_at,
-            features=current.config.features,
+            features=list(current.config.features),
             swaps=self.slot.swaps,
             inference_log=state["inference_log"],
         )
         return {**state, **info.model_dump()}
 
     # -- predictions -----------------------------------------------------------------------------------------
-    def _answer(self, flights: list[FlightRequest], batch_id: str | None) -> list[Prediction]:
-        from airflow_mlops.core.serving_model import lookup_features
-
+    def _answer(self, requests: list[Any], batch_id: str | None) -> list[Prediction]:
         started = time.perf_counter()
         if self.slot is None:
             raise ServiceUnavailable(self.load_error or "no model loaded yet")
         model = self.slot.current  # read once: a swap during this request does not change its model
-        rows, defaulted = lookup_features(self.features, self.spec, flights)
-        probabilities = model.score(rows)
+        enriched = self._enrich(requests)
+        values = model.score(enriched.rows)
         ids = (
-            [uuid.uuid4().hex for _ in flights]
+            [uuid.uuid4().hex for _ in requests]
             if batch_id is None
-            else [f"{batch_id}-{i}" for i in range(len(flights))]
+            else [f"{batch_id}-{i}" for i in range(len(requests))]
         )
         answers = [
             Prediction(
                 request_id=rid,
-                flight_id=row["flight_id"],
-                probability_late=p,
-                late=p >= model.threshold,
+                id=ident,
+                prediction=value,
+                label=model.decide(value),
                 threshold=model.threshold,
                 model_name=model.name,
                 model_version=model.version,
                 defaults_used=unknown,
             )
-            for rid, row, p, unknown in zip(ids, rows, probabilities, defaulted, strict=True)
+            for rid, ident, value, unknown in zip(ids, enriched.ids, values, enriched.defaulted, strict=True)
         ]
         if self.log_buffer is not None:
+            from airflow_mlops.core.inference_log import log_records
+
             latency_ms = (time.perf_counter() - started) * 1000.0
-            self.log_buffer.append(_log_rows(flights, rows, answers, model.config.features, batch_id, latency_ms))
+            self.log_buffer.append(
+                log_records(
+                    enriched.frame,
+                    enriched.ids,
+                    enriched.rows,
+                    answers,
+                    id_column=self.spec.id_column,
+                    features=list(model.config.features),
+                    batch_id=batch_id,
+                    latency_ms=latency_ms,
+                )
+            )
         return answers
 
     @bentoml.api(route="/predict")
-    def predict(self, flight: FlightRequest, /) -> Prediction:
-        return self._answer([flight], None)[0]
+    def predict(self, request: Request, /) -> Prediction:
+        return self._answer([request], None)[0]
 
     @bentoml.api(route="/predict_batch")
-    def predict_batch(self, flights: BatchRequest, /) -> BatchPrediction:
+    def predict_batch(self, batch: RequestBatch, /) -> BatchPrediction:
         batch_id = uuid.uuid4().hex
-        answers = self._answer(flights.flights, batch_id)
+        answers = self._answer(batch.rows, batch_id)
         return BatchPrediction(
             request_id=batch_id,
             model_name=answers[0].model_name,
             model_version=answers[0].model_version,
             predictions=answers,
         )
-
-
-def _log_rows(
-    flights: list[FlightRequest],
-    rows: list[dict[str, Any]],
-    answers: list[Prediction],
-    features: list[str],
-    batch_id: str | None,
-    latency_ms: float,
-) -> list[dict[str, Any]]:
-    now = datetime.now(UTC)
-    out = []
-    for flight, row, answer in zip(flights, rows, answers, strict=True):
-        record = {
-            "request_id": answer.request_id,
-            "batch_id": batch_id or answer.request_id,
-            "timestamp": now,
-            "input_carrier": flight.carrier,
-            "input_flight": flight.flight,
-            "input_origin": flight.origin,
-            "input_dest": flight.dest,
-            "input_scheduled_departure": flight.departure_utc(),
-            "input_tailnum": flight.tailnum,
-            "flight_id": answer.flight_id,
-        }
-        record.update({name: row.get(name) for name in features})
-        record.update(
-            {
-                "defaults_used": ",".join(answer.defaults_used),
-                "probability_late": answer.probability_late,
-                "late": answer.late,
-                "threshold": answer.threshold,
-                "model_name": answer.model_name,
-                "model_version": answer.model_version,
-                "latency_ms": latency_ms,
-            }
-        )
-        out.append(record)
-    return out
-
-
-def _canned() -> dict[str, Any]:
-    path = S.include_file((CONFIG.get("swap") or {}).get("canned_requests_file", "serving/canned_requests.json"))
-    return json.loads(path.read_text())
-
-
-def _training_model_name() -> str:
-    from airflow_mlops.core.training import load_config
-
-    return load_config(
-        os.environ.get("MLOPS_TRAINING_CONFIG") or S.include_file("config/training.yaml")
-    ).registered_model_name
