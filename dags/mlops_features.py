@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
+from airflow_mlops import settings
 from airflow_mlops.assets import FEATURES, TRAINING_SET, VALIDATED_BATCH
 from airflow_mlops.operators.feature_store import (
     ApplyFeatureRepoOperator,
@@ -32,6 +33,7 @@ from airflow_mlops.operators.feature_store import (
 from airflow_mlops.operators.features import BuildFeaturesOperator
 
 BUILT = "ti.xcom_pull(task_ids='build_features')"
+USECASE = str(settings.project_root() / "examples" / "flight_delay")
 
 with DAG(
     dag_id="mlops_features",
@@ -57,18 +59,20 @@ with DAG(
     tags=["mlops", "features", "feast"],
     doc_md=__doc__,
 ) as dag:
-    build = BuildFeaturesOperator(task_id="build_features", month="{{ params.month or '' }}")
-    apply = ApplyFeatureRepoOperator(task_id="apply_feature_repo")
+    build = BuildFeaturesOperator(task_id="build_features", usecase=USECASE, period="{{ params.month or '' }}")
+    apply = ApplyFeatureRepoOperator(task_id="apply_feature_repo", usecase=USECASE)
     materialize = MaterializeFeaturesOperator(
         task_id="materialize_features",
+        usecase=USECASE,
         interval_start="{{ " + BUILT + "['interval_start'] }}",
         interval_end="{{ " + BUILT + "['interval_end'] }}",
         outlets=[FEATURES],
     )
     training_set = TrainingSetOperator(
         task_id="training_set",
-        end_month="{{ " + BUILT + "['month'] }}",
-        window_months="{{ params.window_months or '' }}",
+        usecase=USECASE,
+        end_period="{{ " + BUILT + "['month'] }}",
+        window="{{ params.window_months or '' }}",
         outlets=[TRAINING_SET],
     )
     [build, apply] >> materialize >> training_set

@@ -1,4 +1,5 @@
-"""The Feast feature store: one repository (``include/feature_repo``), its configuration, and what tasks do with it.
+"""The Feast feature store of a use case: its configuration and repository, derived from the use case's declared
+feature views (no hand-written Feast definitions), and what tasks do with it.
 
 Named ``feast_store`` (not ``feast``): the plugin loader registers plugin files under their bare names, and a
 ``feast.py`` would shadow the library.
@@ -6,10 +7,8 @@ Named ``feast_store`` (not ``feast``): the plugin loader registers plugin files 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,16 +25,9 @@ if TYPE_CHECKING:
     from airflow_mlops.hooks.feast_online import OnlineFeatureReader
     from airflow_mlops.hooks.lake import LakeHook
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-DEFINITIONS_MODULE = "definitions.py"
-
 
 def feast_home() -> Path:
     return Path(os.environ.get("MLOPS_FEAST_HOME") or settings.mlops_home() / "feast").resolve()
-
-
-def default_repo_path() -> Path:
-    return Path(os.environ.get("MLOPS_FEAST_REPO") or settings.include_dir() / "feature_repo").resolve()
 
 
 def features_root(lake_url: str) -> str:
@@ -45,14 +37,16 @@ def features_root(lake_url: str) -> str:
 
 
 class FeastHook(BaseHook):
-    """Open the Feast store of ``include/feature_repo`` with this deployment's configuration.
+    """Open the Feast store of a use case (project = the use case's name) with this deployment's configuration.
 
-    ``feature_store.yaml`` is rendered with ``${VAR}`` from the environment (``MLOPS_FEAST_HOME`` defaults to
-    ``$MLOPS_HOME/feast``). The online store is SQLite unless the configuration says otherwise, in this order:
-    the Airflow Connection ``feast_conn_id`` (conn type ``redis``: host, port, password, extra ``db``; or extra
-    ``{"online_store": {...}}``), then ``MLOPS_FEAST_ONLINE_STORE=redis`` with ``MLOPS_FEAST_REDIS``.
+    The repository is derived from the use case's ``features.views``: one entity per join key, one feature view
+    per declared view reading ``features/*/<view>.parquet`` of the lake. The registry and the SQLite online store
+    live under ``MLOPS_FEAST_HOME/<project>/`` (default ``$MLOPS_HOME/feast``); the offline store is DuckDB. The
+    online store is SQLite unless the configuration says otherwise, in this order: the Airflow Connection
+    ``feast_conn_id`` (conn type ``redis``: host, port, password, extra ``db``; or extra ``{"online_store":
+    {...}}``), then ``MLOPS_FEAST_ONLINE_STORE=redis`` with ``MLOPS_FEAST_REDIS``.
 
-    :param repo_path: the feature repository; default ``MLOPS_FEAST_REPO`` or ``include/feature_repo``.
+    :param usecase: the use-case folder, or a :class:`FeatureSpec` already built from it.
     :param feast_conn_id: Airflow Connection with the online store; default ``MLOPS_FEAST_CONN_ID`` (none: env).
     :param lake_root: lake root URL whose ``features/`` partitions are the offline sources; default ``MLOPS_LAKE``.
     """
@@ -63,20 +57,37 @@ class FeastHook(BaseHook):
     hook_name = "MLOps Feast store"
 
     def __init__(
-        self, repo_path: str | Path | None = None, feast_conn_id: str | None = None, lake_root: str | None = None
+        self, usecase: str | Path | FeatureSpec, feast_conn_id: str | None = None, lake_root: str | None = None
     ) -> None:
         super().__init__()
-        self.repo_path = Path(repo_path).resolve() if repo_path else default_repo_path()
+        self.usecase = usecase
         self.feast_conn_id = feast_conn_id or os.environ.get("MLOPS_FEAST_CONN_ID") or None
         self.lake_root = (lake_root or settings.lake_url()).rstrip("/")
 
+    @cached_property
+    def spec(self) -> FeatureSpec:
+        from airflow_mlops.core.features import FeatureSpec
+        from airflow_mlops.usecase import config
+
+        if isinstance(self.usecase, FeatureSpec):
+            return self.usecase
+        return FeatureSpec.from_usecase(config.load(self.usecase))
+
     # -- configuration -------------------------------------------------------------------------------------
+    @property
+    def project(self) -> str:
+        return self.spec.name
+
+    @property
+    def repo_path(self) -> Path:
+        return feast_home() / self.project
+
     @property
     def features_root(self) -> str:
         return features_root(self.lake_root)
 
     def online_store_config(self) -> dict[str, Any] | None:
-        """The online store override from the Connection or the environment; None keeps ``feature_store.yaml``'s."""
+        """The online store override from the Connection or the environment; None keeps the SQLite default."""
         if self.feast_conn_id:
             conn = self.get_connection(self.feast_conn_id)
             extra = conn.extra_dejson
@@ -99,26 +110,18 @@ class FeastHook(BaseHook):
         return None
 
     def render_config(self) -> dict[str, Any]:
-        """``feature_store.yaml`` as a dict, variables filled, online store resolved (no Feast import)."""
-        import yaml
-
-        path = self.repo_path / "feature_store.yaml"
-        values = {**os.environ, "MLOPS_FEAST_HOME": str(feast_home()), "MLOPS_HOME": str(settings.mlops_home())}
-        values.setdefault("MLOPS_FEATURES_ROOT", self.features_root)
-
-        def fill(node: Any) -> Any:
-            if isinstance(node, dict):
-                return {key: fill(value) for key, value in node.items()}
-            if isinstance(node, list):
-                return [fill(value) for value in node]
-            if isinstance(node, str):
-                missing = [name for name in _VAR.findall(node) if name not in values]
-                if missing:
-                    raise ValueError(f"{path}: no value for ${{{missing[0]}}}")
-                return _VAR.sub(lambda m: values[m.group(1)], node)
-            return node
-
-        raw = fill(yaml.safe_load(path.read_text()))
+        """The store's configuration as ``feature_store.yaml`` would hold it (no Feast import)."""
+        home = self.repo_path
+        raw: dict[str, Any] = {
+            "project": self.project,
+            "provider": "local",
+            "registry": {"registry_type": "file", "path": str(home / "registry.db"), "cache_ttl_seconds": 60},
+            # DuckDB over the lake's Parquet partitions. The default dask `file` store joins every entity row to
+            # every feature row of its key: it ran out of memory on a month of the reference use case.
+            "offline_store": {"type": "duckdb"},
+            "online_store": {"type": "sqlite", "path": str(home / "online_store.db")},
+            "entity_key_serialization_version": 3,
+        }
         override = self.online_store_config()
         if override is not None:
             raw["online_store"] = override
@@ -129,11 +132,7 @@ class FeastHook(BaseHook):
         from feast import RepoConfig
 
         raw = self.render_config()
-        for key in ("registry",):
-            target = raw[key]["path"] if isinstance(raw[key], dict) else raw[key]
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-        if raw.get("online_store", {}).get("type") == "sqlite":
-            Path(raw["online_store"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+        self.repo_path.mkdir(parents=True, exist_ok=True)
         config = RepoConfig(**raw)
         config.repo_path = self.repo_path
         return config
@@ -145,30 +144,37 @@ class FeastHook(BaseHook):
         os.environ.setdefault("FEAST_USAGE", "False")
         return FeatureStore(repo_path=str(self.repo_path), config=self.config)
 
-    @cached_property
-    def spec(self) -> FeatureSpec:
-        from airflow_mlops.core.features import load_spec
-
-        return load_spec()
-
     # -- apply ---------------------------------------------------------------------------------------------
     def definitions(self) -> dict[str, object]:
-        """The repository's Feast objects for this lake (the definitions module, loaded afresh)."""
-        module_path = self.repo_path / DEFINITIONS_MODULE
-        previous = os.environ.get("MLOPS_FEATURES_ROOT")
-        os.environ["MLOPS_FEATURES_ROOT"] = self.features_root
-        try:
-            loader = importlib.util.spec_from_file_location("_mlops_feature_repo_definitions", module_path)
-            if loader is None or loader.loader is None:
-                raise ValueError(f"cannot load the feature definitions {module_path}")
-            module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
-        finally:
-            if previous is None:
-                os.environ.pop("MLOPS_FEATURES_ROOT", None)
-            else:
-                os.environ["MLOPS_FEATURES_ROOT"] = previous
-        return module.build_objects(self.features_root, self.spec)
+        """The use case's Feast objects, by name: an entity per join key and a feature view per declared view."""
+        from feast import Entity, FeatureView, Field, FileSource, ValueType
+        from feast.types import Float64, Int64, String
+
+        types = {"float64": Float64, "int64": Int64, "string": String}
+        spec, root = self.spec, self.features_root.rstrip("/")
+        tags = {"feature_version": str(spec.feature_version), "owner": "airflow-mlops", "usecase": spec.name}
+        entities = {
+            key: Entity(name=key, join_keys=[key], value_type=ValueType.STRING, description=f"join key {key}")
+            for key in spec.join_keys()
+        }
+        objects: dict[str, object] = dict(entities)
+        for view in spec.views:
+            objects[view.name] = FeatureView(
+                name=view.name,
+                entities=[entities[view.key]],
+                ttl=timedelta(hours=view.ttl_hours),
+                schema=[Field(name=name, dtype=types[dtype]) for name, dtype in view.fields.items()],
+                source=FileSource(
+                    name=f"{view.name}_source",
+                    path=f"{root}/*/{view.name}.parquet",
+                    timestamp_field=view.timestamp,
+                    description=f"features/<period>/{view.name}.parquet partitions of the lake",
+                ),
+                online=True,
+                tags=tags,
+                description=view.description,
+            )
+        return objects
 
     def apply(self) -> dict[str, Any]:
         """``feast apply`` of the repository: registers what changed, deletes what was removed, creates tables.
@@ -280,40 +286,22 @@ class FeastHook(BaseHook):
 
     @cached_property
     def online_reader(self) -> OnlineFeatureReader:
-        """Prepared reads of every feature of ``features.yaml``; the slow-moving views are cached until a commit."""
-        from airflow_mlops.core.features import FLIGHT_VIEW
+        """Prepared reads of every model feature a view serves. Views keyed by the row's own id change with every
+        row and are read each time; the others (time-slot keyed, slow-moving) are cached until a commit."""
         from airflow_mlops.hooks.feast_online import OnlineFeatureReader
 
         refs = self.spec.feature_refs()
+        per_row = {view.name for view in self.spec.views if view.key == self.spec.id_column}
         views = {ref.split(":", 1)[0] for ref in refs}
-        return OnlineFeatureReader(self.store, refs, cache_views=views - {FLIGHT_VIEW})
+        return OnlineFeatureReader(self.store, refs, cache_views=views - per_row)
 
-    def online_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Online values for flights given as ``{flight_id, carrier, origin, dest, event_timestamp}`` (the
-        scheduled departure, UTC; route derived): each reads the weather and history slots of its departure.
+    def online_features(self, keys: pd.DataFrame) -> list[dict[str, Any]]:
+        """Online feature rows for request rows' entity keys (``entity_keys``' output): defaults where a key is
+        unknown, and what the request itself determines where a view did not know the entity."""
+        from airflow_mlops.core.serving_model import lookup_features
 
-        Unknown keys get the defaults of ``features.yaml`` (NaN, counts 0, ``*_known`` 0).
-        """
-        import pandas as pd
-
-        from airflow_mlops.core.features import finish_online, request_slots
-
-        entity_rows = []
-        for row in rows:
-            route = row.get("route") or f"{row['origin']}-{row['dest']}"
-            departure = pd.Timestamp(row["event_timestamp"])
-            departure = departure.tz_localize("UTC") if departure.tzinfo is None else departure
-            entity_rows.append(
-                {
-                    "flight_id": row["flight_id"],
-                    **request_slots(row["carrier"], row["origin"], route, departure.to_pydatetime(), self.spec),
-                }
-            )
-        out = finish_online(self.online_reader.read(entity_rows), self.spec)
-        for row, asked in zip(out, rows, strict=True):
-            if row.get("dest") in (None, self.spec.unknown_category) and asked.get("dest"):
-                row["dest"] = asked["dest"]
-        return out
+        rows, _ = lookup_features(self.online_reader, self.spec, keys)
+        return rows
 
     # -- lake ----------------------------------------------------------------------------------------------
     @cached_property

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_mlops import settings
 from airflow_mlops.hooks.feast_store import FeastHook
 from airflow_mlops.hooks.lake import LakeHook
 
@@ -30,21 +28,21 @@ class _FeastOperator(BaseOperator):
     def __init__(
         self,
         *,
-        repo_path: str | None = None,
+        usecase: str,
         feast_conn_id: str | None = None,
         lake_root: str | None = None,
         lake_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.repo_path = repo_path
+        self.usecase = usecase
         self.feast_conn_id = feast_conn_id
         self.lake_root = lake_root
         self.lake_conn_id = lake_conn_id
 
     @cached_property
     def feast(self) -> FeastHook:
-        return FeastHook(repo_path=self.repo_path, feast_conn_id=self.feast_conn_id, lake_root=self.lake_root)
+        return FeastHook(self.usecase, feast_conn_id=self.feast_conn_id, lake_root=self.lake_root)
 
     @cached_property
     def lake(self) -> LakeHook:
@@ -52,9 +50,10 @@ class _FeastOperator(BaseOperator):
 
 
 class ApplyFeatureRepoOperator(_FeastOperator):
-    """``feast apply`` the repository (``include/feature_repo``) against this lake: idempotent.
+    """``feast apply`` the use case's feature repository (derived from its declared views) against this lake:
+    idempotent.
 
-    :param repo_path: the feature repository; default ``include/feature_repo``.
+    :param usecase: the use-case folder.
     :param feast_conn_id: connection with the online store (default: environment, see ``FeastHook``).
     :return: (XCom) project, views, entities, the registry changes (empty when nothing changed), online store type.
     """
@@ -99,10 +98,12 @@ class MaterializeFeaturesOperator(_FeastOperator):
         ``data_interval_start``.
     :param interval_end: end (excluded), likewise; default ``data_interval_end``.
     :param views: feature views to materialize (templated); default all.
+    :param periods: the periods whose features these are (templated; a list, or its JSON): the ``features`` Asset
+        event's extra ``periods``; default the calendar months the interval touches.
     :return: (XCom) interval_start, interval_end, rows per view (entities written), rows, seconds.
     """
 
-    template_fields = ("interval_start", "interval_end", "views")
+    template_fields = ("interval_start", "interval_end", "views", "periods")
     ui_color = "#f3e8fd"
 
     def __init__(
@@ -111,12 +112,14 @@ class MaterializeFeaturesOperator(_FeastOperator):
         interval_start: str | None = None,
         interval_end: str | None = None,
         views: list[str] | None = None,
+        periods: list[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.interval_start = interval_start
         self.interval_end = interval_end
         self.views = views
+        self.periods = periods
 
     def execute(self, context: Context) -> dict:
         import time
@@ -149,65 +152,69 @@ class MaterializeFeaturesOperator(_FeastOperator):
             "total_rows": total,
             "seconds": round(seconds, 3),
         }
-        months = months_in_interval(start, end)
+        periods = self.periods
+        if isinstance(periods, str):
+            periods = json.loads(periods) if periods.strip().startswith("[") else [periods] if periods.strip() else None
+        periods = sorted(periods) if periods else months_in_interval(start, end)
+        result["periods"] = periods
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = {
-                "months": months,
+                "periods": periods,
+                "months": periods,
                 **{k: result[k] for k in ("interval_start", "interval_end", "rows")},
             }
         return result
 
 
 class TrainingSetOperator(_FeastOperator):
-    """Extract a point-in-time correct training set for the label rows of a window of months, validate, commit.
+    """Extract a point-in-time correct training set for the label rows of a window of periods, validate, commit.
 
-    Label rows (``features/<month>/labels.parquet``: labelled flights only) of the trailing ``window_months``
-    months up to ``end_month`` are joined with every feature view in the offline store (Feast, DuckDB), finished
-    to the training-set contract (``core.features.finish_training_set``), sorted by ``flight_id`` and validated
-    with the ``training_set`` GX suite. A passing set is committed to ``training_sets/<sha12>/`` with its
-    manifest; the same window and inputs give the same bytes, hence the same address.
+    Label rows (``features/<period>/labels.parquet``) of the trailing ``window`` periods up to ``end_period`` are
+    joined with every feature view in the offline store (Feast, DuckDB), finished to the training-set contract
+    (``core.features.finish_training_set``: id, event time, label, period, model features), sorted by the id and
+    validated with the use case's ``expectations/training_set.json`` suite when it has one. A passing set is
+    committed to ``training_sets/<sha12>/`` with its manifest; the same window and inputs give the same bytes,
+    hence the same address.
 
-    :param end_month: last month of the window, ``YYYY-MM`` (templated).
-    :param window_months: how many months (templated); default ``training.window_months`` of ``features.yaml``.
-    :param suite: the GX suite file (templated); default ``include/expectations/training_set.json``.
+    :param usecase: the use-case folder.
+    :param end_period: last period of the window (templated).
+    :param window: how many periods (templated); default ``features.window_periods`` of ``mlops.yaml``.
     :param join_chunk_rows: label rows per point-in-time join (bounds its memory); default
-        ``training.join_chunk_rows`` of ``features.yaml``.
-    :return: (XCom) uri, sha256, rows, months, manifest_uri.
+        ``features.join_chunk_rows``.
+    :return: (XCom) uri, sha256, rows, periods (and months, the same), manifest_uri.
     :raises TrainingSetValidationError: the set failed its suite (nothing is committed).
     """
 
-    template_fields = ("end_month", "window_months", "suite")
+    template_fields = ("end_period", "window")
     ui_color = "#e8fdf3"
 
     def __init__(
         self,
         *,
-        end_month: str,
-        window_months: int | str | None = None,
-        suite: str | None = None,
+        end_period: str,
+        window: int | str | None = None,
         join_chunk_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.end_month = end_month
-        self.window_months = window_months
-        self.suite = suite
+        self.end_period = end_period
+        self.window = window
         self.join_chunk_rows = join_chunk_rows
 
     def execute(self, context: Context) -> dict:
-        from airflow_mlops.core import features as F
+        from airflow_mlops.core.batches import parse_period, window_periods
 
         spec = self.feast.spec
-        count = int(self.window_months) if self.window_months not in (None, "", "None") else spec.window_months
-        wanted = F.window_months(F.parse_month(str(self.end_month)), count)
+        count = int(self.window) if self.window not in (None, "", "None") else spec.window_periods
+        wanted = window_periods(parse_period(str(self.end_period)), count)
         labels, partitions = self._labels(wanted)
-        months = sorted(partitions)
-        if len(months) < spec.min_months:
-            raise AirflowFailException(f"only {len(months)} month(s) of features in {wanted[0]}..{wanted[-1]}")
-        self.log.info("training set: %d label rows of %s", len(labels), ", ".join(months))
+        periods = sorted(partitions)
+        if len(periods) < spec.min_periods:
+            raise AirflowFailException(f"only {len(periods)} period(s) of features in {wanted[0]}..{wanted[-1]}")
+        self.log.info("training set: %d label rows of %s", len(labels), ", ".join(periods))
         frame = build_training_set(self.feast, labels, spec, chunk_rows=self.join_chunk_rows)
         del labels
-        return self._commit(frame, months, partitions, spec, context)
+        return self._commit(frame, periods, partitions, spec, context)
 
     def _labels(self, wanted: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
         import io
@@ -215,37 +222,46 @@ class TrainingSetOperator(_FeastOperator):
         import pandas as pd
 
         frames, partitions = [], {}
-        for month in wanted:
-            manifest = self.lake.read_manifest(self.lake.path("features", month))
+        for period in wanted:
+            manifest = self.lake.read_manifest(self.lake.path("features", period))
             if manifest is None:
-                self.log.warning("no features for %s: left out of the window", month)
+                self.log.warning("no features for %s: left out of the window", period)
                 continue
             frames.append(pd.read_parquet(io.BytesIO(self.lake.read_verified(manifest["files"]["labels.parquet"]))))
-            partitions[month] = manifest["sha256"]
+            partitions[period] = manifest["sha256"]
         if not frames:
             raise AirflowFailException(f"no feature partition in {wanted[0]}..{wanted[-1]}")
         return pd.concat(frames, ignore_index=True), partitions
 
-    def _commit(
-        self, frame: pd.DataFrame, months: list[str], partitions: dict[str, str], spec: FeatureSpec, context: Context
-    ) -> dict:
-        from airflow_mlops.core import features as F
+    def _validate(self, frame: pd.DataFrame, digest: str) -> dict:
         from airflow_mlops.core import validation
-        from airflow_mlops.core.batches import sha256_bytes
+        from airflow_mlops.usecase import config
 
-        suite_path = Path(self.suite) if self.suite else settings.include_dir() / "expectations" / "training_set.json"
-        data = F.to_parquet_bytes(frame)
-        digest = sha256_bytes(data)
+        suite_path = config.load(self.usecase).folder / "expectations" / "training_set.json"
+        if not suite_path.is_file():
+            self.log.info("no %s: the training set is committed without a suite", suite_path)
+            return {"success": True, "suite": None}
         report = validation.validate_batch(
             f"training_set-{digest[:12]}",
             {"training_set": frame},
             {"training_set": validation.load_suite(suite_path)},
             {},
         )
-        context_xcom = report.summary()
+        summary = report.summary()
         if not report.success:
-            self.log.error("training set %s failed validation: %s", digest[:12], json.dumps(context_xcom)[:2000])
+            self.log.error("training set %s failed validation: %s", digest[:12], json.dumps(summary)[:2000])
             raise TrainingSetValidationError(report.failure_message())
+        return summary
+
+    def _commit(
+        self, frame: pd.DataFrame, periods: list[str], partitions: dict[str, str], spec: FeatureSpec, context: Context
+    ) -> dict:
+        from airflow_mlops.core import features as F
+        from airflow_mlops.core.batches import sha256_bytes
+
+        data = F.to_parquet_bytes(frame)
+        digest = sha256_bytes(data)
+        summary = self._validate(frame, digest)
         target = self.lake.path("training_sets", digest[:12])
         manifest = self.lake.read_manifest(target)
         if manifest and manifest.get("sha256") == digest:
@@ -259,24 +275,26 @@ class TrainingSetOperator(_FeastOperator):
                 [rec],
                 sha256=digest,
                 rows=len(frame),
-                months=months,
-                end_month=months[-1],
+                periods=periods,
+                months=periods,
+                end_month=periods[-1],
                 feature_partitions=partitions,
-                feature_views={view: spec.feature_version for view in spec.raw["store"]["views"]},
+                feature_views={view.name: spec.feature_version for view in spec.views},
                 feature_version=spec.feature_version,
                 columns=list(frame.columns),
-                validation=context_xcom,
+                validation=summary,
             )
         result = {
             "uri": record["uri"],
             "sha256": digest,
             "rows": int(len(frame)),
-            "months": months,
+            "periods": periods,
+            "months": periods,
             "manifest_uri": self.lake.url(target / "_manifest.json"),
         }
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = dict(result)
-        context["ti"].xcom_push(key="validation", value=context_xcom)
+        context["ti"].xcom_push(key="validation", value=summary)
         return result
 
 
@@ -285,23 +303,35 @@ def build_training_set(
 ) -> pd.DataFrame:
     """Point-in-time join of label rows with the offline store, finished to the training-set contract.
 
-    :param chunk_rows: label rows per join; default ``training.join_chunk_rows`` of ``features.yaml``.
+    :param chunk_rows: label rows per join; default ``features.join_chunk_rows`` of ``mlops.yaml``.
     """
     from airflow_mlops.core import features as F
 
-    columns = ["flight_id", "event_timestamp", "carrier", "origin", "route", *spec.slot_keys(), "is_late", "month"]
+    columns = list(
+        dict.fromkeys(
+            [
+                spec.id_column,
+                F.EVENT_TIMESTAMP,
+                *spec.join_keys(),
+                *spec.row_features(),
+                spec.label,
+                spec.period_column,
+            ]
+        )
+    )
     missing = [c for c in columns if c not in labels.columns]
     if missing:
         raise AirflowFailException(
-            f"label rows without {', '.join(missing)}: built under an older feature definition; rebuild the months"
+            f"label rows without {', '.join(missing)}: built under an older feature definition; rebuild the periods"
         )
     entity_df = labels.loc[:, columns]
+    drop = [k for k in spec.join_keys() if k not in spec.training_columns]  # a key that is a feature stays
     joined = feast.historical_features(
         entity_df,
         spec.feature_refs(),
         chunk_rows=chunk_rows or spec.join_chunk_rows,
-        drop=spec.slot_keys(),
-        sort_by="flight_id",
+        drop=drop,
+        sort_by=spec.id_column,
     )
     if len(joined) != len(entity_df):
         raise AirflowFailException(f"the point-in-time join returned {len(joined)} rows for {len(entity_df)} labels")
