@@ -4,6 +4,10 @@ PYTHON_VERSION ?= 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 export MLOPS_HOME ?= $(CURDIR)/.mlops
+# The use case `make demo` replays: a folder of examples/ (flight_delay: 2013 flights, monthly classification;
+# seattle_weather: daily weather, regression). DEMO_ARGS adds options: make demo DEMO_ARGS="--fresh".
+EXAMPLE ?= flight_delay
+DEMO_ARGS ?=
 UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
 UV := python3 -m uv
@@ -12,7 +16,8 @@ endif
 .PHONY: help install demo test test-fast test-e2e test-production up down status lint bench lock clean
 
 help:
-	@echo "make demo       run the main job end to end on the embedded profile (Airflow on 127.0.0.1:8080)"
+	@echo "make demo       run the main job end to end on the embedded profile (Airflow on 127.0.0.1:8080):"
+	@echo "                replay examples/\$$EXAMPLE (default $(EXAMPLE); make demo EXAMPLE=seattle_weather)"
 	@echo "make test       run the whole test suite (what CI runs)"
 	@echo "make test-fast  only the fast layers (core + operators without a DB), seconds"
 	@echo "make up | down | status   the embedded Airflow (API server + UI, scheduler, DAG processor, triggerer)"
@@ -30,7 +35,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m airflow_mlops.demo $(DEMO_ARGS)
+	$(PY) -m airflow_mlops.demo --usecase examples/$(EXAMPLE) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -55,8 +60,8 @@ status: install
 	$(PY) -m airflow_mlops.devstack status; $(PY) -m airflow_mlops.serving_process status
 
 lint: install
-	$(VENV)/bin/ruff check dags plugins include tests benchmarks
-	$(VENV)/bin/ruff format --check dags plugins include tests benchmarks
+	$(VENV)/bin/ruff check dags plugins include examples tests benchmarks
+	$(VENV)/bin/ruff format --check dags plugins include examples tests benchmarks
 
 bench: install
 	$(PY) benchmarks/run_all.py

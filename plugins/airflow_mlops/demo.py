@@ -1,17 +1,28 @@
-"""The main job: replay 2013 month by month through the whole MLOps loop (embedded profile by default;
+"""The main job: replay a use case period by period through the whole MLOps loop (embedded profile by default;
 ``MLOPS_PROFILE=production`` runs it on the production profile's native services).
 
-    python -m airflow_mlops.demo                                   # 2013-01..2013-12, May first lands broken
-    python -m airflow_mlops.demo --months 2013-01:2013-03 --corrupt   # three months, no broken delivery
-    python -m airflow_mlops.demo --corrupt 2013-07:out_of_range       # another broken month
-    python -m airflow_mlops.demo --fresh                              # forget an earlier replay and start over
+    python -m airflow_mlops.demo --usecase examples/<name>                    # its schedule (daily: a window)
+    python -m airflow_mlops.demo --usecase examples/<name> --periods 2013-01:2013-03 --corrupt   # no broken batch
+    python -m airflow_mlops.demo --usecase examples/<name> --corrupt 2013-07:out_of_range       # that one instead
+    python -m airflow_mlops.demo --usecase examples/<name> --fresh         # forget an earlier replay, start over
+
+``make demo`` replays the reference example (the Makefile's ``EXAMPLE``); ``make demo EXAMPLE=<name>`` the example
+``examples/<name>``. Without ``--usecase``: ``MLOPS_USECASE``, else the first use case of the projects folder.
+
+The periods: ``--periods`` (``FIRST:LAST`` ranges and lists; ``--months`` is the same), by default the use case's
+``source.schedule`` first..last — for a daily use case a window of it (``replay_source.default_periods``: 90 days,
+or the days its policy waits for a first model plus a month), since a schedule of years would take hours. One
+period first lands broken (quarantined, then re-sent corrected): by default the first of the use case's
+``CORRUPTIONS`` a third of the way in; ``--corrupt PERIOD[:KIND]`` picks others, ``--corrupt`` alone none; a use
+case without ``CORRUPTIONS`` has none.
 
 It starts the embedded Airflow (and leaves it running for you to explore; ``make down`` stops it), unpauses the
-pipeline, and for each month lands the batch, waits for validation and features, sends the month's flights
-through the serving endpoint, announces the outcomes and waits for monitoring and any retrain (see
-``airflow_mlops.replay_loop``). It prints a month-by-month table and writes ``reports/replay/`` in the lake:
-``summary.json``, ``replay.png`` and ``index.html`` (linking every report). Re-running continues an interrupted
-replay, or prints the finished one.
+use case's DAGs (``<name>_ingest_validate``, ...), and for each period lands the batch, waits for validation and
+features, sends the period's requests through the use case's serving endpoint, announces the outcomes and waits
+for monitoring and any retrain (see ``airflow_mlops.replay_loop``). It prints a period-by-period table with the
+task's live metric (classification: ROC AUC, regression: RMSE) and writes ``reports/replay/`` in the use case's
+lake: ``summary.json``, ``replay.png`` and ``index.html`` (linking every report). Re-running continues an
+interrupted replay, or prints the finished one.
 """
 
 from __future__ import annotations
@@ -22,168 +33,244 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.core.batches import parse_month
-
-DEFAULT_CORRUPT = "2013-05:duplicate_keys"
-
-
-def month_range(specs: list[str]) -> list[str]:
-    """``['2013-01:2013-03', '2013-07']`` -> every month named, in order, without duplicates."""
-    out: list[str] = []
-    for spec in specs:
-        first, _, last = spec.partition(":")
-        start, end = parse_month(first), parse_month(last or first)
-        year, mon = (int(p) for p in start.split("-"))
-        while f"{year:04d}-{mon:02d}" <= end:
-            month = f"{year:04d}-{mon:02d}"
-            if month not in out:
-                out.append(month)
-            year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    return sorted(out)
+if TYPE_CHECKING:
+    from airflow_mlops.usecase.config import UseCase
 
 
-def parse_corrupt(specs: list[str]) -> dict[str, str]:
-    """``['2013-05', '2013-07:out_of_range']`` -> month -> corruption kind (default duplicate_keys)."""
-    from airflow_mlops.core.replay_source import CORRUPTIONS
+@dataclass(frozen=True)
+class DemoPlan:
+    """What a replay will do: the use case, its periods, the broken deliveries, and a note on the defaults."""
 
-    out = {}
-    for spec in specs:
-        month, _, kind = spec.partition(":")
-        kind = kind or "duplicate_keys"
-        if kind not in CORRUPTIONS:
-            raise SystemExit(f"unknown corruption {kind!r}; kinds: {', '.join(sorted(CORRUPTIONS))}")
-        out[parse_month(month)] = kind
+    usecase: UseCase
+    periods: list[str]
+    corrupt: dict[str, str]
+    note: str | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m airflow_mlops.demo``."""
+    out = argparse.ArgumentParser(prog="python -m airflow_mlops.demo", description=__doc__.split("\n")[0])
+    out.add_argument("--usecase", help="the use-case folder (default: MLOPS_USECASE, else the first use case)")
+    out.add_argument(
+        "--periods",
+        "--months",
+        dest="periods",
+        nargs="+",
+        metavar="FIRST[:LAST]",
+        help="periods to replay, in order: ranges and lists (default: source.schedule; daily: its first days)",
+    )
+    out.add_argument(
+        "--corrupt",
+        nargs="*",
+        default=None,
+        metavar="PERIOD[:KIND]",
+        help="periods that first land broken (quarantined, then re-sent corrected); none with an empty list. "
+        "Kinds: python -m airflow_mlops.replay corruptions --usecase <folder>",
+    )
+    out.add_argument("--fresh", action="store_true", help="stop everything and delete MLOPS_HOME first")
+    out.add_argument("--timeout", type=float, default=900.0, help="seconds any one step may take")
+    out.add_argument("--traffic-concurrency", type=int, default=2, help="clients sending the period's requests")
     return out
 
 
-def _previous(lake) -> dict | None:
+def plan(args: argparse.Namespace) -> DemoPlan:
+    """The use case, periods and corruptions the arguments ask for (see the module's docstring).
+
+    :param args: parsed by :func:`parser`.
+    :raises ValueError: a bad use case, period or corruption (the message says which).
+    """
+    from airflow_mlops.core import replay_source
+
+    usecase = replay_source.load_usecase(args.usecase)
+    kind = usecase.source.period
+    note = None
+    if args.periods:
+        periods = replay_source.period_range(args.periods, kind)
+    else:
+        periods, note = replay_source.default_periods(usecase)
+    if args.corrupt == []:  # --corrupt alone: no broken delivery (the use case's CORRUPTIONS are not read)
+        corrupt = {}
+    elif args.corrupt is None:
+        corrupt = replay_source.default_corrupt(periods, replay_source.corruptions(usecase))
+    else:
+        corrupt = replay_source.parse_corrupt(args.corrupt, replay_source.corruptions(usecase), kind)
+    return DemoPlan(usecase, periods, {p: k for p, k in corrupt.items() if p in periods}, note)
+
+
+def _previous(lake: Any) -> dict | None:
     from airflow_mlops.replay_loop import REPLAY_ZONE
 
     path = lake.path(REPLAY_ZONE, "summary.json")
     return json.loads(path.read_bytes()) if path.exists() else None
 
 
-def _print_outputs(stack, lake, keys: dict[str, str]) -> None:
+def _print_outputs(stack: Any, lake: Any, usecase: UseCase, keys: dict[str, str]) -> None:
     from airflow_mlops.links import report_url
 
     print()
     for name, key in keys.items():
         print(f"{name:13s} {lake.url(lake.path(key))}")
-    print(f"in the UI:    {stack.url}{report_url(keys['index.html'])}  (log in first)")
+    # The lake reports app serves MLOPS_LAKE; a use case's lake is its <name>/ folder.
+    page = report_url(f"{usecase.name}/{keys['index.html']}")
+    print(f"in the UI:    {stack.url}{page}  (log in first)")
+
+
+def _example_request(usecase: UseCase) -> str:
+    """A canned request of the use case as JSON, for the ``curl`` hint (empty if it has none)."""
+    from airflow_mlops.core.serving_schemas import ServingSettings
+
+    try:
+        return json.dumps(ServingSettings.from_usecase(usecase).canned()["single"][0])
+    except (ValueError, KeyError, IndexError):
+        return ""
+
+
+def _projects_env(usecase: UseCase) -> None:
+    """Make the use case one of the deployed ones (the DAG factory reads ``MLOPS_PROJECTS``) for the stack started
+    here, when it lives elsewhere."""
+    from airflow_mlops.usecase import config
+
+    if usecase.folder.resolve() not in {p.resolve() for p in config.discover()}:
+        os.environ["MLOPS_PROJECTS"] = str(usecase.folder.parent)
+        print(f"== MLOPS_PROJECTS={usecase.folder.parent} (the use case's parent folder)", flush=True)
+
+
+def _stop_serving() -> None:
+    """Stop the embedded serving process of every use case under the projects folder."""
+    from airflow_mlops.serving_process import embedded
+    from airflow_mlops.usecase import config
+
+    for folder in config.discover():
+        try:
+            embedded(folder).stop()
+        except ValueError:  # a use case whose config does not load has no server
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the replay (see the module's docstring); returns the exit status."""
     from airflow_mlops import settings
     from airflow_mlops.devstack import ADMIN_USER, AirflowClient, Stack, profile_env
     from airflow_mlops.hooks.lake import LakeHook
-    from airflow_mlops.replay_loop import MemorySampler, MonthRow, ReplayError, YearReplay
-    from airflow_mlops.replay_report import stage_totals, table_lines, write_outputs
+    from airflow_mlops.replay_loop import MemorySampler, PeriodRow, Replay, ReplayError
+    from airflow_mlops.replay_report import metric_label, stage_totals, table_lines, write_outputs
     from airflow_mlops.serving_process import embedded
+    from airflow_mlops.usecase import config
 
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.demo", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--months", nargs="+", default=["2013-01:2013-12"], metavar="MONTH[:LAST]", help="months to replay, in order"
+    args = parser().parse_args(argv)
+    try:
+        demo = plan(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    usecase, periods = demo.usecase, demo.periods
+    print(
+        f"== {usecase.name}: {len(periods)} {usecase.source.period}s {periods[0]}..{periods[-1]}"
+        + (f"; broken deliveries: {', '.join(f'{p} ({k})' for p, k in demo.corrupt.items())}" if demo.corrupt else ""),
+        flush=True,
     )
-    parser.add_argument(
-        "--corrupt",
-        nargs="*",
-        default=[DEFAULT_CORRUPT],
-        metavar="MONTH[:KIND]",
-        help="months that first land broken (quarantined, then re-sent corrected); none with an empty list. "
-        "Kinds: python -m airflow_mlops.replay corruptions",
-    )
-    parser.add_argument("--fresh", action="store_true", help="stop everything and delete MLOPS_HOME first")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds any one step may take")
-    parser.add_argument("--traffic-concurrency", type=int, default=2, help="clients sending the month's flights")
-    args = parser.parse_args(argv)
-    months = month_range(args.months)
-    corrupt = {m: k for m, k in parse_corrupt(args.corrupt).items() if m in months}
+    if demo.note:
+        print(f"== {demo.note}", flush=True)
+    _projects_env(usecase)
 
     stack = Stack.from_env()
     if args.fresh:
         print(f"== --fresh: stopping everything and deleting {stack.home}", flush=True)
-        embedded().stop()
+        _stop_serving()
         stack.down()
         shutil.rmtree(stack.home, ignore_errors=True)
     # This driver reads the registry and the lake as the tasks do: on the production profile, the MLflow server.
     os.environ.update(profile_env())
-    lake = LakeHook()
+    lake = LakeHook(root_url=config.lake_url(usecase))
     previous = _previous(lake) if lake.path().exists() else None
-    done = [MonthRow.from_dict(m) for m in (previous or {}).get("months", [])]
-    done_months = [r.month for r in done]
-    if done_months and done_months != months[: len(done_months)]:
+    done = [PeriodRow.from_dict(p) for p in (previous or {}).get("periods") or (previous or {}).get("months") or []]
+    done_periods = [r.period for r in done]
+    if done_periods and done_periods != periods[: len(done_periods)]:
         print(
-            f"error: {stack.home} already holds a replay of {', '.join(done_months)}; it cannot continue as "
-            f"{', '.join(months)}. Start over with --fresh (or make clean).",
+            f"error: {lake.root_url} already holds a replay of {', '.join(done_periods)}; it cannot continue as "
+            f"{', '.join(periods)}. Start over with --fresh (or make clean).",
             file=sys.stderr,
         )
         return 2
-    todo = months[len(done_months) :]
+    todo = periods[len(done_periods) :]
 
     print(f"== starting Airflow ({stack.profile} profile) in {stack.home} ...", flush=True)
     stack.up()
     client = AirflowClient(stack.url, ADMIN_USER, stack.admin_password())
-    replay = YearReplay(
+    replay = Replay(
         client,
         lake,
+        usecase,
         airflow_url=stack.url,
-        corrupt=corrupt,
+        corrupt=demo.corrupt,
         traffic_concurrency=args.traffic_concurrency,
         timeout=args.timeout,
         log=lambda line: print(line, flush=True),
     )
-    replay.prepare()
-    if done_months:
-        print(f"== {', '.join(done_months)} already replayed in {stack.home}; continuing with {todo or 'nothing'}")
+    try:
+        replay.prepare()
+    except ReplayError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 1
+    if done_periods:
+        print(f"== {', '.join(done_periods)} already replayed in {lake.root_url}; continuing with {todo or 'nothing'}")
 
     rows = list(done)
     meta = dict((previous or {}).get("meta") or {})
+    meta.update(
+        usecase=usecase.name,
+        description=usecase.description,
+        dags=dict(replay.dags),
+        metric=replay.metric,
+        airflow_url=stack.url,
+    )
     wall = float(meta.get("wall_seconds", 0.0))
     peak = float(meta.get("peak_rss_gib", 0.0))
     started = time.monotonic()
     status = 0
+    serving = embedded(usecase.folder)
 
     def roots() -> list[int]:
-        serving = embedded().pid()
-        return [*stack.pids().values(), *([serving] if serving else [])]
+        pid = serving.pid()
+        return [*stack.pids().values(), *([pid] if pid else [])]
 
     with MemorySampler(roots) as memory:
         try:
-            for month in todo:
-                rows.append(replay.run_month(month))
+            for period in todo:
+                rows.append(replay.run_period(period))
                 meta.update(
-                    airflow_url=stack.url,
-                    months_label=f"{rows[0].month}..{rows[-1].month}",
+                    periods_label=f"{usecase.name} {rows[0].period}..{rows[-1].period}",
                     wall_seconds=round(wall + time.monotonic() - started, 1),
                     peak_rss_gib=round(max(peak, memory.peak_bytes / 2**30), 2),
                     mlops_home=str(settings.mlops_home()),
                 )
-                keys = write_outputs(lake, rows, meta)  # after every month: an interrupted replay resumes here
-        except (ReplayError, TimeoutError) as err:
+                write_outputs(lake, rows, meta)  # after every period: an interrupted replay resumes here
+        except (ReplayError, TimeoutError, ValueError) as err:
             print(f"\nerror: {err}\nlogs: {stack.home / 'logs'}", file=sys.stderr)
             status = 1
     if not rows:
         return status
-    meta.update(peak_rss_gib=round(max(peak, memory.peak_bytes / 2**30), 2), airflow_url=stack.url)
+    meta.update(peak_rss_gib=round(max(peak, memory.peak_bytes / 2**30), 2))
     keys = write_outputs(lake, rows, meta)
 
     print()
-    print("\n".join(table_lines(rows)))
+    print("\n".join(table_lines(rows, replay.metric)))
     totals = stage_totals(rows)
     print(
-        f"\n{len(rows)} months in {meta.get('wall_seconds', 0):.0f} s (per stage: "
+        f"\n{len(rows)} {usecase.source.period}s in {meta.get('wall_seconds', 0):.0f} s (per stage: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in totals.items())
         + f"); peak memory of Airflow + serving + this driver {meta['peak_rss_gib']:.2f} GiB"
+        + f"; live metric: {metric_label(replay.metric)}"
     )
-    _print_outputs(stack, lake, keys)
-    serving = embedded()
+    _print_outputs(stack, lake, usecase, keys)
     if serving.pid():
-        print(
-            f"\nThe champion answers on {serving.url}:\n  curl -s -X POST {serving.url}/predict -H 'Content-Type: "
-            'application/json\' -d \'{"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", '
-            '"scheduled_departure": "2013-12-31T05:15:00", "tailnum": "N14228"}\''
-        )
+        example = _example_request(usecase)
+        print(f"\nThe champion of {usecase.name} answers on {serving.url}")
+        if example:
+            print(f"  curl -s -X POST {serving.url}/predict -H 'Content-Type: application/json' -d '{example}'")
     print(f"Airflow UI: {stack.url}  login {ADMIN_USER} / {stack.admin_password()}   stop everything: make down")
     return status
 

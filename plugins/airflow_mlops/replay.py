@@ -1,11 +1,14 @@
-"""Land the real 2013 flights month by month, as an upstream system would.
+"""Land a use case's demo batches period by period, as an upstream system would.
 
-    python -m airflow_mlops.replay land 2013-03                  # a good batch
-    python -m airflow_mlops.replay land 2013-04 --corrupt duplicate_keys
-    python -m airflow_mlops.replay corruptions                   # list the kinds of broken batches
+    python -m airflow_mlops.replay land 2013-03 --usecase examples/<name>        # a good batch
+    python -m airflow_mlops.replay land 2013-04 --usecase examples/<name> --corrupt <kind>
+    python -m airflow_mlops.replay corruptions --usecase examples/<name>         # the use case's broken batches
 
-A batch lands as ``landing/<month>/flights.csv`` and ``weather.csv``, then its ``_SUCCESS`` marker (with the
-sha256 of each file), then the ``landing/_READY`` flag that rings the landing watcher.
+The batch is the use case's ``demo_batches(period)`` (``airflow_mlops.core.replay_source``). It lands in the use
+case's lake as ``<lake>/<name>/landing/<period>/<file>`` for every file of ``source.files``, then its ``_SUCCESS``
+marker (with the sha256 and rows of each file), then the ``landing/_READY`` flag that rings the use case's landing
+watcher (which starts ``<name>_ingest_validate``). Without ``--usecase``: ``MLOPS_USECASE``, else the first use
+case of the projects folder.
 """
 
 from __future__ import annotations
@@ -13,55 +16,93 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from airflow_mlops.core.batches import SUCCESS_MARKER, count_csv_rows, parse_month
+from airflow_mlops.core.batches import SUCCESS_MARKER, count_rows
+
+if TYPE_CHECKING:
+    from airflow_mlops.usecase.config import UseCase
 
 
-def land(month: str, corrupt: str | None = None, ring: bool = True, lake_root: str | None = None) -> dict:
-    """Land one month in ``landing/``; returns what was written (uris, hashes, rows)."""
+def land(
+    period: str,
+    corrupt: str | None = None,
+    ring: bool = True,
+    lake_root: str | None = None,
+    usecase: UseCase | str | Path | None = None,
+) -> dict:
+    """Land one period of the use case in its ``landing/``; returns the marker written (files with uri, sha256, rows).
+
+    :param period: the period, of the use case's kind (``YYYY-MM`` or ``YYYY-MM-DD``).
+    :param corrupt: a kind of the use case's ``CORRUPTIONS``: land that broken delivery instead.
+    :param ring: write the ``landing/_READY`` flag (the landing watcher then starts an ingest run).
+    :param lake_root: the use case's lake root; default ``<MLOPS_LAKE>/<name>`` (``config.lake_url``).
+    :param usecase: the use case or its folder (default ``replay_source.default_usecase``).
+    :raises ValueError: a bad period, a period outside the demo data, an unknown corruption.
+    """
     from airflow_mlops.assets import LANDING_FLAG
-    from airflow_mlops.core.replay_source import batch_files
+    from airflow_mlops.core import replay_source
     from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.usecase import config
 
-    month = parse_month(month)
-    lake = LakeHook(root_url=lake_root)
+    uc = replay_source.load_usecase(usecase)
+    period = replay_source.check_period(uc, period)
+    files = replay_source.batch_files(period, corrupt, uc)
+    lake = LakeHook(root_url=lake_root or config.lake_url(uc))
     lake.ensure_zones()
-    folder = lake.path("landing", month)
-    records = {
-        name: lake.write_file(folder / name, data, rows=count_csv_rows(data))
-        for name, data in batch_files(month, corrupt).items()
+    folder = lake.path("landing", period)
+    records = {name: lake.write_file(folder / name, data, rows=count_rows(name, data)) for name, data in files.items()}
+    marker = {
+        "usecase": uc.name,
+        "period": period,
+        **({"month": period} if uc.source.period == "month" else {}),
+        "corrupt": corrupt,
+        "files": {name: record.to_dict() for name, record in records.items()},
     }
-    marker = {"month": month, "corrupt": corrupt, "files": {n: r.to_dict() for n, r in records.items()}}
     lake.write_file(folder / SUCCESS_MARKER, json.dumps(marker, indent=2).encode(), rows=len(records))
     if ring:
-        lake.path("landing", LANDING_FLAG).write_text(month)
+        lake.path("landing", LANDING_FLAG).write_text(period)
     return marker
 
 
 def main(argv: list[str] | None = None) -> int:
-    from airflow_mlops.core.replay_source import CORRUPTIONS
+    """The command line (see the module's docstring); returns the exit status."""
+    from airflow_mlops.core import replay_source
 
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.replay", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    land_cmd = sub.add_parser("land", help="land one month of 2013 in the lake's landing zone")
-    land_cmd.add_argument("month", help="YYYY-MM, e.g. 2013-03")
-    land_cmd.add_argument("--corrupt", choices=sorted(CORRUPTIONS), help="land a realistically broken batch")
+    land_cmd = sub.add_parser("land", help="land one period of a use case's demo data in its lake's landing zone")
+    land_cmd.add_argument("period", help="YYYY-MM (monthly use case) or YYYY-MM-DD (daily)")
+    land_cmd.add_argument("--corrupt", metavar="KIND", help="land a realistically broken batch (see: corruptions)")
     land_cmd.add_argument("--no-ring", action="store_true", help="do not write the landing/_READY flag")
-    land_cmd.add_argument("--lake", help="lake root URL (default: MLOPS_LAKE or $MLOPS_HOME/lake)")
-    sub.add_parser("corruptions", help="list the kinds of broken batches")
+    land_cmd.add_argument("--lake", help="the use case's lake root URL (default: MLOPS_LAKE/<name>)")
+    kinds_cmd = sub.add_parser("corruptions", help="list the use case's kinds of broken batches")
+    for cmd in (land_cmd, kinds_cmd):
+        cmd.add_argument("--usecase", help="the use-case folder (default: MLOPS_USECASE, else the first use case)")
     args = parser.parse_args(argv)
 
-    if args.command == "corruptions":
-        for name, make in sorted(CORRUPTIONS.items()):
-            print(f"{name:16s} {make.__doc__}")
-        return 0
     try:
-        marker = land(args.month, args.corrupt, ring=not args.no_ring, lake_root=args.lake)
+        usecase = replay_source.load_usecase(args.usecase)
+        kinds = replay_source.corruptions(usecase)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for rec in marker["files"].values():
-        print(f"landed {rec['uri']}  rows={rec['rows']}  sha256={rec['sha256'][:12]}")
+    if args.command == "corruptions":
+        if not kinds:
+            print(f"{usecase.name} declares no CORRUPTIONS")
+        for name, make in kinds.items():
+            print(f"{name:22s} {(make.__doc__ or '').strip().splitlines()[0] if make.__doc__ else ''}")
+        return 0
+    if args.corrupt is not None and args.corrupt not in kinds:
+        land_cmd.error(f"unknown corruption {args.corrupt!r} for {usecase.name}; kinds: {', '.join(kinds) or 'none'}")
+    try:
+        marker = land(args.period, args.corrupt, ring=not args.no_ring, lake_root=args.lake, usecase=usecase)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for record in marker["files"].values():
+        print(f"landed {record['uri']}  rows={record['rows']}  sha256={record['sha256'][:12]}")
     return 0
 
 

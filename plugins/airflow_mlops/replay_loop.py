@@ -1,14 +1,17 @@
-"""The year replay: the whole MLOps loop, month by month, through the real scheduler and the real services.
+"""The replay: a use case's whole MLOps loop, period by period, through the real scheduler and the real services.
 
-For each month:
+For each period (a month or a day, ``source.period`` of the use case ``<name>``):
 
-1. the upstream lands the month's batch in ``landing/`` and rings the flag: the landing watcher starts
-   ``mlops_ingest_validate`` (validated, or quarantined — then the upstream re-sends a corrected batch);
-2. ``mlops_features`` runs on the ``validated_batch`` Asset: features, Feast apply + materialize, training set;
-3. the month's scheduled flights go through the serving endpoint as live traffic (when a champion serves);
-4. the upstream announces the month's outcomes (``POST /api/v2/assets/events`` on the ``outcomes`` Asset):
-   ``mlops_monitoring`` checks drift and live performance, its policy may ask for a retrain;
-5. a retrain runs ``mlops_training``: train → evaluate → gate → register → infra-validate → promote → deploy.
+1. the upstream lands the period's batch (the use case's ``demo_batches``) in ``<lake>/<name>/landing/`` and rings
+   the flag: the landing watcher starts ``<name>_ingest_validate`` (validated, or quarantined — then the upstream
+   re-sends a corrected batch);
+2. ``<name>_features`` runs on the ``<name>.validated_batch`` Asset: features, Feast apply + materialize, training
+   set;
+3. the period's requests (the use case's ``demo_requests``) go through its serving endpoint as live traffic (when a
+   champion serves);
+4. the upstream announces the period's outcomes (``POST /api/v2/assets/events`` on ``<name>.outcomes``, extra
+   ``period``): ``<name>_monitoring`` checks drift and live performance, its policy may ask for a retrain;
+5. a retrain runs ``<name>_training``: train → evaluate → gate → register → infra-validate → promote → deploy.
 
 This module only plays the outside world (it lands files, sends traffic, posts the outcome event) and waits;
 every pipeline step runs in Airflow. It reads what happened from the REST API, the lake and MLflow.
@@ -21,19 +24,54 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.assets import FEATURES, OUTCOMES
-from airflow_mlops.core.batches import batch_hash
+from airflow_mlops.core.batches import batch_hash, period_bounds
 
-INGEST_DAG = "mlops_ingest_validate"
-FEATURES_DAG = "mlops_features"
-MONITORING_DAG = "mlops_monitoring"
-TRAINING_DAG = "mlops_training"
-DAGS = (INGEST_DAG, FEATURES_DAG, MONITORING_DAG, TRAINING_DAG, "mlops_rollback")
-#: Where the replay keeps its results, in the lake (served by the Airflow UI's lake reports app).
+if TYPE_CHECKING:
+    from airflow_mlops.usecase.config import UseCase
+
+#: The stages of a use case's DAGs (``UseCase.dag_id(stage)``), as the DAG factory names them.
+DAG_STAGES = ("ingest_validate", "features", "monitoring", "training", "rollback")
+#: Where the replay keeps its results, in the use case's lake (served by the Airflow UI's lake reports app).
 REPLAY_ZONE = "reports/replay"
+#: The timed steps of a period.
 STAGES = ("validate", "features", "traffic", "monitoring", "training")
+#: The live metric the table shows, per task (a key of the performance check's ``live`` metrics).
+LIVE_METRICS = {"classification": "roc_auc", "regression": "rmse"}
+#: How the metrics are labelled in the table, the plot and the page.
+METRIC_LABELS = {"roc_auc": "ROC AUC", "rmse": "RMSE", "mae": "MAE", "r2": "R²", "log_loss": "log loss"}
+
+
+def live_metric(task: str) -> str:
+    """The live metric of a task: ROC AUC for classification, RMSE for regression.
+
+    :param task: ``classification`` or ``regression``.
+    """
+    return LIVE_METRICS.get(task, "roc_auc")
+
+
+def event_covers(extra: dict[str, Any], period: str) -> bool:
+    """Whether an Asset event's extra covers ``period``: it names it (``period``, ``month``, ``periods``,
+    ``months``), or its data interval ``[interval_start, interval_end)`` holds the period's start.
+
+    :param extra: the event's extra.
+    :param period: ``YYYY-MM`` or ``YYYY-MM-DD``.
+    """
+    named = [extra.get("period"), extra.get("month"), *(extra.get("periods") or []), *(extra.get("months") or [])]
+    if period in named:
+        return True
+    try:
+        low = datetime.fromisoformat(str(extra["interval_start"]))
+        high = datetime.fromisoformat(str(extra["interval_end"]))
+    except (KeyError, ValueError):
+        return False
+    start = period_bounds(period)[0]
+    try:
+        return low <= start < high
+    except TypeError:  # a naive interval: read as UTC
+        return low.replace(tzinfo=start.tzinfo) <= start < high.replace(tzinfo=start.tzinfo)
 
 
 class ReplayError(RuntimeError):
@@ -41,10 +79,10 @@ class ReplayError(RuntimeError):
 
 
 @dataclass
-class MonthRow:
-    """What happened to one month of the replay."""
+class PeriodRow:
+    """What happened to one period of the replay."""
 
-    month: str
+    period: str
     rows: int = 0
     batch: str = ""
     validation: str = "pending"
@@ -55,8 +93,9 @@ class MonthRow:
     drift_share: float | None = None
     drifted_columns: list[str] = field(default_factory=list)
     prediction_drift: float | None = None
-    live_roc_auc: float | None = None
-    holdout_roc_auc: float | None = None
+    live_metric: str | None = None
+    live_value: float | None = None
+    holdout_value: float | None = None
     live_rows: int | None = None
     retrain: bool | None = None
     policy_reasons: list[str] = field(default_factory=list)
@@ -70,25 +109,43 @@ class MonthRow:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The row as JSON-ready data (``summary.json``)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MonthRow:
+    def from_dict(cls, data: dict[str, Any]) -> PeriodRow:
+        """A row from :meth:`to_dict`'s output (or a monthly replay's older ``month`` / ``live_roc_auc`` keys).
+
+        :param data: the row's data.
+        """
+        data = dict(data)
+        if "period" not in data and "month" in data:
+            data["period"] = data["month"]
+        if "live_value" not in data and "live_roc_auc" in data:
+            data.update(
+                live_metric="roc_auc", live_value=data.get("live_roc_auc"), holdout_value=data.get("holdout_roc_auc")
+            )
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def batch_outcome(lake: Any, month: str, digest: str) -> dict[str, Any]:
-    """What became of one landed batch, read from the lake's manifests: validated, QUARANTINED or pending."""
-    validated = lake.read_manifest(lake.path("validated", month))
+def batch_outcome(lake: Any, period: str, digest: str) -> dict[str, Any]:
+    """What became of one landed batch, read from the lake's manifests: validated, QUARANTINED or pending.
+
+    :param lake: the use case's ``LakeHook``.
+    :param period: the batch's period.
+    :param digest: the batch's hash (``core.batches.batch_hash`` of its files' sha256).
+    """
+    validated = lake.read_manifest(lake.path("validated", period))
     if validated and validated.get("batch_sha256") == digest:
         suites = validated["validation"]["suites"]
+        page = next((s.get("docs_page") for s in suites if s.get("docs_page")), None)
         return {
             "status": "validated",
             "failed": [],
-            "where": lake.url(lake.path("validated", month)),
-            "report": f"reports/data_docs/{suites[0]['docs_page']}",
+            "where": lake.url(lake.path("validated", period)),
+            "report": f"reports/data_docs/{page}" if page else None,
         }
-    quarantine = lake.path("quarantine", month, digest[:12])
+    quarantine = lake.path("quarantine", period, digest[:12])
     manifest = lake.read_manifest(quarantine)
     if manifest:
         failed = [
@@ -153,19 +210,25 @@ class MemorySampler:
         self._thread.join(timeout=5)
 
 
-class YearReplay:
-    """Drive the replay of ``months`` on a running embedded stack.
+class Replay:
+    """Drive the replay of a use case's periods on a running stack.
 
     :param client: an ``AirflowClient`` on the stack's REST API.
-    :param corrupt: month -> corruption kind: that month first lands broken (quarantined), then corrected.
-    :param traffic_batch_size: flights per ``/predict_batch`` request; ``traffic_concurrency`` clients.
+    :param lake: the use case's ``LakeHook`` (its root: ``config.lake_url(usecase)``).
+    :param usecase: the use case (``airflow_mlops.usecase.config.load``).
+    :param airflow_url: the Airflow UI's URL (links to runs).
+    :param corrupt: period -> a kind of the use case's ``CORRUPTIONS``: that period first lands broken
+        (quarantined), then corrected.
+    :param traffic_batch_size: requests per ``/predict_batch`` call; ``traffic_concurrency`` clients.
     :param timeout: seconds any one wait may take before the replay stops with a ``ReplayError``.
+    :param log: where progress lines go.
     """
 
     def __init__(
         self,
         client: Any,
         lake: Any,
+        usecase: UseCase,
         *,
         airflow_url: str,
         corrupt: dict[str, str] | None = None,
@@ -174,14 +237,21 @@ class YearReplay:
         timeout: float = 900.0,
         log: Callable[[str], None] = print,
     ) -> None:
+        from airflow_mlops.assets import assets_for
+        from airflow_mlops.usecase import config
+
         self.client = client
         self.lake = lake
+        self.usecase = usecase
         self.airflow_url = airflow_url
         self.corrupt = dict(corrupt or {})
         self.traffic_batch_size = traffic_batch_size
         self.traffic_concurrency = traffic_concurrency
         self.timeout = timeout
         self.log = log
+        self.assets = assets_for(usecase.name, config.lake_url(usecase))
+        self.dags = {stage: usecase.dag_id(stage) for stage in DAG_STAGES}
+        self.metric = live_metric(usecase.task)
         self._training_before: set[str] = set()
 
     # -- waiting ---------------------------------------------------------------------------------------------
@@ -195,14 +265,20 @@ class YearReplay:
                 raise ReplayError(f"{what}: not done after {self.timeout:.0f} s")
             time.sleep(poll)
 
+    def _runs(self, dag_id: str, run_types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        runs = self.client.runs(dag_id)
+        return [r for r in runs if run_types is None or r.get("run_type") in run_types]
+
     def _run_ids(self, dag_id: str) -> set[str]:
         return {r["dag_run_id"] for r in self.client.runs(dag_id)}
 
-    def _wait_new_run(self, dag_id: str, before: set[str], what: str) -> dict[str, Any]:
-        """The first run of ``dag_id`` not in ``before``, once it finished (success or failed)."""
+    def _wait_new_run(
+        self, dag_id: str, before: set[str], what: str, run_types: tuple[str, ...] | None = None
+    ) -> dict[str, Any]:
+        """The newest run of ``dag_id`` not in ``before`` (of ``run_types``), once every such run finished."""
 
         def probe() -> dict[str, Any] | None:
-            new = [r for r in self.client.runs(dag_id) if r["dag_run_id"] not in before]
+            new = [r for r in self._runs(dag_id, run_types) if r["dag_run_id"] not in before]
             done = [r for r in new if r["state"] in ("success", "failed")]
             if new and len(done) == len(new):
                 return sorted(done, key=lambda r: r.get("run_after") or r.get("queued_at") or "")[-1]
@@ -210,10 +286,11 @@ class YearReplay:
 
         return self._wait(what, probe)
 
-    def _wait_idle(self, dag_id: str) -> None:
+    def _wait_idle(self, dag_id: str, run_types: tuple[str, ...] | None = None) -> None:
+        """Until no run of ``dag_id`` (of ``run_types``) is queued or running."""
         self._wait(
             f"{dag_id} to be idle",
-            lambda: not any(r["state"] in ("queued", "running") for r in self.client.runs(dag_id)),
+            lambda: not any(r["state"] in ("queued", "running") for r in self._runs(dag_id, run_types)),
         )
 
     def _xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
@@ -226,95 +303,26 @@ class YearReplay:
         return value
 
     def run_link(self, dag_id: str, run_id: str) -> str:
+        """The Airflow UI's page of a run."""
         return f"{self.airflow_url}/dags/{dag_id}/runs/{run_id}"
 
-    # -- one month -------------------------------------------------------------------------------------------
-    def run_month(self, month: str) -> MonthRow:
-        from airflow_mlops import replay, traffic
+    # -- one period ------------------------------------------------------------------------------------------
+    def run_period(self, period: str) -> PeriodRow:
+        """Replay one period (land, validate, features, traffic, outcomes, monitoring, retrain); what happened.
 
-        row = MonthRow(month=month)
-        self.log(f"== {month}")
-
-        # 1. land, validate (and, for a corrupted delivery, quarantine then the upstream's corrected re-send)
-        started = time.monotonic()
-        for kind in ([self.corrupt[month]] if month in self.corrupt else []) + [None]:
-            marker = replay.land(month, corrupt=kind)
-            digest = batch_hash({name: rec["sha256"] for name, rec in marker["files"].items()})
-            row.rows, row.batch = marker["files"]["flights.csv"]["rows"], digest[:12]
-            self.log(f"   landed {month}{' (' + kind + ')' if kind else ''}: {row.rows} flights, batch {digest[:12]}")
-            outcome = self._wait(
-                f"batch {digest[:12]} of {month} to be validated or quarantined",
-                lambda d=digest: (o := batch_outcome(self.lake, month, d))["status"] != "pending" and o,
-            )
-            if outcome["status"] == "QUARANTINED":
-                row.quarantined.append(
-                    {"batch": digest[:12], "kind": kind, "failed": outcome["failed"], "report": outcome["report"]}
-                )
-                self.log(f"   QUARANTINED ({', '.join(outcome['failed'])}); report {outcome['report']}")
-                if kind is None:
-                    row.validation = "QUARANTINED"
-                    row.seconds["validate"] = round(time.monotonic() - started, 1)
-                    self._wait_idle(INGEST_DAG)
-                    return row
-                self._wait_idle(INGEST_DAG)
-                continue
-            row.validation = "validated" + (" (after a re-send)" if row.quarantined else "")
-            row.data_docs = outcome["report"]
-            self.log(f"   validated: {outcome['where']}")
-        row.seconds["validate"] = round(time.monotonic() - started, 1)
-
-        # 2. features: wait for the features Asset event of this month, then for the DAG (its training set)
-        started = time.monotonic()
-        self._wait(f"features of {month}", lambda: self._features_event(month))
-        self._wait_idle(FEATURES_DAG)
-        row.seconds["features"] = round(time.monotonic() - started, 1)
-
-        # 3. live traffic through the serving endpoint, if a champion serves
-        started = time.monotonic()
-        url = self._serving_url()
-        if url:
-            result = traffic.send(
-                url,
-                traffic.month_requests(month),
-                month=month,
-                batch_size=self.traffic_batch_size,
-                concurrency=self.traffic_concurrency,
-                log=self.log,
-            )
-            row.traffic = result.to_dict()
-            row.served_by = ",".join(sorted(result.versions)) or None
-            if result.failed:
-                raise ReplayError(f"traffic of {month}: {result.failed} predictions failed: {result.errors[:3]}")
-            # the outcomes are announced once every answered prediction is in the log monitoring reads
-            from airflow_mlops.serving_process import embedded_token
-
-            traffic.wait_logged(url, timeout=self.timeout, token=embedded_token())
-        else:
-            self.log("   no champion serving yet: no traffic answered this month")
-        row.seconds["traffic"] = round(time.monotonic() - started, 1)
-
-        # 4. the upstream announces the outcomes: monitoring and the policy
-        started = time.monotonic()
-        before = self._run_ids(MONITORING_DAG)
-        self.client.post_asset_event(OUTCOMES.uri, {"month": month, "source": "replay"})
-        run = self._wait_new_run(MONITORING_DAG, before, f"the monitoring run of {month}")
-        row.runs["monitoring"] = run["dag_run_id"]
-        if run["state"] != "success":
-            raise ReplayError(f"monitoring of {month} failed: {self.run_link(MONITORING_DAG, run['dag_run_id'])}")
-        self._read_monitoring(row, run["dag_run_id"])
-        row.seconds["monitoring"] = round(time.monotonic() - started, 1)
-
-        # 5. a retrain, if asked for
-        started = time.monotonic()
-        if row.retrain:
-            run = self._wait_new_run(TRAINING_DAG, self._training_before, f"the training run asked for by {month}")
-            row.runs["training"] = run["dag_run_id"]
-            self._read_training(row, run)
-        self._training_before = self._run_ids(TRAINING_DAG)
-        row.champion_version = self._champion()
-        row.seconds["training"] = round(time.monotonic() - started, 1)
+        :param period: the period, of the use case's kind.
+        :raises ReplayError: a step did not happen within the timeout, or a monitoring run failed.
+        """
+        row = PeriodRow(period=period, live_metric=self.metric)
+        self.log(f"== {self.usecase.name} {period}")
+        if not self._land_and_validate(row):
+            return row
+        self._features(row)
+        self._traffic(row)
+        self._monitoring(row)
+        self._training(row)
         self.log(
-            f"   champion after {month}: v{row.champion_version or '-'}"
+            f"   champion after {period}: v{row.champion_version or '-'}"
             + (
                 f" (gate {row.gate}; promoted v{row.promoted})"
                 if row.promoted
@@ -325,32 +333,162 @@ class YearReplay:
         )
         return row
 
+    def _land_and_validate(self, row: PeriodRow) -> bool:
+        """Step 1: land (a corrupted delivery first, if asked), wait for validation; False if it stays quarantined."""
+        from airflow_mlops import replay
+
+        period, ingest = row.period, self.dags["ingest_validate"]
+        # Scheduled (catch-up) runs of periods with nothing landed are not waited for: they skip on their own.
+        triggered = ("asset_triggered", "manual")
+        started = time.monotonic()
+        for kind in ([self.corrupt[period]] if period in self.corrupt else []) + [None]:
+            marker = replay.land(period, corrupt=kind, lake_root=self.lake.root_url, usecase=self.usecase)
+            digest = batch_hash({name: rec["sha256"] for name, rec in marker["files"].items()})
+            primary = marker["files"].get(self.usecase.source.primary) or {}
+            row.rows, row.batch = int(primary.get("rows") or 0), digest[:12]
+            self.log(
+                f"   landed {period}{' (' + kind + ')' if kind else ''}: {row.rows} rows of "
+                f"{self.usecase.source.primary}, batch {digest[:12]}"
+            )
+            outcome = self._wait(
+                f"batch {digest[:12]} of {period} to be validated or quarantined",
+                lambda d=digest: (o := batch_outcome(self.lake, period, d))["status"] != "pending" and o,
+            )
+            if outcome["status"] == "QUARANTINED":
+                row.quarantined.append(
+                    {"batch": digest[:12], "kind": kind, "failed": outcome["failed"], "report": outcome["report"]}
+                )
+                self.log(f"   QUARANTINED ({', '.join(outcome['failed'])}); report {outcome['report']}")
+                self._wait_idle(ingest, triggered)
+                if kind is None:
+                    row.validation = "QUARANTINED"
+                    row.seconds["validate"] = round(time.monotonic() - started, 1)
+                    return False
+                continue
+            row.validation = "validated" + (" (after a re-send)" if row.quarantined else "")
+            row.data_docs = outcome["report"]
+            self.log(f"   validated: {outcome['where']}")
+        row.seconds["validate"] = round(time.monotonic() - started, 1)
+        return True
+
+    def _features(self, row: PeriodRow) -> None:
+        """Step 2: wait for the features Asset event covering the period, then for the features DAG to be idle."""
+        started = time.monotonic()
+        self._wait(f"features of {row.period}", lambda: self._features_event(row.period))
+        self._wait_idle(self.dags["features"])
+        row.seconds["features"] = round(time.monotonic() - started, 1)
+
+    def _traffic(self, row: PeriodRow) -> None:
+        """Step 3: the period's requests through the serving endpoint, if a champion serves."""
+        from airflow_mlops import traffic
+        from airflow_mlops.core import replay_source
+        from airflow_mlops.operators.features import read_validated
+        from airflow_mlops.serving_process import embedded_token
+
+        started = time.monotonic()
+        period = row.period
+        url = self._serving_url()
+        if not replay_source.has_demo_requests(self.usecase):
+            self.log(f"   {self.usecase.module_file.name} has no demo_requests: no live traffic")
+        elif url is None:
+            self.log(f"   no champion serving yet: no traffic answered for {period}")
+        else:
+            frames = read_validated(self.lake, period, self.usecase.source.files)
+            if frames is None:
+                raise ReplayError(f"validated/{period}/ disappeared before its traffic was sent")
+            requests = replay_source.demo_requests(self.usecase, period, frames)
+            bodies = traffic.requests_from_frame(requests, self.usecase)
+            result = traffic.send(
+                url,
+                bodies,
+                period=period,
+                batch_size=self.traffic_batch_size,
+                concurrency=self.traffic_concurrency,
+                log=self.log,
+            )
+            row.traffic = result.to_dict()
+            row.served_by = ",".join(sorted(result.versions)) or None
+            if result.failed:
+                raise ReplayError(f"traffic of {period}: {result.failed} predictions failed: {result.errors[:3]}")
+            # The outcomes are announced once every answered prediction is in the log monitoring reads.
+            traffic.wait_logged(url, timeout=self.timeout, token=embedded_token())
+        row.seconds["traffic"] = round(time.monotonic() - started, 1)
+
+    def _monitoring(self, row: PeriodRow) -> None:
+        """Step 4: the upstream announces the outcomes; wait for the monitoring run and read its decision."""
+        started = time.monotonic()
+        period, dag_id = row.period, self.dags["monitoring"]
+        before = self._run_ids(dag_id)
+        extra = {"period": period, **({"month": period} if len(period) == 7 else {}), "source": "replay"}
+        self.client.post_asset_event(self.assets.outcomes.uri, extra)
+        run = self._wait_new_run(dag_id, before, f"the monitoring run of {period}", ("asset_triggered",))
+        row.runs["monitoring"] = run["dag_run_id"]
+        if run["state"] != "success":
+            raise ReplayError(f"monitoring of {period} failed: {self.run_link(dag_id, run['dag_run_id'])}")
+        self._read_monitoring(row, run["dag_run_id"])
+        row.seconds["monitoring"] = round(time.monotonic() - started, 1)
+
+    def _training(self, row: PeriodRow) -> None:
+        """Step 5: the retrain the policy asked for, if any; then the champion."""
+        started = time.monotonic()
+        dag_id = self.dags["training"]
+        if row.retrain:
+            run = self._wait_new_run(
+                dag_id, self._training_before, f"the training run asked for by {row.period}", ("asset_triggered",)
+            )
+            row.runs["training"] = run["dag_run_id"]
+            self._read_training(row, run)
+        self._training_before = self._run_ids(dag_id)
+        row.champion_version = self._champion()
+        row.seconds["training"] = round(time.monotonic() - started, 1)
+
     def prepare(self) -> None:
-        """Unpause the pipeline's DAGs (ingest catches up its monthly runs: nothing waits in landing/ yet)."""
-        for dag_id in DAGS:
-            self.client.wait_dag(dag_id)
-        self._training_before = self._run_ids(TRAINING_DAG)
-        for dag_id in DAGS:
+        """Wait until the use case's DAGs are parsed, then unpause them (the ingest DAG catches up its scheduled
+        periods: nothing waits in landing/ yet, so those runs skip).
+
+        :raises ReplayError: a DAG is not parsed within the timeout (the message says where the use case must be,
+            and which DAG files failed to import).
+        """
+        from airflow_mlops.usecase import config
+
+        for dag_id in self.dags.values():
+            try:
+                self.client.wait_dag(dag_id, timeout=min(self.timeout, 300.0))
+            except TimeoutError as err:
+                errors = self._import_errors()
+                raise ReplayError(
+                    f"{err}: Airflow has no DAG {dag_id}. The DAG factory (dags/mlops.py) builds the DAGs of the use "
+                    f"cases under MLOPS_PROJECTS ({config.projects_dir()}); {self.usecase.folder} must be one of them "
+                    "(a stack started with another MLOPS_PROJECTS: make down, then run again)."
+                    + (f" Import errors: {errors}" if errors else "")
+                ) from err
+        self._training_before = self._run_ids(self.dags["training"])
+        for dag_id in self.dags.values():
             self.client.unpause(dag_id)
 
+    def _import_errors(self) -> str:
+        """Airflow's DAG import errors, shortened (empty if none or unreadable)."""
+        try:
+            found = self.client.http.get("/api/v2/importErrors", params={"limit": 5}).json().get("import_errors")
+        except Exception:  # noqa: BLE001 - only a hint for an error message
+            return ""
+        return " | ".join(f"{e.get('filename')}: {str(e.get('stack_trace') or '')[-400:]}" for e in found or [])
+
     # -- reading what happened -------------------------------------------------------------------------------
-    def _features_event(self, month: str) -> dict[str, Any] | None:
-        for event in self.client.asset_events(FEATURES.uri, limit=20):
-            extra = event.get("extra") or {}
-            if (
-                month in (extra.get("months") or [])
-                or extra.get("month") == month
-                or str(extra.get("interval_start", "")).startswith(f"{month}-01T")
-            ):
+    def _features_event(self, period: str) -> dict[str, Any] | None:
+        """The newest features Asset event that covers ``period``."""
+        for event in self.client.asset_events(self.assets.features.uri, limit=20):
+            if event_covers(event.get("extra") or {}, period):
                 return event
         return None
 
     def _serving_url(self) -> str | None:
+        """The use case's embedded endpoint, if it runs and is ready (a champion is loaded)."""
         import httpx
 
         from airflow_mlops.serving_process import embedded
 
-        process = embedded()
+        process = embedded(self.usecase.folder)
         if process.pid() is None:
             return None
         try:
@@ -359,15 +497,16 @@ class YearReplay:
             ready = False
         return process.url if ready else None
 
-    def _read_monitoring(self, row: MonthRow, run_id: str) -> None:
-        drift = self._xcom(MONITORING_DAG, run_id, "drift_check") or {}
-        perf = self._xcom(MONITORING_DAG, run_id, "performance_check") or {}
-        decision = self._xcom(MONITORING_DAG, run_id, "retraining_policy", "decision") or {}
+    def _read_monitoring(self, row: PeriodRow, run_id: str) -> None:
+        dag_id = self.dags["monitoring"]
+        drift = self._xcom(dag_id, run_id, "drift_check") or {}
+        perf = self._xcom(dag_id, run_id, "performance_check") or {}
+        decision = self._xcom(dag_id, run_id, "retraining_policy", "decision") or {}
         row.drift_share = drift.get("drift_share")
         row.drifted_columns = list(drift.get("drifted_columns") or [])
         row.prediction_drift = drift.get("prediction_drift")
-        row.live_roc_auc = (perf.get("live") or {}).get("roc_auc")
-        row.holdout_roc_auc = (perf.get("holdout") or {}).get("roc_auc")
+        row.live_value = (perf.get("live") or {}).get(self.metric)
+        row.holdout_value = (perf.get("holdout") or {}).get(self.metric)
         row.live_rows = perf.get("rows")
         for kind, summary in (("drift", drift), ("performance", perf)):
             if summary.get("report_key"):
@@ -376,19 +515,20 @@ class YearReplay:
         row.policy_reasons = list(decision.get("reasons") or [])
         row.suppressed_by = decision.get("suppressed_by")
         verdict = "RETRAIN" if row.retrain else f"no retrain ({row.suppressed_by or 'no trigger'})"
+        label = METRIC_LABELS.get(self.metric, self.metric)
         self.log(
             f"   monitoring: drift share {_fmt(row.drift_share)}, prediction drift {_fmt(row.prediction_drift, 3)}, "
-            f"live ROC AUC {_fmt(row.live_roc_auc, 3)} (hold-out {_fmt(row.holdout_roc_auc, 3)}); policy: {verdict}"
+            f"live {label} {_fmt(row.live_value, 3)} (hold-out {_fmt(row.holdout_value, 3)}); policy: {verdict}"
         )
         for reason in row.policy_reasons[:4]:
             self.log(f"     - {reason}")
 
-    def _read_training(self, row: MonthRow, run: dict[str, Any]) -> None:
-        run_id = run["dag_run_id"]
-        gate = self._xcom(TRAINING_DAG, run_id, "model_gate") or {}
+    def _read_training(self, row: PeriodRow, run: dict[str, Any]) -> None:
+        dag_id, run_id = self.dags["training"], run["dag_run_id"]
+        gate = self._xcom(dag_id, run_id, "model_gate") or {}
         row.gate = "approved" if gate.get("approved") else "rejected" if gate else None
         row.gate_reasons = list(gate.get("reasons") or [])[:6]
-        instances = self.client.task_instances(TRAINING_DAG, run_id)
+        instances = self.client.task_instances(dag_id, run_id)
         states = {t["task_id"]: t["state"] for t in instances}
         if run["state"] != "success":
             # A candidate refused by infra validation (or a broken step) is an outcome of the loop: the champion
@@ -396,27 +536,25 @@ class YearReplay:
             failed = [t for t in instances if t["state"] == "failed"]
             reasons = []
             for task in failed:
-                lines = self.client.task_log(TRAINING_DAG, run_id, task["task_id"], task.get("try_number") or 1)
+                lines = self.client.task_log(dag_id, run_id, task["task_id"], task.get("try_number") or 1)
                 said = [ln for ln in lines if "infra validation" in ln or "Error" in ln or "failed" in ln.lower()]
                 reasons.append(f"{task['task_id']} failed: {(said or lines or ['(no log)'])[-1][:300]}")
             what = "infra failed" if "infra_validate" in {t["task_id"] for t in failed} else "run failed"
             row.gate = f"{row.gate or '?'}, {what}"
             row.gate_reasons = reasons + row.gate_reasons
-            self.log(f"   training run failed: {self.run_link(TRAINING_DAG, run_id)}")
+            self.log(f"   training run failed: {self.run_link(dag_id, run_id)}")
         if states.get("promote_model") == "success":
-            promoted = self._xcom(TRAINING_DAG, run_id, "promote_model")
+            promoted = self._xcom(dag_id, run_id, "promote_model")
             row.promoted = str(promoted["to_version"]) if isinstance(promoted, dict) else None
         self.log(f"   training: gate {row.gate}; tasks {states}")
         for reason in row.gate_reasons[:4]:
             self.log(f"     - {reason}")
 
     def _champion(self) -> str | None:
-        from airflow_mlops.core import training
         from airflow_mlops.hooks.mlflow_registry import MlflowHook
-        from airflow_mlops.settings import include_dir
 
-        name = training.load_config(str(include_dir() / "config" / "training.yaml")).registered_model_name
-        return MlflowHook().alias_version(name, "champion")
+        alias = str((self.usecase.serving.get("model") or {}).get("alias") or "champion")
+        return MlflowHook().alias_version(self.usecase.registered_model_name, alias)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

