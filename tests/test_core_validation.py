@@ -29,7 +29,7 @@ def _prepare(frames: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def suites() -> dict[str, dict]:
-    folder = settings.include_dir() / "expectations"
+    folder = settings.project_root() / "examples" / "flight_delay" / "expectations"
     return {name: validation.load_suite(folder / f"{name}_batch.json") for name in SUITES}
 
 

@@ -160,8 +160,9 @@ def test_missing_policy_file_is_none_and_malformed_raises(tmp_path: Path):
 
 def test_shipped_policy_parses_and_hash_tracks_content(tmp_path: Path):
     from airflow_mlops import settings
+    from airflow_mlops.usecase import config as usecase_config
 
-    shipped = gate.load_policy(settings.include_dir() / "config" / "gate_policy.yaml")
+    shipped = usecase_config.load(settings.project_root() / "examples" / "flight_delay").gate_policy()
     assert shipped is not None and shipped.has_rules and shipped.min_slice_size > 0
     changed = copy.deepcopy(POLICY)
     changed["min_slice_size"] = 301

@@ -146,8 +146,10 @@ def test_a_first_negative_check_may_trigger_later_once_outcomes_arrive():
 
 def test_config_file_and_interval_keys(tmp_path):
     from airflow_mlops import settings
+    from airflow_mlops.usecase import config as usecase_config
 
-    policy = rp.load_policy(settings.include_dir() / "config" / "monitoring.yaml")
+    shipped = usecase_config.load(settings.project_root() / "examples" / "flight_delay").monitoring
+    policy = rp.RetrainingPolicy.from_dict(shipped["policy"])
     assert policy.has_triggers and policy.cooldown_days > 0 and policy.max_per_period
     assert interval("2013-03").key == "20130301T000000--20130401T000000"
     assert rp.Interval.parse("2013-03-01T00:00:00+00:00", "2013-04-01T00:00:00+00:00") == interval("2013-03")

@@ -29,7 +29,9 @@ def config(**model_changes) -> core.TrainingConfig:
 
 
 def test_shipped_config_loads_and_its_features_exist_in_the_contract(frame):
-    shipped = core.load_config(settings.include_dir() / "config" / "training.yaml")
+    from airflow_mlops.usecase import config as usecase_config
+
+    shipped = usecase_config.load(settings.project_root() / "examples" / "flight_delay").training_config()
     assert shipped.model_type in core.MODEL_TYPES
     assert shipped.holdout_months >= 1
     core.check_columns(frame, shipped)  # every configured feature is a contract column

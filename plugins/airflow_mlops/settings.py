@@ -4,8 +4,7 @@
 ``MLOPS_LAKE``  the lake root URL for ``ObjectStoragePath`` (default ``file://$MLOPS_HOME/lake``);
                 ``s3://bucket/prefix`` in production needs no code change.
 ``MLOPS_LAKE_CONN_ID``  the Airflow connection holding the lake's credentials (e.g. ``aws_default``).
-``MLOPS_INCLUDE``  the folder with expectation suites, feature repo and configs (default: ``include/``
-                next to ``dags/`` in a checkout).
+``MLOPS_PROJECTS``  the folder whose sub-folders are the use cases (see ``airflow_mlops.usecase.config``).
 """
 
 from __future__ import annotations
@@ -35,15 +34,3 @@ def lake_url() -> str:
 
 def lake_conn_id() -> str | None:
     return os.environ.get("MLOPS_LAKE_CONN_ID") or None
-
-
-def include_dir() -> Path:
-    return Path(os.environ.get("MLOPS_INCLUDE", project_root() / "include")).resolve()
-
-
-def serving_url() -> str:
-    """The serving endpoint: ``MLOPS_SERVING_URL``, else the embedded server on 127.0.0.1:``MLOPS_SERVING_PORT``
-    (default 3000). An Airflow connection ``bentoml_default`` overrides both for the hook."""
-    if os.environ.get("MLOPS_SERVING_URL"):
-        return os.environ["MLOPS_SERVING_URL"].rstrip("/")
-    return f"http://127.0.0.1:{int(os.environ.get('MLOPS_SERVING_PORT') or 3000)}"

@@ -73,6 +73,7 @@ class IngestBatchOperator(BaseOperator):
     are checked against it. Re-ingesting the same bytes is a no-op; the landed copy is removed only after
     ``raw/`` is committed, so a crash at any point is repaired by a retry.
 
+    :param usecase: a use-case folder: ``files``, ``primary`` and ``period_kind`` default to its ``source``.
     :param files: the files a batch consists of, CSV or Parquet (templated).
     :param primary: the file whose rows and hash identify the batch downstream; default the first of ``files``
         (templated).
@@ -94,9 +95,10 @@ class IngestBatchOperator(BaseOperator):
     def __init__(
         self,
         *,
-        files: Sequence[str] | str,
+        usecase: str | None = None,
+        files: Sequence[str] | str | None = None,
         primary: str | None = None,
-        period_kind: str = "month",
+        period_kind: str | None = None,
         period: str | None = None,
         month: str | None = None,
         lake_root: str | None = None,
@@ -104,6 +106,7 @@ class IngestBatchOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.usecase = usecase
         self.files = files
         self.primary = primary
         self.period_kind = period_kind
@@ -120,8 +123,16 @@ class IngestBatchOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         try:
-            kind = check_kind(self.period_kind)
-            files, primary = batch_files_of(self.files, self.primary)
+            files_arg, primary_arg, kind_arg = self.files, self.primary, self.period_kind
+            if self.usecase:
+                from airflow_mlops.usecase import config
+
+                source = config.load(self.usecase).source
+                files_arg = files_arg or list(source.files)
+                primary_arg = primary_arg or source.primary
+                kind_arg = kind_arg or source.period
+            kind = check_kind(kind_arg or "month")
+            files, primary = batch_files_of(files_arg or [], primary_arg)
             requested = None if is_blank(self.period) else str(self.period)
             if requested is None and not is_blank(self.month):
                 requested = str(self.month)

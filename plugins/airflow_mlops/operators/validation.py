@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_mlops import settings
 from airflow_mlops.core.batches import Batch, check_kind, file_stem, period_bounds
 from airflow_mlops.exceptions import BatchValidationError
 from airflow_mlops.hooks.lake import LakeHook
@@ -55,7 +54,8 @@ class ValidateBatchOperator(BaseOperator):
     :param suites: batch file (its name or stem) → suite JSON, relative to ``expectations_dir`` or absolute
         (templated); a file without an entry is published unvalidated. Default: ``<file stem>.json`` in
         ``expectations_dir`` for every file.
-    :param expectations_dir: the suites folder (templated); default ``include/expectations``.
+    :param expectations_dir: the suites folder (templated), e.g. the use case's ``expectations/``; needed unless every
+        suite is given by an absolute path.
     :param timestamp_columns: batch file (name or stem) → column(s) parsed as UTC timestamps before validation.
     :param timestamp_format: their format (``pandas.to_datetime``); default ISO 8601, None: inferred.
     :param module_file: the use case's Python module (templated); None: no ``prepare_validation``.
@@ -157,7 +157,11 @@ class ValidateBatchOperator(BaseOperator):
 
         from airflow_mlops.core import validation
 
-        folder = Path(self.expectations_dir) if self.expectations_dir else settings.include_dir() / "expectations"
+        if is_blank(self.expectations_dir) and any(not Path(str(p)).is_absolute() for p in (self.suites or {}).values()):
+            raise AirflowFailException("suites given by relative path need expectations_dir (the use case's expectations/)")
+        if is_blank(self.expectations_dir) and self.suites is None:
+            raise AirflowFailException("no suites: pass expectations_dir (the use case's expectations/) or suites")
+        folder = Path(self.expectations_dir or ".")
         if self.suites is None:
             paths = {name: folder / f"{file_stem(name)}.json" for name in files}
         else:

@@ -218,7 +218,7 @@ def load(folder: str | Path) -> UseCase:
     import yaml
 
     try:
-        raw = yaml.safe_load(config_file.read_text())
+        raw = yaml.load(config_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as err:
         raise UseCaseConfigError(f"{config_file}: cannot read it: {err}") from err
     usecase = parse(raw, config_file)
