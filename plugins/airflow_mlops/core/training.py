@@ -57,13 +57,13 @@ class TrainingConfig:
     serialization_format: str = "cloudpickle"
     holdout_months: int = 1
     threshold: float = 0.5
-    slices: tuple[str, ...] = ("carrier", "origin", "month")
+    slices: tuple[str, ...] = ()
     #: Per-slice metrics also logged as MLflow metrics (all of them are in the evaluation JSON whatever this says);
     #: ``None``: the task's default.
     mlflow_slice_metrics: tuple[str, ...] | None = None
-    id_column: str = "flight_id"
+    id_column: str = "id"
     timestamp_column: str = "event_timestamp"
-    label: str = "is_late"
+    label: str = "label"
     month_column: str = "month"
     experiment_name: str = "mlops-training"
     registered_model_name: str = "model"
@@ -202,9 +202,9 @@ class TrainingConfig:
                 mlflow_slice_metrics=(
                     tuple(evaluation["mlflow_slice_metrics"] or ()) if "mlflow_slice_metrics" in evaluation else None
                 ),
-                id_column=data.get("id_column", "flight_id"),
+                id_column=data.get("id_column", "id"),
                 timestamp_column=data.get("timestamp_column", "event_timestamp"),
-                label=data.get("label", "is_late"),
+                label=data.get("label", "label"),
                 month_column=data.get("month_column", "month"),
                 experiment_name=data.get("experiment_name", "mlops-training"),
                 registered_model_name=data.get("registered_model_name", "model"),
