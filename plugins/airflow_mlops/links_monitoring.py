@@ -1,8 +1,9 @@
 """Operator extra link from a monitoring task to the Evidently report it wrote to the lake.
 
-The task pushes the report's lake key (``reports/monitoring/<kind>/<month>/...html``) under XCom key
-``report_key``, as the validation task does for Data Docs; the plugin serves the lake's ``reports/`` zone under
-``/mlops/lake/`` behind Airflow's login.
+The task pushes the report's key relative to its lake root (``reports/monitoring/<kind>/<period>/...html``) under
+XCom key ``report_key``, as the validation task does for Data Docs; the link prefixes it with the place of the
+task's ``lake_root`` under ``MLOPS_LAKE`` (the use case's name), which the plugin serves under ``/mlops/lake/``
+behind Airflow's login (see ``airflow_mlops.links``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_mlops.links import REPORT_XCOM_KEY, report_url
+from airflow_mlops.links import lake_report_link
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -24,7 +25,4 @@ class MonitoringReportLink(BaseOperatorLink):
     name = "Monitoring report"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        key = XCom.get_value(ti_key=ti_key, key=REPORT_XCOM_KEY)
-        return report_url(key) if key else ""
+        return lake_report_link(operator, ti_key)

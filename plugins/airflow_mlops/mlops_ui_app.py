@@ -1,15 +1,22 @@
-"""The "MLOps" page of the Airflow UI: models, their aliases, gate, promotion ledger, monitoring, and rollback.
+"""The "MLOps" page of the Airflow UI: every registered model with its use case, aliases, gate, promotion ledger,
+monitoring, retraining decisions, and rollback.
 
 A FastAPI app mounted by the plugin at ``/mlops/ui`` in the Airflow API server, behind Airflow's own login (the
 UI's session cookie or a bearer token), and shown in the UI's navigation as an external view. The HTML page is
 static and renders what the JSON endpoints return:
 
 * ``GET  /mlops/ui/``                                  the page
-* ``GET  /mlops/ui/api/models``                        every registered model: champion, challenger, last gate verdict
+* ``GET  /mlops/ui/api/models``                        every registered model: its use case, champion, challenger,
+  last gate verdict
 * ``GET  /mlops/ui/api/models/{name}``                 one model: versions, gate history, ledger, monitoring, rollback
-* ``GET  /mlops/ui/api/models/{name}/chart/{kind}.svg`` drift or live performance by month, as SVG
-* ``POST /mlops/ui/api/models/{name}/rollback``        ``{"reason": ..., "to_version": null}``: triggers
-  ``mlops_rollback`` as the signed-in user (needs the right to create runs of that DAG)
+* ``GET  /mlops/ui/api/models/{name}/chart/{kind}.svg`` drift or live performance by period, as SVG
+* ``POST /mlops/ui/api/models/{name}/rollback``        ``{"reason": ..., "to_version": null}``: triggers the use
+  case's ``<name>_rollback`` DAG as the signed-in user (needs the right to create runs of that DAG)
+
+A model belongs to the use case (``usecase.config.discover()``) whose ``registered_model_name`` it is; what the
+page reads of it comes from that use case: its task (which hold-out and live metrics), its experiments, its lake
+root (retraining decisions, reports) and its rollback DAG. A model no use case declares is still listed, with
+what MLflow alone says about it (no monitoring of a use case, no rollback DAG).
 
 MLflow is read through ``MlflowHook``, the lake through ``LakeHook``; both (and pandas-free MLflow itself) are
 imported inside the handlers, so importing this module costs FastAPI only.
@@ -22,24 +29,105 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.usecase.config import UseCase
 
 log = logging.getLogger(__name__)
 
 #: Where the plugin mounts this app (``airflow_mlops.plugin``) and the route of its page in the Airflow UI.
 URL_PREFIX = "/mlops/ui"
-ROLLBACK_DAG_ID = "mlops_rollback"
+#: The stage of a use case's rollback DAG (``UseCase.dag_id(ROLLBACK_STAGE)``: ``<name>_rollback``).
+ROLLBACK_STAGE = "rollback"
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "mlops.gate.approved"
 GATE_ARTIFACT = "gate/decision.json"
-#: Holdout metrics of a version's training run shown next to its number.
-HOLDOUT_METRICS = ("holdout_roc_auc", "holdout_log_loss", "holdout_brier", "holdout_precision", "holdout_recall")
+#: The run tag with a trained model's task (``classification`` | ``regression``).
+TASK_TAG = "mlops.model.task"
+#: Where the monitoring checks log their runs when a use case's ``monitoring.mlflow.experiment_name`` is not set.
+DEFAULT_MONITORING_EXPERIMENT = "mlops-monitoring"
 PAGE = Path(__file__).with_name("mlops_ui_page.html")
+
+
+def holdout_metrics(task: str | None) -> tuple[str, ...]:
+    """The hold-out metrics shown for a model of ``task`` (``core.evaluation.metrics_for``); None: every known one.
+
+    :param task: ``classification``, ``regression`` or None (the task is unknown).
+    """
+    from airflow_mlops.core.evaluation import METRIC_DIRECTIONS, metrics_for
+
+    return metrics_for(task) if task else tuple(METRIC_DIRECTIONS)
+
+
+def usecases_by_model() -> dict[str, UseCase]:
+    """The use cases of the projects folder by registered model name (a use case that does not load is skipped)."""
+    from airflow_mlops.usecase import config
+
+    found: dict[str, UseCase] = {}
+    for folder in config.discover():
+        try:
+            usecase = config.load(folder)
+        except config.UseCaseConfigError as err:
+            log.warning("use case %s not loaded: %s", folder, err)
+            continue
+        other = found.get(usecase.registered_model_name)
+        if other is not None:
+            log.warning(
+                "use cases %s and %s both register model %s: %s is shown with %s",
+                other.folder,
+                usecase.folder,
+                usecase.registered_model_name,
+                usecase.registered_model_name,
+                other.name,
+            )
+            continue
+        found[usecase.registered_model_name] = usecase
+    return found
+
+
+def usecase_of(name: str) -> UseCase | None:
+    """The use case whose registered model is ``name``; None when no use case declares it.
+
+    :param name: a registered model's name.
+    """
+    return usecases_by_model().get(name)
+
+
+def rollback_dag_id(usecase: UseCase | None) -> str | None:
+    """The use case's rollback DAG (``<name>_rollback``); None without a use case.
+
+    :param usecase: the model's use case.
+    """
+    return usecase.dag_id(ROLLBACK_STAGE) if usecase is not None else None
+
+
+def _lake_root(usecase: UseCase | None) -> str:
+    """The lake root of the use case (``<MLOPS_LAKE>/<name>``); without one, ``MLOPS_LAKE``."""
+    from airflow_mlops import settings
+    from airflow_mlops.usecase import config
+
+    return config.lake_url(usecase) if usecase is not None else settings.lake_url()
+
+
+def _usecase_info(usecase: UseCase | None) -> dict[str, Any] | None:
+    if usecase is None:
+        return None
+    from airflow_mlops.links import lake_prefix
+    from airflow_mlops.usecase.factory import STAGES
+
+    return {
+        "name": usecase.name,
+        "description": usecase.description,
+        "task": usecase.task,
+        "period": usecase.source.period,
+        "experiment": usecase.experiment_name,
+        "lake_prefix": lake_prefix(_lake_root(usecase)),
+        "dags": {stage: usecase.dag_id(stage) for stage in STAGES},
+    }
 
 
 class RollbackRequest(BaseModel):
@@ -55,17 +143,24 @@ def _require_login():
     return Depends(requires_authenticated())
 
 
-def _require_rollback_permission():
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
-
-    return Depends(requires_access_dag(method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=ROLLBACK_DAG_ID))
-
-
 def _current_user():
     from airflow.api_fastapi.core_api.security import get_user
 
     return Depends(get_user)
+
+
+def _require_rollback_permission():
+    """The right to create runs of the model's rollback DAG (a model without a use case is refused later, 409)."""
+
+    def check(request: Request, name: str, user=_current_user()) -> None:  # noqa: B008
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+        from airflow.api_fastapi.core_api.security import requires_access_dag
+
+        dag_id = rollback_dag_id(usecase_of(name))
+        if dag_id is not None:
+            requires_access_dag(method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=dag_id)(request, user)
+
+    return Depends(check)
 
 
 def create_app() -> FastAPI:
@@ -78,7 +173,8 @@ def create_app() -> FastAPI:
     @app.get("/api/models")
     def models() -> dict[str, Any]:
         hook = _mlflow()
-        return {"models": [_summary(hook, rm) for rm in _registered_models(hook)]}
+        usecases = usecases_by_model()
+        return {"models": [_summary(hook, rm, usecases.get(rm.name)) for rm in _registered_models(hook)]}
 
     @app.get("/api/models/{name}")
     def model(name: str, user=_current_user()) -> dict[str, Any]:  # noqa: B008
@@ -92,7 +188,10 @@ def create_app() -> FastAPI:
             raise HTTPException(404, f"no chart {kind!r}; charts: {', '.join(model_overview.CHARTS)}")
         hook = _mlflow()
         _registered_model(hook, name)
-        svg = model_overview.chart_for(kind, _monitoring(hook, name))
+        usecase = usecase_of(name)
+        points = _monitoring(hook, name, usecase)
+        task = _display_task(usecase, points, None)
+        svg = model_overview.chart_for(kind, points, task=task)
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/models/{name}/rollback", status_code=201, dependencies=[_require_rollback_permission()])
@@ -130,23 +229,31 @@ def _registered_model(hook: MlflowHook, name: str) -> Any:
         raise
 
 
-def _version(hook: MlflowHook, name: str, version: str | None) -> dict[str, Any] | None:
-    """A version's number, run, creation time, the gate decision that admitted it and its hold-out metrics."""
+def _version(hook: MlflowHook, name: str, version: str | None, task: str | None) -> dict[str, Any] | None:
+    """A version's number, run, creation time, the gate decision that admitted it and its hold-out metrics.
+
+    :param task: the model's task (its hold-out metrics are shown); None: the task its run records, else every
+        known metric the run has.
+    """
     if not version:
         return None
     from airflow_mlops.core.model_overview import short_json
 
     mv = hook.client.get_model_version(name, str(version))
     metrics: dict[str, float] = {}
+    run_task = None
     if mv.run_id:
-        run_metrics = hook.client.get_run(mv.run_id).data.metrics
-        metrics = {k.removeprefix("holdout_"): run_metrics[k] for k in HOLDOUT_METRICS if k in run_metrics}
+        data = hook.client.get_run(mv.run_id).data
+        run_task = data.tags.get(TASK_TAG)
+        names = holdout_metrics(task or run_task)
+        metrics = {m: data.metrics[f"holdout_{m}"] for m in names if f"holdout_{m}" in data.metrics}
     tags = mv.tags or {}
     return {
         "version": str(mv.version),
         "run_id": mv.run_id,
         "created": mv.creation_timestamp,
         "status": mv.status,
+        "task": task or run_task,
         "gate": short_json(tags.get("mlops.gate.decision")),
         "training_set_sha256": tags.get("mlops.training_set.sha256"),
         "git_commit": tags.get("mlops.git.commit"),
@@ -155,12 +262,14 @@ def _version(hook: MlflowHook, name: str, version: str | None) -> dict[str, Any]
     }
 
 
-def _summary(hook: MlflowHook, rm: Any) -> dict[str, Any]:
+def _summary(hook: MlflowHook, rm: Any, usecase: UseCase | None) -> dict[str, Any]:
     aliases = {alias: str(v) for alias, v in (rm.aliases or {}).items()}
-    gates = _gate_history(hook, rm.name, limit=1)
+    gates = _gate_history(hook, rm.name, usecase, limit=1)
     return {
         "name": rm.name,
-        "description": rm.description or "",
+        "description": rm.description or (usecase.description if usecase else ""),
+        "usecase": usecase.name if usecase else None,
+        "task": usecase.task if usecase else None,
         "champion": aliases.get(CHAMPION),
         "challenger": aliases.get(CHALLENGER),
         "aliases": aliases,
@@ -169,8 +278,8 @@ def _summary(hook: MlflowHook, rm: Any) -> dict[str, Any]:
     }
 
 
-def _training_experiments(hook: MlflowHook, name: str) -> list[str]:
-    """Experiments holding the model's training runs: those of its versions, and the configured one."""
+def _training_experiments(hook: MlflowHook, name: str, usecase: UseCase | None) -> list[str]:
+    """Experiments holding the model's training runs: those of its versions, and its use case's."""
     client = hook.client
     ids: list[str] = []
     for mv in client.search_model_versions(f"name = '{_quote(name)}'", max_results=200):
@@ -179,19 +288,18 @@ def _training_experiments(hook: MlflowHook, name: str) -> list[str]:
                 ids.append(client.get_run(mv.run_id).info.experiment_id)
             except Exception as err:  # noqa: BLE001 - a deleted run: the version's other runs still count
                 log.warning("run %s of %s v%s unreadable: %s", mv.run_id, name, mv.version, err)
-    config = _training_config()
-    if config.get("registered_model_name") == name and config.get("experiment_name"):
-        found = client.get_experiment_by_name(config["experiment_name"])
+    if usecase is not None:
+        found = client.get_experiment_by_name(usecase.experiment_name)
         if found is not None:
             ids.append(found.experiment_id)
     return list(dict.fromkeys(ids))
 
 
-def _gate_history(hook: MlflowHook, name: str, limit: int = 10) -> list[dict[str, Any]]:
+def _gate_history(hook: MlflowHook, name: str, usecase: UseCase | None, limit: int = 10) -> list[dict[str, Any]]:
     """The newest gate verdicts on the model's candidate runs (rejected ones included), newest first."""
     from airflow_mlops.core.model_overview import gate_verdict, parse_gate_summary
 
-    experiments = _training_experiments(hook, name)
+    experiments = _training_experiments(hook, name, usecase)
     if not experiments:
         return []
     runs = hook.client.search_runs(
@@ -243,12 +351,20 @@ def _gate_document(hook: MlflowHook, run_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _monitoring(hook: MlflowHook, name: str) -> list[Any]:
+def monitoring_experiment(usecase: UseCase | None) -> str:
+    """The MLflow experiment of the use case's monitoring checks (``monitoring.mlflow.experiment_name``).
+
+    :param usecase: the model's use case; None: the default experiment.
+    """
+    section = (usecase.monitoring.get("mlflow") if usecase is not None else None) or {}
+    return str(section.get("experiment_name") or DEFAULT_MONITORING_EXPERIMENT)
+
+
+def _monitoring(hook: MlflowHook, name: str, usecase: UseCase | None) -> list[Any]:
     """The model's monitoring history from the check runs the monitoring operators log to MLflow."""
     from airflow_mlops.core.model_overview import monitoring_history
 
-    experiment_name = (_monitoring_config().get("mlflow") or {}).get("experiment_name") or "mlops-monitoring"
-    experiment = hook.client.get_experiment_by_name(experiment_name)
+    experiment = hook.client.get_experiment_by_name(monitoring_experiment(usecase))
     if experiment is None:
         return []
     checks, token = [], None
@@ -264,7 +380,7 @@ def _monitoring(hook: MlflowHook, name: str) -> list[Any]:
             checks.append(
                 {
                     "kind": tags.get("mlops.monitoring.kind"),
-                    "month": tags.get("mlops.monitoring.month"),
+                    "month": tags.get("mlops.monitoring.period") or tags.get("mlops.monitoring.month"),
                     "version": tags.get("mlops.monitoring.version"),
                     "start_time": run.info.start_time,
                     "metrics": dict(run.data.metrics),
@@ -276,13 +392,13 @@ def _monitoring(hook: MlflowHook, name: str) -> list[Any]:
             return monitoring_history(checks)
 
 
-def _retraining_decisions(name: str) -> dict[str, dict[str, Any]]:
-    """The retraining policy's decision per month (``monitoring/policy/<model>/`` in the lake)."""
+def _retraining_decisions(name: str, lake_root: str) -> dict[str, dict[str, Any]]:
+    """The retraining policy's decision per period (``monitoring/policy/<model>/`` in the use case's lake)."""
     import json
 
     from airflow_mlops.hooks.lake import LakeHook
 
-    folder = LakeHook().path("monitoring", "policy", name)
+    folder = LakeHook(root_url=lake_root).path("monitoring", "policy", name)
     if not folder.exists():
         return {}
     out = {}
@@ -291,8 +407,8 @@ def _retraining_decisions(name: str) -> dict[str, dict[str, Any]]:
             continue
         record = json.loads(path.read_bytes())
         decision = record.get("triggered") or record.get("latest") or {}
-        month = decision.get("month") or path.name.removesuffix(".json")
-        out[month] = {
+        period = decision.get("period") or decision.get("month") or path.name.removesuffix(".json")
+        out[period] = {
             "retrain": bool(decision.get("retrain")),
             "reasons": decision.get("reasons") or [],
             "suppressed_by": decision.get("suppressed_by"),
@@ -300,9 +416,26 @@ def _retraining_decisions(name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _display_task(usecase: UseCase | None, points: list[Any], champion: dict[str, Any] | None) -> str:
+    """The task whose monitoring figures the page shows: the use case's, else what the champion's run or the
+    monitoring metrics say, else classification."""
+    from airflow_mlops.core.model_overview import task_of_metrics
+
+    if usecase is not None:
+        return usecase.task
+    if champion and champion.get("task"):
+        return str(champion["task"])
+    return task_of_metrics({k for p in points for k in p.metrics}) or "classification"
+
+
 # -- the model's page ------------------------------------------------------------------------------------------
 def _detail(hook: MlflowHook, name: str, user: Any) -> dict[str, Any]:
+    from airflow_mlops.core.model_overview import CHARTS, monitoring_columns
+
     rm = _registered_model(hook, name)
+    usecase = usecase_of(name)
+    task = usecase.task if usecase else None
+    lake_root = _lake_root(usecase)
     aliases = {alias: str(v) for alias, v in (rm.aliases or {}).items()}
     versions = sorted(
         hook.client.search_model_versions(f"name = '{_quote(name)}'", max_results=200),
@@ -313,20 +446,27 @@ def _detail(hook: MlflowHook, name: str, user: Any) -> dict[str, Any]:
     for alias, version in aliases.items():
         by_version.setdefault(version, []).append(alias)
     ledger = hook.read_ledger(name)
-    points = _monitoring(hook, name)
-    decisions = _retraining_decisions(name)
+    points = _monitoring(hook, name, usecase)
+    decisions = _retraining_decisions(name, lake_root)
     monitoring = []
     for point in points:
         row = point.to_dict()
-        row["reports"] = {kind: _report_href(key) for kind, key in point.reports.items()}
+        row["period"] = point.month
+        row["reports"] = {
+            kind: href for kind, key in point.reports.items() if (href := _report_href(key, lake_root)) is not None
+        }
         row["retraining"] = decisions.get(point.month)
         monitoring.append(row)
+    champion = _version(hook, name, aliases.get(CHAMPION), task)
+    shown = _display_task(usecase, points, champion)
     return {
         "name": name,
-        "description": rm.description or "",
+        "description": rm.description or (usecase.description if usecase else ""),
+        "usecase": _usecase_info(usecase),
+        "task": task or (champion or {}).get("task"),
         "aliases": aliases,
-        "champion": _version(hook, name, aliases.get(CHAMPION)),
-        "challenger": _version(hook, name, aliases.get(CHALLENGER)),
+        "champion": champion,
+        "challenger": _version(hook, name, aliases.get(CHALLENGER), task),
         "versions": [
             {
                 "version": str(v.version),
@@ -337,33 +477,49 @@ def _detail(hook: MlflowHook, name: str, user: Any) -> dict[str, Any]:
             }
             for v in versions
         ],
-        "gate": _gate_history(hook, name),
+        "gate": _gate_history(hook, name, usecase),
         "ledger": [entry.to_dict() for entry in sorted(ledger, key=lambda e: e.seq, reverse=True)],
         "monitoring": monitoring,
-        "charts": {kind: f"api/models/{name}/chart/{kind}.svg" for kind in ("drift", "performance")},
-        "rollback": _rollback_state(name, ledger, user),
+        "monitoring_columns": [{"metric": k, "label": v} for k, v in monitoring_columns(shown).items()],
+        "retraining": [{"period": period, **decision} for period, decision in sorted(decisions.items())],
+        "charts": {kind: f"api/models/{name}/chart/{kind}.svg" for kind in CHARTS},
+        "rollback": _rollback_state(name, usecase, ledger, user),
     }
 
 
-def _report_href(key: str) -> str:
-    """A lake report as a link relative to this page (``/mlops/ui/`` → ``/mlops/lake/...``)."""
-    return f"../lake/{key.lstrip('/')}"
+def _report_href(key: str, lake_root: str) -> str | None:
+    """A report of the lake rooted at ``lake_root`` as a link relative to this page (``/mlops/ui/`` →
+    ``/mlops/lake/<use case>/...``); None when that root is not served (outside ``MLOPS_LAKE``)."""
+    from airflow_mlops.links import lake_path
+
+    path = lake_path(key, lake_root)
+    return f"../lake/{path}" if path is not None else None
 
 
-def _rollback_state(name: str, ledger: list[Any], user: Any) -> dict[str, Any]:
-    """Where a rollback would go, whether the DAG can run it, and its recent runs for this model."""
+def _rollback_state(name: str, usecase: UseCase | None, ledger: list[Any], user: Any) -> dict[str, Any]:
+    """Where a rollback would go, whether the use case's DAG can run it, and its recent runs."""
     from airflow_mlops.core import ledger as ledger_core
 
     try:
         target, blocked = ledger_core.rollback_target(ledger), None
     except ledger_core.LedgerConflict as err:
         target, blocked = None, str(err)
-    state: dict[str, Any] = {"dag_id": ROLLBACK_DAG_ID, "target": target, "blocked": blocked}
-    state.update(_rollback_dag(name, user))
+    dag_id = rollback_dag_id(usecase)
+    state: dict[str, Any] = {"dag_id": dag_id, "target": target, "blocked": blocked}
+    if dag_id is None:
+        state.update(
+            dag_exists=False,
+            dag_paused=None,
+            can_trigger=False,
+            recent_runs=[],
+            unavailable=f"no use case declares registered model {name}: there is no rollback DAG for it",
+        )
+        return state
+    state.update(_rollback_dag(dag_id, user))
     return state
 
 
-def _rollback_dag(name: str, user: Any) -> dict[str, Any]:
+def _rollback_dag(dag_id: str, user: Any) -> dict[str, Any]:
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
     from airflow.models.dag import DagModel
@@ -372,20 +528,16 @@ def _rollback_dag(name: str, user: Any) -> dict[str, Any]:
     from sqlalchemy import select
 
     auth = get_auth_manager()
-    details = DagDetails(id=ROLLBACK_DAG_ID)
+    details = DagDetails(id=dag_id)
     can_trigger = auth.is_authorized_dag(method="POST", access_entity=DagAccessEntity.RUN, details=details, user=user)
     can_read = auth.is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN, details=details, user=user)
     with create_session() as session:
-        dag = session.scalar(select(DagModel).where(DagModel.dag_id == ROLLBACK_DAG_ID))
+        dag = session.scalar(select(DagModel).where(DagModel.dag_id == dag_id))
         runs = []
         if dag is not None and can_read:
-            found = session.scalars(
-                select(DagRun).where(DagRun.dag_id == ROLLBACK_DAG_ID).order_by(DagRun.id.desc()).limit(50)
-            )
+            found = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(10))
             for run in found:
                 conf = run.conf or {}
-                if conf.get("registered_model_name", name) != name:
-                    continue
                 runs.append(
                     {
                         "run_id": run.run_id,
@@ -394,11 +546,9 @@ def _rollback_dag(name: str, user: Any) -> dict[str, Any]:
                         "reason": conf.get("reason"),
                         "to_version": conf.get("to_version"),
                         "queued_at": run.queued_at.isoformat() if run.queued_at else None,
-                        "url": f"../../dags/{ROLLBACK_DAG_ID}/runs/{run.run_id}",
+                        "url": f"../../dags/{dag_id}/runs/{run.run_id}",
                     }
                 )
-                if len(runs) == 10:
-                    break
         return {
             "dag_exists": dag is not None and not dag.is_stale,
             "dag_paused": bool(dag.is_paused) if dag is not None else None,
@@ -408,7 +558,7 @@ def _rollback_dag(name: str, user: Any) -> dict[str, Any]:
 
 
 def _trigger_rollback(hook: MlflowHook, name: str, body: RollbackRequest, user: Any) -> dict[str, Any]:
-    """Trigger ``mlops_rollback`` for ``name`` as ``user`` (what the DAG's Trigger button does)."""
+    """Trigger the rollback DAG of ``name``'s use case as ``user`` (what the DAG's Trigger button does)."""
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.exceptions import DagNotFound, DagRunAlreadyExists
     from airflow.utils.types import DagRunTriggeredByType
@@ -416,6 +566,9 @@ def _trigger_rollback(hook: MlflowHook, name: str, body: RollbackRequest, user: 
     from airflow_mlops.core import ledger as ledger_core
 
     _registered_model(hook, name)
+    dag_id = rollback_dag_id(usecase_of(name))
+    if dag_id is None:
+        raise HTTPException(409, f"no use case declares registered model {name}: there is no rollback DAG for it")
     reason = body.reason.strip()
     if len(reason) < 3:
         raise HTTPException(422, "a rollback needs a reason (at least 3 characters)")
@@ -426,52 +579,29 @@ def _trigger_rollback(hook: MlflowHook, name: str, body: RollbackRequest, user: 
             raise HTTPException(409, str(err)) from err
     else:
         target = body.to_version
-        _version(hook, name, target)  # raises if there is no such version
+        _version(hook, name, target, None)  # raises if there is no such version
     who = user.get_name()
-    conf = {"registered_model_name": name, "to_version": body.to_version, "reason": f"{reason} (by {who}, MLOps page)"}
+    conf = {"to_version": body.to_version, "reason": f"{reason} (by {who}, MLOps page)"}
     try:
-        run = trigger_dag(ROLLBACK_DAG_ID, triggered_by=DagRunTriggeredByType.UI, triggering_user_name=who, conf=conf)
+        run = trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.UI, triggering_user_name=who, conf=conf)
     except DagNotFound as err:
-        raise HTTPException(404, f"{ROLLBACK_DAG_ID} is not deployed: {err}") from err
+        raise HTTPException(404, f"{dag_id} is not deployed: {err}") from err
     except DagRunAlreadyExists as err:
         raise HTTPException(409, str(err)) from err
     except ValueError as err:  # ParamValidationError: the DAG's params refuse the conf
         raise HTTPException(400, str(err)) from err
     if run is None:
-        raise HTTPException(500, f"{ROLLBACK_DAG_ID} did not create a run")
-    log.info("rollback of %s to v%s requested by %s: run %s", name, target, who, run.run_id)
+        raise HTTPException(500, f"{dag_id} did not create a run")
+    log.info("rollback of %s to v%s requested by %s: %s run %s", name, target, who, dag_id, run.run_id)
     return {
-        "dag_id": ROLLBACK_DAG_ID,
+        "dag_id": dag_id,
         "dag_run_id": run.run_id,
         "state": str(getattr(run.state, "value", run.state)),
         "conf": conf,
         "expected_target": target,
         "triggering_user": who,
-        "url": f"../../dags/{ROLLBACK_DAG_ID}/runs/{run.run_id}",
+        "url": f"../../dags/{dag_id}/runs/{run.run_id}",
     }
-
-
-# -- configuration ---------------------------------------------------------------------------------------------
-def _yaml(name: str) -> dict[str, Any]:
-    import yaml
-
-    from airflow_mlops import settings
-
-    path = settings.include_dir() / "config" / name
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        log.warning("cannot read %s: %s", path, err)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _training_config() -> dict[str, Any]:
-    return _yaml("training.yaml")
-
-
-def _monitoring_config() -> dict[str, Any]:
-    return _yaml("monitoring.yaml")
 
 
 def _quote(value: str) -> str:

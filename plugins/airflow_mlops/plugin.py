@@ -1,4 +1,5 @@
-"""The Airflow plugin: the MLOps page, the lake's reports served inside the Airflow UI, the operator links."""
+"""The Airflow plugin: the MLOps page (every registered model, with its use case), the lake's reports served inside
+the Airflow UI (every use case's, under ``/mlops/lake/<use case>/reports/...``), the operator links."""
 
 from __future__ import annotations
 

@@ -15,14 +15,22 @@ from typing import Any
 #: Monitoring metrics (as ``DriftCheckOperator`` / ``PerformanceCheckOperator`` log them to MLflow) per chart.
 CHARTS: dict[str, dict[str, Any]] = {
     "drift": {
-        "title": "Drift by month",
+        "title": "Drift by period",
         "series": {"drift_share": "share of features drifted", "prediction_drift": "prediction drift (PSI)"},
     },
     "performance": {
-        "title": "Live performance by month",
+        "title": "Live performance by period",
         "series": {"live_roc_auc": "live ROC AUC", "live_brier": "live Brier score", "decay_roc_auc": "ROC AUC decay"},
     },
 }
+#: The performance chart's series per task (``CHARTS["performance"]`` is the classification one): the live metrics
+#: of the task and the decay of its main one, as ``PerformanceCheckOperator`` logs them (``live_<m>``, ``decay_<m>``).
+PERFORMANCE_SERIES: dict[str, dict[str, str]] = {
+    "classification": dict(CHARTS["performance"]["series"]),
+    "regression": {"live_rmse": "live RMSE", "live_mae": "live MAE", "decay_rmse": "RMSE decay"},
+}
+#: Monitoring figures of a task shown in the page's table but not charted (another scale than the chart's lines).
+TABLE_ONLY: dict[str, dict[str, str]] = {"classification": {}, "regression": {"live_r2": "live R²"}}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 
 
@@ -182,9 +190,54 @@ def line_chart_svg(
     return "".join(parts)
 
 
-def chart_for(kind: str, points: list[MonitoringPoint]) -> str:
-    """The ``drift`` or ``performance`` chart of a model's monitoring history (see ``CHARTS``)."""
+def chart_spec(kind: str, task: str = "classification") -> dict[str, Any]:
+    """The title and series of the ``drift`` or ``performance`` chart of a ``task`` model.
+
+    :param kind: a key of ``CHARTS``.
+    :param task: ``classification`` or ``regression`` (the performance chart's metrics are the task's).
+    """
     spec = CHARTS[kind]
+    if kind == "performance":
+        return {"title": spec["title"], "series": PERFORMANCE_SERIES[_known_task(task)]}
+    return spec
+
+
+def monitoring_columns(task: str = "classification") -> dict[str, str]:
+    """The monitoring figures the page's table shows for a ``task`` model, metric name → label, in order.
+
+    :param task: ``classification`` or ``regression``.
+    """
+    task = _known_task(task)
+    return {**CHARTS["drift"]["series"], **PERFORMANCE_SERIES[task], **TABLE_ONLY[task]}
+
+
+def task_of_metrics(names: Any) -> str | None:
+    """The task whose metrics appear in ``names`` (``holdout_rmse``, ``live_roc_auc``, ...); None if neither does.
+
+    :param names: metric names, with or without a ``holdout_`` / ``live_`` / ``decay_`` prefix.
+    """
+    from airflow_mlops.core.evaluation import METRICS, REGRESSION_METRICS
+
+    bare = {str(n).split("_", 1)[1] if str(n).startswith(("holdout_", "live_", "decay_")) else str(n) for n in names}
+    if bare & set(REGRESSION_METRICS):
+        return "regression"
+    if bare & set(METRICS):
+        return "classification"
+    return None
+
+
+def _known_task(task: str | None) -> str:
+    return task if task in PERFORMANCE_SERIES else "classification"
+
+
+def chart_for(kind: str, points: list[MonitoringPoint], task: str = "classification") -> str:
+    """The ``drift`` or ``performance`` chart of a model's monitoring history (see ``chart_spec``).
+
+    :param kind: a key of ``CHARTS``.
+    :param points: the monitoring history, oldest first.
+    :param task: the model's task: the performance chart shows its metrics.
+    """
+    spec = chart_spec(kind, task)
     months = [p.month for p in points]
     series = {name: [p.metrics.get(name) for p in points] for name in spec["series"]}
     return line_chart_svg(spec["title"], months, series, labels=spec["series"])
