@@ -31,6 +31,9 @@ def get_provider_info() -> dict:
             "airflow_mlops.operators.registry",
             "airflow_mlops.operators.serving",
             "airflow_mlops.operators.monitoring",
+            "airflow_mlops.operators.drift_check",
+            "airflow_mlops.operators.performance_check",
+            "airflow_mlops.operators.retraining_policy",
         ),
         "hooks": group(
             "airflow_mlops.hooks.lake",
@@ -38,6 +41,7 @@ def get_provider_info() -> dict:
             "airflow_mlops.hooks.mlflow_registry",
             "airflow_mlops.hooks.bentoml_serving",
             "airflow_mlops.hooks.evidently_workspace",
+            "airflow_mlops.hooks.monitoring_lake",
         ),
         "sensors": group("airflow_mlops.sensors.model_alias"),
         "triggers": group("airflow_mlops.triggers.lake_flag", "airflow_mlops.triggers.model_alias"),
