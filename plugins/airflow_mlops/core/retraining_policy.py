@@ -111,7 +111,10 @@ class RetrainingPolicy:
             cooldown_days=int(data.get("cooldown_days", 0)),
             cap_period=str(cap.get("period", "year")),
             max_per_period=None if cap.get("max") is None else int(cap["max"]),
-            bootstrap_min_months=_int_or_none((data.get("bootstrap") or {}).get("min_months")),
+            # min_periods names it for any kind of period (days of a daily use case); min_months is the older key.
+            bootstrap_min_months=_int_or_none(
+                (data.get("bootstrap") or {}).get("min_periods", (data.get("bootstrap") or {}).get("min_months"))
+            ),
         )
 
 
