@@ -1,8 +1,9 @@
 """The DAG factory: the five DAGs of every use case in the projects folder, ids and Assets prefixed by its name.
 
-``dags/mlops.py`` calls :func:`dags_for_projects`. Light at parse time: the use cases' YAML is read and the operators
-are wired; no use case code runs and no heavy library is imported. A use case whose config does not load becomes
-one DAG import error naming its file and key (a stand-in DAG that fails validation); the others are unaffected.
+``dags/mlops.py`` calls :func:`dags_for_projects`. Light at parse time: each use case is checked as
+``python -m airflow_mlops check`` does (but for running its ``entity_keys``, which needs pandas), and the operators
+are wired; no heavy library is imported. A use case with a problem becomes one DAG import error naming its file and
+key (a stand-in DAG that fails validation); the others are unaffected.
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ def dags_for_projects(root: str | Path | None = None) -> dict[str, DAG]:
     """Every use case's DAGs under ``root`` (default ``MLOPS_PROJECTS``), by dag id."""
     out: dict[str, DAG] = {}
     for folder in usecase_config.discover(root):
+        from airflow_mlops.usecase.checks import check
+
+        problems = check(folder, light=True)
         try:
-            usecase = usecase_config.load(folder)
-            out.update(dags_for(usecase))
+            if not problems:
+                out.update(dags_for(usecase_config.load(folder)))
         except (usecase_config.UseCaseConfigError, ValueError) as err:
-            log.error("use case %s: %s", folder.name, err)
+            problems = [str(err)]
+        if problems:
+            message = f"use case {folder} is invalid (python -m airflow_mlops check {folder}): " + "; ".join(problems)
+            log.error("%s", message)
             dag_id = f"{folder.name}_invalid_use_case"
-            out[dag_id] = BrokenUseCaseDag(dag_id=dag_id, description=str(err), schedule=None)
+            out[dag_id] = BrokenUseCaseDag(dag_id=dag_id, description=message, schedule=None)
     return out
 
 
