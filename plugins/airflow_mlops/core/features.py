@@ -223,8 +223,21 @@ def _typed(values: pd.Series, dtype: str, spec: FeatureSpec, default: Any = None
 
 
 def to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    """Deterministic Parquet bytes (no index, fixed row order from the caller)."""
-    return frame.to_parquet(index=False, engine="pyarrow", compression="zstd")
+    """Deterministic Parquet bytes (no index, fixed row order from the caller). A column with no value at all (an
+    empty view frame, a string field null throughout) is written as string, not Arrow's null type: DuckDB types a
+    view by one partition file and cannot compare a null-typed key with a string one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    nulls = [i for i, f in enumerate(table.schema) if pa.types.is_null(f.type)]
+    if not nulls:
+        return frame.to_parquet(index=False, engine="pyarrow", compression="zstd")
+    for i in nulls:
+        table = table.set_column(i, table.schema.field(i).name, table.column(i).cast(pa.string()))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 # -- training sets and online reads ------------------------------------------------------------------------
