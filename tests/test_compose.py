@@ -1,9 +1,11 @@
 """Structural checks of the production compose stack: ``docker-compose.yaml`` and ``.env.example``.
 
-No Docker engine is involved. The file is read with ``yaml.safe_load``, which resolves anchors and
-``<<`` merge keys the way Compose does. Each rule is a function that returns the problems it finds,
-so the tests run the same function on the real file (expecting none) and on a deliberately broken
-copy in ``tmp_path`` (expecting the breakage to be reported): a rule that cannot fail is caught.
+The stack runs the DAG factory over the mounted projects folder (``./examples``, ``MLOPS_PROJECTS``) and serves
+the flights example (``examples/flight_delay``) with the generic BentoML service; the checks read that use case's
+own ``mlops.yaml`` for its name (lake root, serving URL variable). No Docker engine is involved. The file is read
+with ``yaml.safe_load``, which resolves anchors and ``<<`` merge keys the way Compose does. Each rule is a function
+that returns the problems it finds, so the tests run the same function on the real file (expecting none) and on a
+deliberately broken copy in ``tmp_path`` (expecting the breakage to be reported): a rule that cannot fail is caught.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -38,8 +40,14 @@ LONG_RUNNING_SERVICES = tuple(name for name in ALL_SERVICES if name != INIT_SERV
 PROJECT_MOUNTS = {
     "./dags": "/opt/airflow/dags",
     "./plugins": "/opt/airflow/plugins",
-    "./include": "/opt/airflow/include",
+    "./examples": "/opt/airflow/examples",
 }
+#: The use case the ``serving`` service serves.
+SERVED_USECASE = ROOT / "examples" / "flight_delay"
+#: Settings of the single-example layout that the generic suite replaced; nothing may still set them.
+REMOVED_SETTINGS = ("MLOPS_INCLUDE", "MLOPS_CONFIG", "MLOPS_SERVING_CONFIG", "MLOPS_SERVING_URL", "MLOPS_SERVING_PORT")
+#: Paths of that layout (``include/config``, ``include/serving``, ``include/feature_repo``), gone from the project.
+REMOVED_PATH = re.compile(r"(?<![\w-])include(/|\b)")
 #: Service → the only container port it publishes on the host.
 PUBLISHED_PORTS = {"airflow-apiserver": 8080, "mlflow": 5000, "serving": 3000, "evidently-ui": 8000}
 
@@ -300,6 +308,69 @@ def undeclared_named_volumes(compose: dict[str, Any]) -> list[str]:
     ]
 
 
+def stale_references(compose: dict[str, Any]) -> list[str]:
+    """Nothing points at the removed ``include/`` layout, and no service sets a setting of it (the shared
+    ``x-`` environments are merged into the services, so they are checked there)."""
+    problems = sorted(
+        {
+            f"{text.strip()[:80]!r} refers to the removed include/ folder"
+            for text in strings(compose)
+            if REMOVED_PATH.search(text)
+        }
+    )
+    return problems + [
+        f"{name}: sets {key}, a setting that no longer exists"
+        for name, service in services(compose).items()
+        for key in environment(service)
+        if key in REMOVED_SETTINGS
+    ]
+
+
+def _host_folder(service: dict[str, Any], container_path: str, root: Path) -> Path | None:
+    """The project folder a container path of ``service`` is bind-mounted from, or None."""
+    path = PurePosixPath(container_path)
+    for source, target in volume_targets(service).items():
+        if source.startswith(".") and (path == PurePosixPath(target) or PurePosixPath(target) in path.parents):
+            return root / source / path.relative_to(target)
+    return None
+
+
+def serving_usecase_problems(compose: dict[str, Any], root: Path) -> list[str]:
+    """``serving`` runs the generic service for a use case of the mounted projects folder, writes its inference log
+    into that use case's lake root, and the Airflow services' deploy step reaches it, with its admin token, at
+    ``MLOPS_SERVING_URL__<NAME>``."""
+    from airflow_mlops.serving_process import SERVICE
+    from airflow_mlops.usecase import config
+
+    serving = services(compose).get("serving") or {}
+    env, common = environment(serving), environment(compose.get("x-airflow-common") or {})
+    command = command_text(serving)
+    problems = []
+    if f"bentoml serve {SERVICE} " not in command:
+        problems.append(f"serving: does not run `bentoml serve {SERVICE}`")
+    folder = env.get("MLOPS_USECASE", "")
+    host = _host_folder(serving, folder, root) if folder else None
+    if host is None:
+        return [*problems, f"serving: MLOPS_USECASE {folder!r} is not a folder mounted from the project"]
+    try:
+        usecase = config.load(host)
+    except config.UseCaseConfigError as err:
+        return [*problems, f"serving: MLOPS_USECASE {folder}: {err}"]
+    projects = common.get("MLOPS_PROJECTS", "")
+    if PurePosixPath(folder).parent != PurePosixPath(projects):
+        problems.append(f"serving: MLOPS_USECASE {folder} is not a use case of MLOPS_PROJECTS {projects!r}")
+    lake_root = f"{env.get('MLOPS_LAKE', '').rstrip('/')}/{usecase.name}"
+    if env.get("MLOPS_SERVING_LAKE_ROOT") != lake_root:
+        problems.append(f"serving: MLOPS_SERVING_LAKE_ROOT is {env.get('MLOPS_SERVING_LAKE_ROOT')!r}, not {lake_root}")
+    port = re.search(r"--port (\d+)", command)
+    key, url = f"MLOPS_SERVING_URL__{usecase.name.upper()}", f"http://serving:{port.group(1) if port else 3000}"
+    if common.get(key) != url:
+        problems.append(f"x-airflow-common: {key} is {common.get(key)!r}, not {url} (the deploy step's endpoint)")
+    if not env.get("MLOPS_SERVING_TOKEN") or env.get("MLOPS_SERVING_TOKEN") != common.get("MLOPS_SERVING_TOKEN"):
+        problems.append("serving: MLOPS_SERVING_TOKEN is not the Airflow services' (the deploy step's swap is refused)")
+    return problems
+
+
 # -------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
@@ -364,6 +435,8 @@ def test_airflow_service_shares_common_environment(compose: dict[str, Any], name
         ("MLOPS_PROFILE", "production"),
         ("MLOPS_FEAST_ONLINE_STORE", "redis"),
         ("MLOPS_FEAST_REDIS", "redis:6379,db=1"),
+        ("MLOPS_PROJECTS", "/opt/airflow/examples"),
+        ("MLOPS_SERVING_URL__FLIGHT_DELAY", "http://serving:3000"),
     ],
     ids=lambda value: str(value),
 )
@@ -378,6 +451,7 @@ def test_airflow_common_setting(compose: dict[str, Any], key: str, expected: str
         pytest.param("AIRFLOW__CELERY__RESULT_BACKEND", "db+postgresql://", id="result_backend"),
         pytest.param("AIRFLOW__CORE__FERNET_KEY", "${AIRFLOW_FERNET_KEY:?", id="fernet_key"),
         pytest.param("AIRFLOW__API_AUTH__JWT_SECRET", "${AIRFLOW_JWT_SECRET:?", id="jwt_secret"),
+        pytest.param("MLOPS_SERVING_TOKEN", "${MLOPS_SERVING_TOKEN:?", id="serving_token"),
     ],
 )
 def test_airflow_common_secret_wiring(compose: dict[str, Any], key: str, prefix: str) -> None:
@@ -426,7 +500,7 @@ def test_only_the_user_facing_services_publish_ports(compose: dict[str, Any]) ->
         pytest.param("mlflow", "--serve-artifacts", id="mlflow-serve-artifacts"),
         pytest.param(
             "serving",
-            "bentoml serve include/serving/service.py:FlightDelayService --host 0.0.0.0 --port 3000",
+            "bentoml serve airflow_mlops.serving_service:MlopsService --host 0.0.0.0 --port 3000",
             id="serving-bentoml",
         ),
         pytest.param(
@@ -477,6 +551,24 @@ def test_every_bind_source_exists(compose: dict[str, Any]) -> None:
 
 def test_every_named_volume_is_declared(compose: dict[str, Any]) -> None:
     assert undeclared_named_volumes(compose) == []
+
+
+def test_nothing_refers_to_the_removed_include_layout(compose: dict[str, Any]) -> None:
+    assert stale_references(compose) == []
+
+
+def test_serving_serves_the_flights_example(compose: dict[str, Any]) -> None:
+    from airflow_mlops.usecase import config
+
+    env = environment(services(compose)["serving"])
+    assert _host_folder(services(compose)["serving"], env["MLOPS_USECASE"], ROOT) == SERVED_USECASE
+    name = config.load(SERVED_USECASE).name
+    assert env["MLOPS_SERVING_LAKE_ROOT"] == f"file:///opt/mlops/lake/{name}"
+    assert serving_usecase_problems(compose, ROOT) == []
+
+
+def test_airflow_init_refuses_a_placeholder_serving_token(compose: dict[str, Any]) -> None:
+    assert "MLOPS_SERVING_TOKEN:MLOPS_SERVING_TOKEN" in command_text(services(compose)[INIT_SERVICE])
 
 
 def test_lake_volume_is_shared(compose: dict[str, Any]) -> None:
@@ -616,9 +708,9 @@ COMPOSE_MUTATIONS = [
         id="secret-with-default",
     ),
     pytest.param(
-        replace("./include:/opt/airflow/include", "./include-missing:/opt/airflow/include"),
+        replace("./examples:/opt/airflow/examples", "./examples-missing:/opt/airflow/examples"),
         lambda compose: missing_bind_sources(compose, ROOT),
-        "bind source ./include-missing",
+        "bind source ./examples-missing",
         id="missing-bind-source",
     ),
     pytest.param(
@@ -632,6 +724,69 @@ COMPOSE_MUTATIONS = [
         missing_services,
         "evidently-ui: service missing",
         id="service-removed",
+    ),
+    pytest.param(
+        replace(
+            "  - ./examples:/opt/airflow/examples\n",
+            "  - ./examples:/opt/airflow/examples\n  - ./include/serving:/opt/airflow/include/serving\n",
+        ),
+        stale_references,
+        "refers to the removed include/ folder",
+        id="include-mount-back",
+    ),
+    pytest.param(
+        replace(
+            "  MLOPS_LAKE: file:///opt/mlops/lake\n",
+            "  MLOPS_LAKE: file:///opt/mlops/lake\n  MLOPS_SERVING_URL: http://serving:3000\n",
+        ),
+        stale_references,
+        "airflow-worker: sets MLOPS_SERVING_URL, a setting that no longer exists",
+        id="plain-serving-url",
+    ),
+    pytest.param(
+        replace(
+            "exec bentoml serve airflow_mlops.serving_service:MlopsService",
+            "exec bentoml serve include/serving/service.py:FlightDelayService",
+        ),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "serving: does not run `bentoml serve airflow_mlops.serving_service:MlopsService`",
+        id="serving-old-service",
+    ),
+    pytest.param(
+        replace("MLOPS_USECASE: /opt/airflow/examples/flight_delay", "MLOPS_USECASE: /opt/airflow/examples/no_such"),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "no_such/mlops.yaml: no such file",
+        id="serving-unknown-usecase",
+    ),
+    pytest.param(
+        replace("MLOPS_USECASE: /opt/airflow/examples/flight_delay", "MLOPS_USECASE: /srv/flight_delay"),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "serving: MLOPS_USECASE '/srv/flight_delay' is not a folder mounted from the project",
+        id="serving-usecase-not-mounted",
+    ),
+    pytest.param(
+        replace(
+            "MLOPS_SERVING_LAKE_ROOT: file:///opt/mlops/lake/flight_delay",
+            "MLOPS_SERVING_LAKE_ROOT: file:///opt/mlops/lake",
+        ),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "serving: MLOPS_SERVING_LAKE_ROOT is 'file:///opt/mlops/lake', not file:///opt/mlops/lake/flight_delay",
+        id="serving-shared-lake-root",
+    ),
+    pytest.param(
+        replace(
+            "MLOPS_SERVING_URL__FLIGHT_DELAY: http://serving:3000",
+            "MLOPS_SERVING_URL__FLIGHT_DELAY: http://serving:3001",
+        ),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "x-airflow-common: MLOPS_SERVING_URL__FLIGHT_DELAY is 'http://serving:3001', not http://serving:3000",
+        id="serving-url-wrong-port",
+    ),
+    pytest.param(
+        edit(lambda data: data["services"]["serving"]["environment"].pop("MLOPS_SERVING_TOKEN")),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "serving: MLOPS_SERVING_TOKEN is not the Airflow services'",
+        id="serving-without-token",
     ),
 ]
 

@@ -6,6 +6,12 @@ components, and the Feast online store on Redis. The module starts one stack (``
 a temporary ``MLOPS_HOME``, with its own PostgreSQL databases (random names, dropped afterwards) and its own Redis
 database index (flushed afterwards), and stops every process it started.
 
+The use case driven is the flights example, ``examples/flight_delay``: a copy of it is the only use case of
+``MLOPS_PROJECTS``, so the DAG factory builds its five DAGs (``flight_delay_ingest_validate``, ...), its lake root
+is ``<MLOPS_LAKE>/flight_delay`` and its Assets are named ``flight_delay.<kind>``. The copy differs in what keeps
+the module's runs deterministic and bounded: no schedule (runs come from the landing flag and the REST API only)
+and a looser infra-validation latency budget.
+
 * ``test_months_through_the_loop``: January, then February, land with ``airflow_mlops.replay``; the landing flag,
   the scheduler and the Celery worker take them through ingest → validation → features → training, and the first
   model becomes champion.
@@ -24,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import time
 import uuid
@@ -35,16 +42,21 @@ import yaml
 from airflow_mlops import replay
 from airflow_mlops.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
 from airflow_mlops.serving_process import free_port
+from airflow_mlops.usecase import config
 
 from conftest import ROOT
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379"
-INGEST, FEATURES, TRAINING = "mlops_ingest_validate", "mlops_features", "mlops_training"
-MONITORING = "mlops_monitoring"
-#: Zones the suite commits with manifests (``mlflow-artifacts/`` belongs to the MLflow server, ``reports/`` to GX).
+#: The use case this module drives (a copy of it, see ``usecase``).
+EXAMPLE = ROOT / "examples" / "flight_delay"
+NAME = config.load(EXAMPLE).name
+INGEST, FEATURES, TRAINING, MONITORING = (
+    config.load(EXAMPLE).dag_id(stage) for stage in ("ingest_validate", "features", "training", "monitoring")
+)
+#: Zones the suite commits with manifests (``reports/`` belongs to GX and monitoring; MLflow's artifacts are outside
+#: the use case's lake root).
 COMMITTED_ZONES = ("raw", "validated", "features", "training_sets")
-MONTH_ROWS = {"2013-01": 27004, "2013-02": 24951, "2013-03": 28834}
 
 
 def _pg_admin(sql: str) -> None:
@@ -103,7 +115,27 @@ def _processes_with(home: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def usecase(tmp_path_factory) -> config.UseCase:
+    """A copy of ``examples/flight_delay``, the only use case of the module's projects folder.
+
+    No schedule: the ingest DAG would otherwise catch up every scheduled month when unpaused, and the training
+    DAG's weekly clock could start a run in the middle of the module; runs come from the landing flag, Asset events
+    and the REST API. Infra validation's p95 latency budget (500 ms) is a performance gate, tested by test_serving
+    and the benchmarks; on a 2-core machine shared with other suites it measured 157 ms here. This module is about
+    the profile: a looser budget, everything else as shipped.
+    """
+    folder = tmp_path_factory.mktemp("projects") / NAME
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    raw = yaml.safe_load((folder / config.CONFIG_FILE).read_text())
+    raw["source"]["schedule"] = None
+    raw["model"]["schedule_cron"] = None
+    raw["serving"]["infra_validation"]["latency_budget_ms"] = 2000
+    (folder / config.CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config.load(folder)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, usecase):
     """One production stack for the module: databases, Redis index, ports and home of its own."""
     import redis
 
@@ -117,26 +149,21 @@ def stack(tmp_path_factory):
     suffix = uuid.uuid4().hex[:10]
     databases = {"MLOPS_AIRFLOW_DB": f"mlops_test_af_{suffix}", "MLOPS_MLFLOW_DB": f"mlops_test_mlf_{suffix}"}
     redis_db = _claim_redis_db(suffix)
-    # No scheduled ingest run: the only clock slot is far in the future, runs come from the landing flag.
-    config = yaml.safe_load((ROOT / "include" / "config" / "pipeline.yaml").read_text())
-    config["ingest"].update(schedule_first_month="2099-12", schedule_last_month="2099-12")
-    (home / "pipeline.yaml").write_text(yaml.safe_dump(config))
-    # Infra validation's p95 latency budget (500 ms) is a performance gate, tested by test_serving and the
-    # benchmarks; on a 2-core machine shared with other suites it measured 157 ms here. This test is about the
-    # profile: a looser budget, everything else as shipped.
-    serving = yaml.safe_load((ROOT / "include" / "config" / "serving.yaml").read_text())
-    serving["infra_validation"]["latency_budget_ms"] = 2000
-    (home / "serving.yaml").write_text(yaml.safe_dump(serving))
     serving_port = free_port()
+    key = NAME.upper()
     stack = None
     with pytest.MonkeyPatch.context() as patch:
-        for name in [k for k in os.environ if k.startswith(("AIRFLOW", "MLFLOW_"))]:
+        for name in [
+            k
+            for k in os.environ
+            if k.startswith(("AIRFLOW", "MLFLOW_", "MLOPS_SERVING_")) or k in ("MLOPS_USECASE", "MLOPS_FEAST_HOME")
+        ]:
             patch.delenv(name)
         patch.setenv("MLOPS_PROFILE", "production")
         patch.setenv("MLOPS_HOME", str(home))
         patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
-        patch.setenv("MLOPS_CONFIG", str(home / "pipeline.yaml"))
-        patch.setenv("MLOPS_SERVING_CONFIG", str(home / "serving.yaml"))
+        # The DAG factory of every component builds the DAGs of the use cases here: the flights example only.
+        patch.setenv("MLOPS_PROJECTS", str(usecase.folder.parent))
         patch.setenv("MLOPS_POSTGRES_URL", PG_URL)
         patch.setenv("MLOPS_REDIS_URL", REDIS_URL)
         for name, value in databases.items():
@@ -145,8 +172,9 @@ def stack(tmp_path_factory):
         patch.setenv("MLOPS_CELERY_REDIS_DB", str(redis_db))
         patch.setenv("MLOPS_FEAST_REDIS_DB", str(redis_db))
         patch.setenv("MLOPS_MLFLOW_PORT", str(free_port()))
-        patch.setenv("MLOPS_SERVING_PORT", str(serving_port))
-        patch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{serving_port}")
+        # The use case's embedded endpoint (what the deploy step starts and updates) on a free port.
+        patch.setenv(f"MLOPS_SERVING_PORT__{key}", str(serving_port))
+        patch.setenv(f"MLOPS_SERVING_URL__{key}", f"http://127.0.0.1:{serving_port}")
         # Every port a component listens on is free, so the test can run next to another stack.
         patch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
         patch.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
@@ -166,7 +194,7 @@ def stack(tmp_path_factory):
             try:
                 if stack is not None:
                     stack.down()
-                serving_process.embedded(serving_port).stop()
+                serving_process.embedded(usecase.folder).stop()
             finally:  # whatever failed above, no process, database or Redis key outlives the module
                 leftovers = _processes_with(home)
                 for pid in leftovers:
@@ -311,6 +339,21 @@ def test_native_profile_matches_compose(tmp_path, monkeypatch):
         "mlflow-server",
     )
 
+    # Serving: the generic service natively (serving_process, started by the deploy step) and in compose, for the
+    # flights example; the deploy step finds it through the use case's serving URL variable in both.
+    from airflow_mlops.serving_process import SERVICE
+
+    serving = services["serving"]
+    assert f"bentoml serve {SERVICE} " in " ".join(serving["command"])
+    usecase = config.load(EXAMPLE)
+    assert Path(serving["environment"]["MLOPS_USECASE"]).name == EXAMPLE.name
+    assert serving["environment"]["MLOPS_SERVING_LAKE_ROOT"] == f"{common['MLOPS_LAKE']}/{usecase.name}"
+    assert Path(common["MLOPS_PROJECTS"]).name == config.projects_dir().name == "examples"
+    monkeypatch.setenv(
+        f"MLOPS_SERVING_URL__{usecase.name.upper()}", common[f"MLOPS_SERVING_URL__{usecase.name.upper()}"]
+    )
+    assert config.serving_url(usecase) == "http://serving:3000"
+
 
 @pytest.mark.production
 def test_profile_is_configuration_only(stack):
@@ -338,34 +381,38 @@ def test_profile_is_configuration_only(stack):
 
 
 @pytest.mark.production
-def test_months_through_the_loop(stack, client):
+def test_months_through_the_loop(stack, client, usecase):
     """January then February land; the chain runs through the scheduler and the Celery worker to a champion."""
-    from airflow_mlops.core import training as core
     from airflow_mlops.hooks.feast_store import FeastHook
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import default_config_path
+    from airflow_mlops.usecase import FeatureContext, load_function
 
-    lake = LakeHook()
+    lake = LakeHook(root_url=config.lake_url(usecase))
+    primary = usecase.source.primary
     seen: dict[str, set[str]] = {INGEST: set(), FEATURES: set()}
     for month in ("2013-01", "2013-02"):
         # The files, their _SUCCESS, then the flag the triggerer watches; the next month lands once this one is
         # ingested (as a monthly upstream would), while the features of this one are being built.
-        replay.land(month)
+        landed = replay.land(month, usecase=usecase)
         ingest = _wait(lambda: _finished(client, INGEST, "asset_triggered", seen[INGEST]), 600, f"{month} not ingested")
         seen[INGEST].add(ingest["dag_run_id"])
         manifest = lake.read_manifest(lake.path("validated", month))
-        assert manifest is not None and manifest["files"]["flights.parquet"]["rows"] == MONTH_ROWS[month]
+        assert manifest is not None, f"{month} is not in {lake.url(lake.path('validated'))}"
+        assert manifest["files"][f"{config.stem(primary)}.parquet"]["rows"] == landed["files"][primary]["rows"]
 
-    # Each validated_batch event started a features run.
+    # The validated_batch events started features runs (one per month, unless the scheduler folded both events into
+    # one run): every month gets its features, and the run of February commits the training set of both.
     built: dict[str, dict] = {}
-    while len(built) < 2:
+    features_runs = 0
+    while set(built) != {"2013-01", "2013-02"}:
         run = _wait(lambda: _finished(client, FEATURES, "asset_triggered", seen[FEATURES]), 900, f"features: {built}")
         seen[FEATURES].add(run["dag_run_id"])
-        (month,) = _xcom(client, FEATURES, run["dag_run_id"], "build_features")["months"]
-        built[month] = _xcom(client, FEATURES, run["dag_run_id"], "training_set")
+        features_runs += 1
+        periods = _xcom(client, FEATURES, run["dag_run_id"], "build_features")["periods"]
+        built.update(dict.fromkeys(periods, _xcom(client, FEATURES, run["dag_run_id"], "training_set")))
     training_set = built["2013-02"]
-    assert training_set["months"] == ["2013-01", "2013-02"]
+    assert training_set["periods"] == ["2013-01", "2013-02"]
 
     run_id = _run_training(client, training_set["uri"])
     assert client.wait_run(TRAINING, run_id, timeout=900) == "success", client.task_instances(TRAINING, run_id)
@@ -389,13 +436,14 @@ def test_months_through_the_loop(stack, client):
     _wait(
         lambda: (
             _pg_query(services.airflow_db, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0][0]
-            >= 2 * 2 + 2 * 4 + 8
-        ),  # ingest + validate per month, 4 feature tasks per month, 8 training tasks
+            >= 2 * 2 + features_runs * 4 + 8
+        ),  # ingest + validate per month, 4 tasks per features run, 8 training tasks
         60,
         "fewer Celery task results than tasks run",
     )
 
-    # Online features of February are in Redis and answer for a February flight.
+    # Online features of February are in Redis (the use case's Feast project) and answer for a February flight
+    # asked for as the service does: its request row through the use case's own entity_keys.
     import pandas as pd
     import redis
 
@@ -403,24 +451,29 @@ def test_months_through_the_loop(stack, client):
     frame = pd.read_parquet(training_set["uri"].removeprefix("file://"))
     feb = frame[frame["event_timestamp"] < pd.Timestamp("2013-03-01", tz="UTC")].sort_values("event_timestamp")
     flight = feb.iloc[-1]
-    (online,) = FeastHook().online_features(
+    request = pd.DataFrame(
         [
             {
-                "flight_id": flight["flight_id"],
                 "carrier": flight["carrier"],
+                "flight": int(str(flight["flight_id"]).rsplit("-", 1)[1]),
                 "origin": flight["origin"],
                 "dest": flight["dest"],
                 "event_timestamp": flight["event_timestamp"],
             }
         ]
     )
+    entity_keys = load_function(usecase.module_file, "entity_keys", arity=2)
+    ctx = FeatureContext(period="2013-02", params=dict(usecase.features.get("params") or {}), config=usecase)
+    keys = entity_keys(request, ctx)
+    assert keys["flight_id"].tolist() == [flight["flight_id"]]
+    (online,) = FeastHook(usecase.folder, lake_root=config.lake_url(usecase)).online_features(keys)
     assert online["distance"] == flight["distance"] and online["sched_hour"] == flight["sched_hour"]
     # the slots of its departure, read from Redis: what its training row was joined with
     assert online["carrier_flights_30d"] == flight["carrier_flights_30d"]
     assert online["weather_known"] == flight["weather_known"] == 1 and online["temp"] == flight["temp"]
 
     # The first model is champion in the MLflow server on PostgreSQL, its files in the lake.
-    name = core.load_config(default_config_path()).registered_model_name
+    name = usecase.registered_model_name
     hook = MlflowHook()
     assert hook.tracking_uri == services.mlflow_url and not hook.is_embedded
     assert hook.alias_version(name, "champion") == "1"
@@ -435,27 +488,26 @@ def test_months_through_the_loop(stack, client):
     assert version.run_id == _xcom(client, TRAINING, run_id, "train_model")["run_id"]
     assert list((stack.home / "lake" / "mlflow-artifacts").rglob("MLmodel")), "no model files in the lake"
     deployed = _xcom(client, TRAINING, run_id, "deploy_model")
-    assert str(deployed["version"]) == "1"
-    assert _lake_problems(stack.home / "lake") == []
+    assert str(deployed["version"]) == "1" and deployed["url"] == config.serving_url(usecase)
+    assert _lake_problems(stack.home / "lake" / NAME) == []
 
 
 @pytest.mark.production
-def test_killed_worker(stack, client):
+def test_killed_worker(stack, client, usecase):
     """SIGKILL the worker's process group mid-task; a new worker finishes both runs through retries."""
-    from airflow_mlops.core import training as core
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import default_config_path
 
-    name = core.load_config(default_config_path()).registered_model_name
+    name = usecase.registered_model_name
     hook = MlflowHook()
     if hook.alias_version(name, "champion") is None:
         pytest.skip("needs the champion of test_months_through_the_loop")
-    committed = {p.parent.name: p.read_text() for p in (stack.home / "lake" / "training_sets").glob("*/_manifest.json")}
+    lake_dir = stack.home / "lake" / NAME
+    committed = {p.parent.name: p.read_text() for p in (lake_dir / "training_sets").glob("*/_manifest.json")}
     newest = max(committed, key=lambda sha: json.loads(committed[sha])["written_at"])
-    training_set_uri = (stack.home / "lake" / "training_sets" / newest / "training_set.parquet").as_uri()
+    training_set_uri = (lake_dir / "training_sets" / newest / "training_set.parquet").as_uri()
 
     # February's features again (re-materialized, training set re-committed) and a retraining, side by side.
-    features_run = client.trigger(FEATURES, {"month": "2013-02"})
+    features_run = client.trigger(FEATURES, {"period": "2013-02"})
     training_run = client.trigger(TRAINING, {"training_set_uri": training_set_uri})
 
     def running_pair():
@@ -487,8 +539,8 @@ def test_killed_worker(stack, client):
     # Nothing lost, nothing doubled: February's training set is re-committed with the same bytes, the lake's
     # committed directories all match their manifests, and each MLflow run has at most one model version.
     rebuilt = _xcom(client, FEATURES, features_run, "training_set")
-    assert rebuilt["sha256"][:12] == newest and rebuilt["months"] == ["2013-01", "2013-02"]
-    assert _lake_problems(stack.home / "lake") == []
+    assert rebuilt["sha256"][:12] == newest and rebuilt["periods"] == ["2013-01", "2013-02"]
+    assert _lake_problems(lake_dir) == []
     versions = hook.client.search_model_versions(f"name = '{name}'")
     run_ids = [v.run_id for v in versions]
     assert len(run_ids) == len(set(run_ids)), run_ids
@@ -505,56 +557,60 @@ def test_killed_worker(stack, client):
 
 
 @pytest.mark.production
-def test_a_served_month_is_monitored(stack, client):
+def test_a_served_month_is_monitored(stack, client, usecase):
     """The rest of the loop on the production profile: live traffic, outcomes, monitoring, the policy."""
     from airflow_mlops import traffic
-    from airflow_mlops.assets import FEATURES as FEATURES_ASSET
-    from airflow_mlops.assets import OUTCOMES, RETRAIN_REQUESTED
-    from airflow_mlops.core import training as core
+    from airflow_mlops.assets import assets_for
+    from airflow_mlops.core import replay_source
     from airflow_mlops.core.batches import batch_hash
+    from airflow_mlops.core.inference_log import read_inference_log
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import default_config_path
-    from airflow_mlops.replay_loop import batch_outcome
-    from airflow_mlops.serving_process import embedded
+    from airflow_mlops.operators.features import read_validated
+    from airflow_mlops.replay_loop import batch_outcome, event_covers
+    from airflow_mlops.serving_process import embedded, embedded_token
 
-    name = core.load_config(default_config_path()).registered_model_name
+    name = usecase.registered_model_name
     champion = MlflowHook().alias_version(name, "champion")
     if champion is None:
         pytest.skip("needs the champion of test_months_through_the_loop")
+    # External systems name the use case's Assets: flight_delay.features, flight_delay.outcomes, ...
+    assets = assets_for(usecase.name)
     # A retrain the policy may ask for is the training DAG's business (tested above): held here, so the
     # module's time stays bounded; its event is checked instead.
     client.pause(TRAINING)
     client.wait_dag(MONITORING, timeout=300)
     client.unpause(MONITORING)
-    lake = LakeHook()
+    lake = LakeHook(root_url=config.lake_url(usecase))
 
-    marker = replay.land("2013-03")
+    marker = replay.land("2013-03", usecase=usecase)
     digest = batch_hash({file: rec["sha256"] for file, rec in marker["files"].items()})
     outcome = _wait(
         lambda: (o := batch_outcome(lake, "2013-03", digest))["status"] != "pending" and o, 600, "March not ingested"
     )
     assert outcome["status"] == "validated", outcome
     _wait(
-        lambda: any(
-            "2013-03" in (e.get("extra") or {}).get("months", []) for e in client.asset_events(FEATURES_ASSET.uri)
-        ),
+        lambda: any(event_covers(e.get("extra") or {}, "2013-03") for e in client.asset_events(assets.features.name)),
         900,
         "no features event for March",
     )
 
-    # March's scheduled flights, answered by the champion the deploy task started
-    server = embedded()
-    sent = traffic.send(server.url, traffic.month_requests("2013-03"), month="2013-03", batch_size=500)
-    assert (sent.sent, sent.answered, sent.failed) == (MONTH_ROWS["2013-03"], MONTH_ROWS["2013-03"], 0), sent
-    assert sent.versions == {champion: MONTH_ROWS["2013-03"]}
-    assert traffic.wait_logged(server.url)["pending"] == 0
-    from airflow_mlops.core.inference_log import read_inference_log
-
-    assert len(read_inference_log(lake)) == MONTH_ROWS["2013-03"]  # exactly the answered requests, in the lake
+    # March's scheduled flights (the use case's demo_requests of the validated batch), answered by the champion the
+    # deploy task started on the use case's endpoint
+    server = embedded(usecase.folder)
+    assert server.url == config.serving_url(usecase) and server.pid() is not None
+    frames = read_validated(lake, "2013-03", usecase.source.files)
+    bodies = traffic.requests_from_frame(replay_source.demo_requests(usecase, "2013-03", frames), usecase)
+    flights = marker["files"][usecase.source.primary]["rows"]
+    assert len(bodies) == flights  # one request per scheduled flight of the batch
+    sent = traffic.send(server.url, bodies, period="2013-03", batch_size=500)
+    assert (sent.sent, sent.answered, sent.refused, sent.failed) == (flights, flights, 0, 0), sent
+    assert sent.versions == {champion: flights}
+    assert traffic.wait_logged(server.url, token=embedded_token())["pending"] == 0
+    assert len(read_inference_log(lake)) == flights  # exactly the answered requests, in the use case's lake
 
     before = {r["dag_run_id"] for r in client.runs(MONITORING)}
-    client.post_asset_event(OUTCOMES.uri, {"month": "2013-03", "source": "test"})
+    client.post_asset_event(assets.outcomes.name, {"period": "2013-03", "month": "2013-03", "source": "test"})
     run = _wait(
         lambda: next(
             (
@@ -572,13 +628,18 @@ def test_a_served_month_is_monitored(stack, client):
     performance = _xcom(client, MONITORING, run["dag_run_id"], "performance_check")
     decision = client.xcom(MONITORING, run["dag_run_id"], "retraining_policy", "decision")
     decision = json.loads(decision) if isinstance(decision, str) else decision
-    assert drift["source"] == "traffic" and drift["rows"] > 25_000 and 0.0 <= drift["drift_share"] <= 1.0, drift
-    assert performance["rows"] > 25_000 and 0.5 < performance["live"]["roc_auc"] < 1.0, performance
+    # The month's traffic (departures in March UTC: a few late-evening local flights of March 31 are April's), and
+    # its predictions joined with the labelled flights of the month.
+    labelled = lake.read_manifest(lake.path("features", "2013-03"))["files"]["labels.parquet"]["rows"]
+    assert drift["source"] == "traffic" and 0.9 * flights <= drift["rows"] <= flights, drift
+    assert 0.0 <= drift["drift_share"] <= 1.0, drift
+    assert 0.9 * labelled <= performance["rows"] <= labelled, (labelled, performance)
+    assert 0.5 < performance["live"]["roc_auc"] < 1.0, performance
     assert decision["champion_version"] == champion and decision["reasons"], decision
-    assert (stack.home / "lake" / drift["report_key"]).is_file()
+    assert (stack.home / "lake" / NAME / drift["report_key"]).is_file()
     retrains = [
         e
-        for e in client.asset_events(RETRAIN_REQUESTED.uri)
+        for e in client.asset_events(assets.retrain_requested.name)
         if (e.get("extra") or {}).get("interval_start", "").startswith("2013-03")
     ]
     assert len(retrains) == (1 if decision["retrain"] else 0), (decision, retrains)

@@ -537,22 +537,26 @@ class AirflowClient:
         content = (self._ok(response) or {}).get("content") or []
         return [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content]
 
-    def asset_id(self, uri: str) -> int:
-        """The id of the Asset with ``uri`` (it exists once a DAG using it was parsed)."""
-        for asset in self._ok(self.http.get("/api/v2/assets", params={"uri_pattern": uri, "limit": 100}))["assets"]:
-            if asset["uri"] == uri:
-                return asset["id"]
-        raise LookupError(f"no asset {uri} (is a DAG that uses it parsed?)")
+    def asset_id(self, asset: str) -> int:
+        """The id of an Asset, given its URI (``mlops://flight_delay/upstream/outcomes``) or its name
+        (``flight_delay.outcomes``); it exists once a DAG using it was parsed."""
+        by = "uri" if "://" in asset else "name"
+        found = self._ok(self.http.get("/api/v2/assets", params={f"{by}_pattern": asset, "limit": 100}))["assets"]
+        for candidate in found:
+            if candidate[by] == asset:
+                return candidate["id"]
+        raise LookupError(f"no asset with {by} {asset} (is a DAG that uses it parsed?)")
 
-    def post_asset_event(self, uri: str, extra: dict | None = None) -> dict:
-        """Announce an update of an Asset, as an upstream system does: ``POST /api/v2/assets/events``."""
+    def post_asset_event(self, asset: str, extra: dict | None = None) -> dict:
+        """Announce an update of an Asset (its URI or name), as an upstream system does:
+        ``POST /api/v2/assets/events``."""
         return self._ok(
-            self.http.post("/api/v2/assets/events", json={"asset_id": self.asset_id(uri), "extra": extra or {}})
+            self.http.post("/api/v2/assets/events", json={"asset_id": self.asset_id(asset), "extra": extra or {}})
         )
 
-    def asset_events(self, uri: str, limit: int = 100) -> list[dict]:
-        """The newest events of the Asset with ``uri``, newest first."""
-        params = {"asset_id": self.asset_id(uri), "order_by": "-timestamp", "limit": limit}
+    def asset_events(self, asset: str, limit: int = 100) -> list[dict]:
+        """The newest events of an Asset (its URI or name), newest first."""
+        params = {"asset_id": self.asset_id(asset), "order_by": "-timestamp", "limit": limit}
         return self._ok(self.http.get("/api/v2/assets/events", params=params))["asset_events"]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> object:
