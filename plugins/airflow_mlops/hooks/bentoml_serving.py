@@ -113,6 +113,17 @@ class BentoServingHook(BaseHook):
         except httpx.HTTPError:
             return False
 
+    def is_alive(self) -> bool:
+        """The server answers (``/livez``), ready or not: a server started before its first champion is alive and
+        waits for a reload."""
+        import httpx
+
+        try:
+            with self.client(timeout=5) as http:
+                return http.get("/livez").status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def info(self) -> dict[str, Any]:
         with self.client() as http:
             response = http.post("/info", json={})

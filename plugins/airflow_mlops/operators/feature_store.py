@@ -183,6 +183,7 @@ class TrainingSetOperator(_FeastOperator):
         ``features.join_chunk_rows``.
     :return: (XCom) uri, sha256, rows, periods (and months, the same), manifest_uri.
     :raises TrainingSetValidationError: the set failed its suite (nothing is committed).
+    :raises AirflowSkipException: fewer than ``features.min_periods`` periods have features yet.
     """
 
     template_fields = ("end_period", "window")
@@ -210,7 +211,13 @@ class TrainingSetOperator(_FeastOperator):
         labels, partitions = self._labels(wanted)
         periods = sorted(partitions)
         if len(periods) < spec.min_periods:
-            raise AirflowFailException(f"only {len(periods)} period(s) of features in {wanted[0]}..{wanted[-1]}")
+            # Normal at the start of a use case: the features are materialized; a training set waits for more data.
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(
+                f"only {len(periods)} period(s) of features in {wanted[0]}..{wanted[-1]} "
+                f"(features.min_periods is {spec.min_periods}): no training set yet"
+            )
         self.log.info("training set: %d label rows of %s", len(labels), ", ".join(periods))
         frame = build_training_set(self.feast, labels, spec, chunk_rows=self.join_chunk_rows)
         del labels

@@ -321,6 +321,13 @@ def deploy(
             result.update(
                 action="swapped", from_version=swapped.get("from_version"), load_seconds=swapped.get("load_seconds")
             )
+    elif serving.is_alive():
+        # Up without a model (started before the first champion, e.g. a compose service): load it now.
+        try:
+            loaded = serving.reload(str(target))
+        except RuntimeError as err:
+            raise ServingDeployError(str(err)) from err
+        result.update(action="loaded", load_seconds=loaded.get("load_seconds"))
     elif serving.is_embedded and start_if_down:
         port = int(serving.url.rsplit(":", 1)[1])
         env = {**mlflow_env(mlflow_hook), "MLOPS_SERVING_MODEL_NAME": name, "MLOPS_SERVING_ALIAS": alias}
@@ -339,7 +346,7 @@ def deploy(
             # The alias moved between the lookup and the start, or a version other than the alias's was asked.
             serving.reload(str(target))
     else:
-        raise ServingDeployError(f"the serving endpoint {serving.url} of {config.name} does not answer /readyz")
+        raise ServingDeployError(f"the serving endpoint {serving.url} of {config.name} does not answer /livez")
     served = serving.info().get("model_version")
     if str(served) != str(target):
         raise ServingDeployError(f"{serving.url} serves version {served}, not {target}")
