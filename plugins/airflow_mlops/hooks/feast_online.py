@@ -1,7 +1,7 @@
 """Lean paths through Feast's own online store: bulk materialization and a prepared online reader.
 
 Feast 0.67's generic paths spend their time in per-value Python work, not in storage (profiled on a month,
-28k flights: 10 s): materialization reads the interval through ibis, converts every value to a proto with pandas
+28k entity rows: 10 s): materialization reads the interval through ibis, converts every value to a proto with pandas
 null checks, and its SQLite store upserts one statement per feature value; ``get_online_features`` resolves the
 registry, builds columnar requests and a response object on every call (about 1 ms for 5 views). These paths
 keep Feast's online store and its storage format — entity keys from ``serialize_entity_key``, ``Value`` protos,
@@ -175,7 +175,7 @@ def _serialized_keys(plan: _ViewPlan, table: pa.Table, version: int) -> list[byt
 def _event_times(table: pa.Table, column: str, adapt: Callable[[datetime], Any] | None = None) -> list[Any]:
     """Per row, the event time as Feast passes it to the store (naive UTC), through ``adapt`` when given.
 
-    Computed once per distinct timestamp: a month of flights has a few thousand departure minutes.
+    Computed once per distinct timestamp: a month of hourly-slotted rows has a few thousand distinct times.
     """
     from datetime import UTC, timedelta
 
@@ -306,7 +306,7 @@ class OnlineFeatureReader:
     """Prepared online reads of ``view:feature`` references, the values ``get_online_features().to_dict()`` gives.
 
     The views are resolved once; each read is one ``online_read`` per view over the distinct keys asked. Views in
-    ``cache_views`` (slow-moving entities: weather, history) are kept in process until the online store reports a
+    ``cache_views`` (slow-moving, e.g. time-slot keyed) are kept in process until the online store reports a
     commit; stores that cannot report one are never cached.
 
     :param store: an open ``feast.FeatureStore``.

@@ -83,12 +83,12 @@ class LakeHook(BaseHook):
         """Copy a local folder (e.g. rendered Data Docs) into the lake; returns the keys written."""
         written = []
         for source in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
-            dest = target.joinpath(*source.relative_to(local_dir).parts)
-            if not overwrite and dest.exists():
+            copy = target.joinpath(*source.relative_to(local_dir).parts)
+            if not overwrite and copy.exists():
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(source.read_bytes())
-            written.append(self.key(dest))
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(source.read_bytes())
+            written.append(self.key(copy))
         return written
 
     def remove_tree(self, path: ObjectStoragePath) -> None:

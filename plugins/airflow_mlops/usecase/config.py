@@ -192,7 +192,7 @@ class UseCase:
 
 
 def stem(file_name: str) -> str:
-    """``flights.csv`` → ``flights``: the key a file's frame has in a :class:`FeatureContext`."""
+    """``sales.csv`` → ``sales``: the key a file's frame has in a :class:`FeatureContext`."""
     return file_name.rsplit(".", 1)[0]
 
 
