@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The reference use case (monthly 2013 New York flights), whose DAGs the ``dag.test()`` tests run.
+FLIGHTS = ROOT / "examples" / "flight_delay"
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="mlops-tests-"))
 
 os.environ.update(
@@ -67,6 +69,38 @@ def lake(lake_root):
     return hook
 
 
+@pytest.fixture
+def usecase_lake(lake_root):
+    """The flight_delay example's own lake in this test's fresh lake: ``<MLOPS_LAKE>/flight_delay``, where the
+    factory points its DAGs' tasks (parse those DAGs after this fixture: the lake root is fixed at parse time)."""
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.usecase import config
+
+    url = config.lake_url(config.load(FLIGHTS))
+    assert url == f"{lake_root}/flight_delay", url
+    hook = LakeHook(root_url=url)
+    hook.ensure_zones()
+    return hook
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty MLflow store for one test: tracking and registry in one SQLite file, artifacts beside it
+    (``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` / ``MLOPS_MLFLOW_ARTIFACTS``, restored afterwards).
+
+    A test that asserts on a first model, a champion or a ledger makes them itself in this store: what another
+    test left in a shared store cannot decide which path it takes. Returns the store's folder.
+    """
+    root = tmp_path / "mlflow"
+    root.mkdir()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # mlflow.set_registry_uri writes it: restored after
+    monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACTS", (root / "artifacts").as_uri())
+    return root
+
+
 def load_dag(dag_id: str):
     """Parse ``dags/`` as the DAG processor does and return one DAG."""
     from airflow.dag_processing.dagbag import DagBag
@@ -81,3 +115,20 @@ def task_states(dag_run) -> dict[tuple[str, int], str]:
     return {
         (ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()
     }
+
+
+def asset_event_extras(asset_name: str, run) -> list[dict]:
+    """The extras of the events of the Asset named ``asset_name`` (e.g. ``flight_delay.validated_batch``) that the
+    tasks of ``run`` (a finished ``dag.test()`` run) emitted: not those of other runs sharing the session's DB."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == asset_name, AssetEvent.source_run_id == run.run_id)
+            .order_by(AssetEvent.id)
+        ).all()
+        return [dict(event.extra or {}) for event in events]

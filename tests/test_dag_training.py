@@ -1,10 +1,15 @@
-"""The training and rollback DAGs, run end to end with ``dag.test()`` (real Airflow, real MLflow, real sklearn)."""
+"""The flight_delay example's training and rollback DAGs (from the use-case factory), run end to end with
+``dag.test()`` (real Airflow, real MLflow, real sklearn, the real serving stack for infra validation and deploy).
+
+Each test has its own MLflow store, lake, Feast registry and serving port: the first model, the champion and the
+ledger it asserts on are the ones it made.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import load_dag, task_states
+from conftest import FLIGHTS, asset_event_extras, load_dag, task_states
 from training_fixtures import build_frame, shuffle_labels, write_snapshot
 
 pytestmark = pytest.mark.slow
@@ -19,103 +24,132 @@ TASKS = (
     "promote_model",
     "deploy_model",
 )
+AFTER_THE_GATE = ("register_model", "infra_validate", "promote_model", "deploy_model")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def serving_endpoint():
-    """deploy_model starts the embedded server when none answers: give it a free port and stop it afterwards."""
+@pytest.fixture
+def usecase():
+    from airflow_mlops.usecase import config
+
+    return config.load(FLIGHTS)
+
+
+@pytest.fixture
+def serving_endpoint(usecase, monkeypatch):
+    """deploy_model starts the use case's embedded server when none answers: give it a free port (its per-use-case
+    variables) and stop it afterwards (it serves from this test's MLflow store)."""
     from airflow_mlops import serving_process
 
     port = serving_process.free_port()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_SERVING_PORT", str(port))
-        patch.setenv("MLOPS_SERVING_URL", f"http://127.0.0.1:{port}")
-        try:
-            yield port
-        finally:
-            server = serving_process.embedded(port)
-            server.stop()
-            assert not server.pidfile.exists()
-            assert not serving_process._port_in_use("127.0.0.1", port)
+    key = usecase.name.upper()
+    monkeypatch.setenv(f"MLOPS_SERVING_PORT__{key}", str(port))
+    monkeypatch.setenv(f"MLOPS_SERVING_URL__{key}", f"http://127.0.0.1:{port}")
+    try:
+        yield port
+    finally:
+        server = serving_process.embedded(usecase=usecase.folder, port=port)
+        server.stop()
+        assert not server.pidfile.exists()
+        assert not serving_process._port_in_use("127.0.0.1", port)
 
 
-@pytest.fixture(scope="module")
-def snapshots():
+@pytest.fixture
+def snapshots(airflow_db, usecase_lake, mlflow_store, serving_endpoint, tmp_path, monkeypatch):
+    """A good and a degraded training set in the use case's lake; its (empty) Feast online store, which the
+    serving stack of infra validation and deploy reads."""
     from airflow_mlops.hooks.feast_store import FeastHook
-    from airflow_mlops.hooks.lake import LakeHook
 
-    lake = LakeHook()
-    lake.ensure_zones()
-    FeastHook().apply()  # the serving stack of infra validation and deploy reads (empty) online features
+    monkeypatch.setenv("MLOPS_FEAST_HOME", str(tmp_path / "feast"))
+    FeastHook(FLIGHTS, lake_root=usecase_lake.root_url).apply()
     frame = build_frame((1, 2, 3), sample=0.5, seed=0)
     return {
-        "good": write_snapshot(lake, frame),
-        "bad": write_snapshot(lake, shuffle_labels(frame, keep_months=["2013-03"], seed=5)),
+        "good": write_snapshot(usecase_lake, frame),
+        "bad": write_snapshot(usecase_lake, shuffle_labels(frame, keep_months=["2013-03"], seed=5)),
     }
 
 
-def test_training_dag_promotes_a_good_model_and_skips_a_degraded_one(airflow_db, snapshots):
-    from airflow_mlops.core import training as core
+def _state(run) -> str:
+    return str(getattr(run.state, "value", run.state))
+
+
+def _xcom(run, task_id: str):
+    return run.get_task_instance(task_id).xcom_pull(task_ids=task_id)
+
+
+def _train(snapshot: dict, **conf):
+    run = load_dag("flight_delay_training").test(run_conf={"training_set_uri": snapshot["uri"], **conf})
+    return run, task_states(run)
+
+
+def test_training_dag_promotes_a_first_model_and_skips_a_degraded_one(usecase, snapshots):
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import default_config_path
 
-    dag = load_dag("mlops_training")
-    name = core.load_config(default_config_path()).registered_model_name
+    name = usecase.registered_model_name
     hook = MlflowHook()
-    start = len(hook.read_ledger(name))
+    assert hook.alias_version(name, "champion") is None and hook.read_ledger(name) == []  # a fresh store
 
-    run = dag.test(run_conf={"training_set_uri": snapshots["good"]["uri"]})
-    states = task_states(run)
-    assert str(getattr(run.state, "value", run.state)) == "success", states
+    run, states = _train(snapshots["good"])
+    assert _state(run) == "success", states
     assert all(states[(t, -1)] == "success" for t in TASKS), states
+    gate = _xcom(run, "model_gate")
+    assert gate["approved"] and gate["champion_version"] is None  # no champion yet: judged on the floors alone
+    assert any("first model" in r for r in gate["reasons"]), gate["reasons"]
     champion = hook.alias_version(name, "champion")
-    assert champion is not None and hook.alias_version(name, "challenger") == champion
-    ledger = hook.read_ledger(name)
-    assert len(ledger) == start + 1 and ledger[-1].to_version == champion
-    assert ledger[-1].triggered_by["dag_id"] == "mlops_training"
+    assert champion == "1" and hook.alias_version(name, "challenger") == champion
+    (entry,) = hook.read_ledger(name)
+    assert (entry.from_version, entry.to_version) == (None, champion)
+    assert entry.triggered_by["dag_id"] == usecase.dag_id("training") == "flight_delay_training"
     version = hook.client.get_model_version(name, champion)
     run_tags = hook.client.get_run(version.run_id).data.tags
-    assert run_tags["mlops.airflow.dag_id"] == "mlops_training" and run_tags["mlops.airflow.task_id"] == "train_model"
+    assert run_tags["mlops.airflow.dag_id"] == "flight_delay_training"
+    assert run_tags["mlops.airflow.task_id"] == "train_model"
     assert run_tags["mlops.training_set.sha256"] == snapshots["good"]["sha256"]
+    (promoted,) = asset_event_extras(f"{usecase.name}.model_promoted", run)  # the use case's own Asset
+    assert (promoted["model"], promoted["action"], promoted["to_version"]) == (name, "promote", champion)
 
-    degraded = dag.test(run_conf={"training_set_uri": snapshots["bad"]["uri"]})
-    states = task_states(degraded)
-    assert str(getattr(degraded.state, "value", degraded.state)) == "success", states  # a rejection is green
+    degraded, states = _train(snapshots["bad"])
+    assert _state(degraded) == "success", states  # a rejection is green
     assert states[("model_gate", -1)] == "success"
-    assert all(
-        states[(t, -1)] == "skipped" for t in ("register_model", "infra_validate", "promote_model", "deploy_model")
-    )
+    gate = _xcom(degraded, "model_gate")
+    assert not gate["approved"] and gate["champion_version"] == champion
+    assert any("below the floor" in r or "worse by" in r for r in gate["reasons"]), gate["reasons"]
+    assert all(states[(t, -1)] == "skipped" for t in AFTER_THE_GATE), states
+    assert asset_event_extras(f"{usecase.name}.model_promoted", degraded) == []
     assert hook.alias_version(name, "champion") == champion
-    assert len(hook.read_ledger(name)) == start + 1
+    assert len(hook.read_ledger(name)) == 1
+    assert [str(v.version) for v in hook.client.search_model_versions(f"name = '{name}'")] == ["1"]
 
 
-def test_rollback_dag_restores_the_previous_champion(airflow_db, snapshots):
-    from airflow_mlops.core import training as core
+def test_rollback_dag_restores_the_previous_champion(usecase, snapshots):
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import default_config_path
 
-    name = core.load_config(default_config_path()).registered_model_name
+    name = usecase.registered_model_name
     hook = MlflowHook()
-    training = load_dag("mlops_training")
-    if hook.alias_version(name, "champion") is None:  # run alone: make a first champion
-        training.test(run_conf={"training_set_uri": snapshots["good"]["uri"]})
+    first, states = _train(snapshots["good"])
+    assert states[("promote_model", -1)] == "success", states
     before = hook.alias_version(name, "champion")
-    assert before is not None
-    forced = training.test(
-        run_conf={"training_set_uri": snapshots["bad"]["uri"], "force_bless": True, "force_bless_reason": "dag test"}
-    )
-    assert task_states(forced)[("promote_model", -1)] == "success"
-    bad_champion = hook.alias_version(name, "champion")
-    assert bad_champion != before and hook.read_ledger(name)[-1].gate["forced"] is True
+    assert before == "1"
 
-    rollback = load_dag("mlops_rollback")
-    run = rollback.test(run_conf={"registered_model_name": name, "reason": "forced model misbehaves"})
-    assert task_states(run)[("rollback_model", -1)] == "success"
+    forced, states = _train(snapshots["bad"], force_bless=True, force_bless_reason="dag test")
+    assert states[("promote_model", -1)] == "success", states
+    assert _xcom(forced, "model_gate")["forced"] is True
+    bad_champion = hook.alias_version(name, "champion")
+    assert bad_champion == "2" and hook.read_ledger(name)[-1].gate["forced"] is True
+
+    rollback = load_dag("flight_delay_rollback").test(run_conf={"reason": "forced model misbehaves"})
+    states = task_states(rollback)
+    assert _state(rollback) == "success", states
+    assert states == {("rollback_model", -1): "success", ("deploy_model", -1): "success"}
     assert hook.alias_version(name, "champion") == before
-    last = hook.read_ledger(name)[-1]
+    ledger = hook.read_ledger(name)
+    assert [e.action for e in ledger] == ["promote", "promote", "rollback"]
+    last = ledger[-1]
     assert (last.action, last.from_version, last.to_version, last.reason) == (
         "rollback",
         bad_champion,
         before,
         "forced model misbehaves",
     )
+    assert last.triggered_by["dag_id"] == usecase.dag_id("rollback") == "flight_delay_rollback"
+    (event,) = asset_event_extras(f"{usecase.name}.model_promoted", rollback)
+    assert (event["action"], event["from_version"], event["to_version"]) == ("rollback", bad_champion, before)

@@ -346,11 +346,11 @@ def test_rollback_restores_the_previous_champion(champion, store):
     def rollback(run_id, to_version=None):
         return RollbackModelOperator(
             task_id="rollback_model", registered_model_name=name, to_version=to_version, reason="bad canary"
-        ).execute(task_context("rollback_model", run_id, dag_id="mlops_rollback"))
+        ).execute(task_context("rollback_model", run_id, dag_id="flight_delay_rollback"))
 
     entry = rollback("rb1")
     assert (entry["action"], entry["from_version"], entry["to_version"]) == ("rollback", v3, v2)
-    assert entry["reason"] == "bad canary" and entry["triggered_by"]["dag_id"] == "mlops_rollback"
+    assert entry["reason"] == "bad canary" and entry["triggered_by"]["dag_id"] == "flight_delay_rollback"
     assert h.alias_version(name, "champion") == v2
     assert rollback("rb2")["to_version"] == v1
     with pytest.raises(PromotionConflictError, match="nothing to roll back to"):

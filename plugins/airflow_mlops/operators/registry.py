@@ -266,13 +266,14 @@ def _finish(op: Any, context: Context, entry: Any, name: str) -> dict[str, Any]:
         key=MODEL_VERSION_URL_XCOM_KEY, value=op.mlflow_hook.model_version_url(name, entry.to_version)
     )
     events = context.get("outlet_events")
-    if events is not None and MODEL_PROMOTED in getattr(op, "outlets", []):
-        events[MODEL_PROMOTED].extra = {
-            "model": name,
-            "alias": entry.alias,
-            "action": entry.action,
-            "from_version": entry.from_version,
-            "to_version": entry.to_version,
-            "ledger_seq": entry.seq,
-        }
+    if events is not None:
+        for outlet in getattr(op, "outlets", None) or []:  # the use case's model_promoted Asset
+            events[outlet].extra = {
+                "model": name,
+                "alias": entry.alias,
+                "action": entry.action,
+                "from_version": entry.from_version,
+                "to_version": entry.to_version,
+                "ledger_seq": entry.seq,
+            }
     return entry.to_dict()

@@ -35,13 +35,22 @@ class BrokenUseCaseDag(DAG):
 def dags_for_projects(root: str | Path | None = None) -> dict[str, DAG]:
     """Every use case's DAGs under ``root`` (default ``MLOPS_PROJECTS``), by dag id."""
     out: dict[str, DAG] = {}
+    names: dict[str, Path] = {}
     for folder in usecase_config.discover(root):
         from airflow_mlops.usecase.checks import check
 
         problems = check(folder, light=True)
         try:
             if not problems:
-                out.update(dags_for(usecase_config.load(folder)))
+                usecase = usecase_config.load(folder)
+                if usecase.name in names:
+                    problems = [
+                        f"mlops.yaml: name: {usecase.name!r} is already the name of the use case in "
+                        f"{names[usecase.name]} (it prefixes DAG ids, Assets, the lake and the Feast project)"
+                    ]
+                else:
+                    names[usecase.name] = folder
+                    out.update(dags_for(usecase))
         except (usecase_config.UseCaseConfigError, ValueError) as err:
             problems = [str(err)]
         if problems:
@@ -283,7 +292,9 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
             task_id="infra_validate", registered=registered.output, usecase=common["usecase"]
         )
         # Promotion is compare-and-set on the ledger: a retry finds its own entry and never promotes twice.
-        promoted = PromoteModelOperator(task_id="promote_model", registered=validated.output)
+        promoted = PromoteModelOperator(
+            task_id="promote_model", registered=validated.output, outlets=[assets.model_promoted]
+        )
         DeployModelOperator(task_id="deploy_model", version=promoted.output, usecase=common["usecase"])
     return dag
 
@@ -292,6 +303,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow_mlops.operators.registry import RollbackModelOperator
     from airflow_mlops.operators.serving import DeployModelOperator
 
+    assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
     with DAG(
         dag_id=usecase.dag_id("rollback"),
         description=f"{usecase.name}: restore the previous champion in one step (recorded in the promotion ledger)",
@@ -318,6 +330,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
             registered_model_name=usecase.registered_model_name,
             to_version="{{ params.to_version or '' }}",
             reason="{{ params.reason }}",
+            outlets=[assets.model_promoted],
         )
         DeployModelOperator(task_id="deploy_model", version=rollback.output, usecase=str(usecase.folder))
     return dag
