@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_drift.py [--repeat 3] [--evidently-full]
 
-Reference: every labelled flight of January–March 2013 with the model's 26 features (~78k rows); current: all of
-April (~27k rows); both with a ``probability_late`` column. Measured:
+The flight_delay example (``examples/flight_delay/mlops.yaml``: the model's features, the ``monitoring`` drift
+settings). Reference: every labelled flight of January–March 2013 with the model's 26 features (~78k rows); current:
+all of April (~27k rows); both with a ``prediction`` column (the logged probability). Measured:
 
 * ``profile``  — building the reference profile (once per champion; cached in the lake, not part of a check);
 * ``check``    — ``core.drift.compare`` of the month against the cached profile (what decides);
@@ -25,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+#: The use case benchmarked: the flights example, as shipped.
+FLIGHTS = ROOT / "examples" / "flight_delay"
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -46,23 +50,32 @@ def main() -> int:
     import pandas as pd
     from scipy.stats import chi2_contingency, ks_2samp
 
-    from airflow_mlops import settings
-    from airflow_mlops.core import drift, training
+    from airflow_mlops.core import drift
+    from airflow_mlops.usecase import config as usecase_config
 
     from training_fixtures import build_frame
 
-    config = training.load_config(settings.include_dir() / "config" / "training.yaml")
+    usecase = usecase_config.load(FLIGHTS)
+    config = usecase.training_config()
     cats, nums = list(config.categorical), list(config.numeric)
     rng = np.random.default_rng(0)
     ref, cur = build_frame((1, 2, 3)), build_frame((4,))
     ref[drift.PREDICTION] = rng.beta(2, 5, len(ref))
     cur[drift.PREDICTION] = rng.beta(2, 5, len(cur))
     columns = [*cats, *nums]
-    settings_ = drift.DriftSettings()
+    settings_ = drift.DriftSettings.from_config(usecase.monitoring)  # the use case's method, threshold and bins
     print(f"reference {len(ref)} rows, current {len(cur)} rows, {len(columns)} features + prediction")
 
     t_profile, profile = timed(
-        lambda: drift.build_profile(ref, categorical=cats, numeric=nums, predictions=ref[drift.PREDICTION]), 1
+        lambda: drift.build_profile(
+            ref,
+            categorical=cats,
+            numeric=nums,
+            predictions=ref[drift.PREDICTION],
+            bins=settings_.bins,
+            max_categories=settings_.max_categories,
+        ),
+        1,
     )
     t_check, result = timed(lambda: drift.compare(profile, cur, settings_, columns=columns), args.repeat)
 
@@ -93,8 +106,8 @@ def main() -> int:
             drift.sample_rows(cur, 20000),
             categorical=cats,
             numeric=[*nums, drift.PREDICTION],
-            method="psi",
-            threshold=0.1,
+            method=settings_.method,
+            threshold=settings_.threshold,
         ),
         1,
     )
@@ -117,7 +130,10 @@ def main() -> int:
 
         def full():
             report = Report(
-                [DriftedColumnsCount(columns=cols, method="psi"), *(ValueDrift(column=c, method="psi") for c in cols)]
+                [
+                    DriftedColumnsCount(columns=cols, method=settings_.method),
+                    *(ValueDrift(column=c, method=settings_.method) for c in cols),
+                ]
             )
             return report.run(
                 Dataset.from_pandas(cur[cols], data_definition=definition),

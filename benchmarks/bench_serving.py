@@ -1,16 +1,18 @@
 """Benchmarks of the serving stage, in one run, side by side.
 
-    .venv/bin/python benchmarks/bench_serving.py [--requests 400] [--batch-rows 100]
+    .venv/bin/python benchmarks/bench_serving.py [--requests 400] [--batch-rows 100] [--lookups 1000]
 
-Builds a throw-away stack (January 2013 features online in Feast/SQLite, a champion in a SQLite MLflow) under a
-temp MLOPS_HOME, then measures over real HTTP on loopback:
+Builds a throw-away stack for the flight_delay example (``tests/serving_fixtures.py``: January 2013 features online
+in Feast/SQLite, a champion in a SQLite MLflow) under a temp MLOPS_HOME, then measures over real HTTP on loopback:
 
-* the BentoML service (``bentoml serve include/serving/service.py``, inference log on) against a bare Starlette
-  app (uvicorn, one worker) doing the same work — parse the same typed request, the same Feast lookup, the same
-  model — at concurrency 1 and 8: p50 / p99 latency, throughput, 5xx count (targets: ≤ 2× at c=1, ≤ 4× at c=8,
-  zero 5xx);
-* the online feature lookup inside a prediction, in process (target p99 ≤ 1 ms), next to the model call;
-* the batch endpoint's rows/s.
+* the generic BentoML service (``airflow_mlops.serving_service:MlopsService`` started by ``ServingProcess`` for the
+  use case, inference log on) against a bare Starlette app (uvicorn, one worker) doing the same work — parse the
+  same generated request model (``serving.request`` of ``mlops.yaml``), the same entity keys (the use case's
+  ``entity_keys``) and Feast lookup, the same model — at concurrency 1 and 8: p50 / p99 latency, throughput, 5xx
+  count (targets: ≤ 2× at c=1, ≤ 4× at c=8, zero 5xx);
+* the online feature lookup inside a prediction, in process (target p99 ≤ 1 ms), next to the use case's
+  ``entity_keys`` (request → keys) and the model call;
+* the batch endpoint's rows/s (``{"rows": [...]}``; the shipped ``serving.batch_max_size``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 logging.disable(logging.WARNING)
 
 BARE_APP = """
-import os, sys
+import os, sys, uuid
 sys.path[:0] = [{plugins!r}]
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -40,29 +42,41 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from pydantic import ValidationError
-from airflow_mlops.core.features import load_spec
-from airflow_mlops.core.serving_model import load_version, lookup_features
-from airflow_mlops.core.serving_schemas import FlightRequest
+from threadpoolctl import threadpool_limits
+from airflow_mlops.core.features import FeatureSpec
+from airflow_mlops.core.request_schema import request_model
+from airflow_mlops.core.serving_model import enrich_requests, load_version
+from airflow_mlops.core.serving_schemas import ServingSettings
 from airflow_mlops.hooks.feast_store import FeastHook
 from airflow_mlops.hooks.mlflow_registry import MlflowHook
+from airflow_mlops.usecase import FeatureContext, config, load_function
 
+threadpool_limits(1)  # as the service: one OpenMP thread per scoring call
+usecase = config.load(os.environ["MLOPS_USECASE"])
+settings = ServingSettings.from_usecase(usecase)
+UseCaseRequest = request_model(settings.request, base_dir=usecase.folder)
+spec = FeatureSpec.from_usecase(usecase)
+entity_keys = load_function(usecase.module_file, "entity_keys", arity=2)
+ctx = FeatureContext(period="", params=spec.params, config=usecase)
 hook = MlflowHook()
-model = load_version(hook.client, os.environ["MLOPS_SERVING_MODEL_NAME"], hook.alias_version(os.environ["MLOPS_SERVING_MODEL_NAME"], "champion"))
-spec, features = load_spec(), FeastHook().online_reader
+name = os.environ["MLOPS_SERVING_MODEL_NAME"]
+model = load_version(hook.client, name, hook.alias_version(name, "champion"), settings.threshold)
+features = FeastHook(usecase.folder, lake_root=config.lake_url(usecase)).online_reader
 
 def answer(body):
-    flight = FlightRequest.model_validate_json(body)
-    rows, defaulted = lookup_features(features, spec, [flight])
-    p = model.score(rows)[0]
-    return {{"flight_id": rows[0]["flight_id"], "probability_late": p, "late": p >= model.threshold,
-            "model_version": model.version, "defaults_used": defaulted[0]}}
+    request = UseCaseRequest.model_validate_json(body)
+    enriched = enrich_requests([request], UseCaseRequest.__request_spec__, entity_keys, ctx, features, spec)
+    value = model.score(enriched.rows)[0]
+    return {{"request_id": uuid.uuid4().hex, "id": enriched.ids[0], "prediction": value,
+            "label": model.decide(value), "threshold": model.threshold, "model_name": model.name,
+            "model_version": model.version, "defaults_used": enriched.defaulted[0]}}
 
 async def predict(request: Request):
     body = await request.body()
     try:
         return JSONResponse(await run_in_threadpool(answer, body))
     except ValidationError as err:
-        return JSONResponse({{"detail": err.errors(include_context=False)}}, status_code=400)
+        return JSONResponse({{"detail": err.errors(include_context=False, include_input=False)}}, status_code=400)
 
 async def readyz(request):
     return JSONResponse({{}})
@@ -132,6 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level and server")
     parser.add_argument("--batch-rows", type=int, default=100)
+    parser.add_argument("--lookups", type=int, default=1000, help="in-process lookups timed (after 200 warm-up)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -146,41 +161,55 @@ def main() -> int:
     print(f"building the stack under {home} (features for 2013-01, champion v1) ...", flush=True)
     started = time.perf_counter()
     sf.build_stack(home)
-    # Benchmark the shipped limits, not the tests' small batch size.
-    sf.write_serving_config(home, request__batch_max_size=500)
     print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
     bodies = sf.canned()["single"]
 
-    # -- in-process: feature lookup vs model call -------------------------------------------------------------
-    from airflow_mlops.core.features import load_spec
-    from airflow_mlops.core.serving_model import entity_rows, load_version, lookup_features
-    from airflow_mlops.core.serving_schemas import FlightRequest
+    # -- in-process: entity keys, feature lookup, model call --------------------------------------------------
+    from airflow_mlops.core.features import FeatureSpec
+    from airflow_mlops.core.request_schema import request_frame, request_model
+    from airflow_mlops.core.serving_model import load_version, lookup_features
+    from airflow_mlops.core.serving_schemas import ServingSettings
     from airflow_mlops.hooks.feast_store import FeastHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.usecase import FeatureContext, config, load_function
 
-    hook = FeastHook()
-    spec, features, store = load_spec(), hook.online_reader, hook.store
+    usecase = config.load(sf.USECASE)
+    settings = ServingSettings.from_usecase(usecase)
+    request_type = request_model(settings.request, base_dir=usecase.folder)
+    request_spec = request_type.__request_spec__
+    spec = FeatureSpec.from_usecase(usecase)
+    entity_keys = load_function(usecase.module_file, "entity_keys", arity=2)
+    ctx = FeatureContext(period="", params=spec.params, config=usecase)
+    hook = FeastHook(usecase.folder, lake_root=config.lake_url(usecase))
+    features, store = hook.online_reader, hook.store
     model = load_version(MlflowHook().client, sf.MODEL, "1")
-    flights = [FlightRequest(**b) for b in bodies]
-    lookups, scores, generic = [], [], []
-    for i in range(1200):
-        flight = flights[i % len(flights)]
+    requests = [request_type.model_validate(b) for b in bodies]
+    mapping, lookups, scores, generic = [], [], [], []
+    warmup = 200
+    for i in range(warmup + args.lookups):
+        request = requests[i % len(requests)]
         t0 = time.perf_counter()
-        rows, _ = lookup_features(features, spec, [flight])
+        # what the service does per request before the lookup: the request's frame, the use case's entity_keys
+        request_keys = entity_keys(request_frame([request], request_spec), ctx).reset_index(drop=True)
         t1 = time.perf_counter()
-        model.score(rows)
+        rows, _ = lookup_features(features, spec, request_keys)
         t2 = time.perf_counter()
-        # Feast's generic read of the same entities, for comparison (what lookup_features used before).
-        store.get_online_features(features=spec.feature_refs(), entity_rows=entity_rows([flight], spec)).to_dict()
+        model.score(rows)
         t3 = time.perf_counter()
-        if i >= 200:
-            lookups.append((t1 - t0) * 1000.0)
-            scores.append((t2 - t1) * 1000.0)
-            generic.append((t3 - t2) * 1000.0)
-    lk, sc, gen = percentiles(lookups), percentiles(scores), percentiles(generic)
+        # Feast's generic read of the same entities, for comparison (what lookup_features used before).
+        store.get_online_features(
+            features=spec.feature_refs(), entity_rows=request_keys.loc[:, spec.join_keys()].to_dict("records")
+        ).to_dict()
+        t4 = time.perf_counter()
+        if i >= warmup:
+            mapping.append((t1 - t0) * 1000.0)
+            lookups.append((t2 - t1) * 1000.0)
+            scores.append((t3 - t2) * 1000.0)
+            generic.append((t4 - t3) * 1000.0)
+    km, lk, sc, gen = percentiles(mapping), percentiles(lookups), percentiles(scores), percentiles(generic)
 
     # -- servers ---------------------------------------------------------------------------------------------
-    bento = ServingProcess(port=free_port(), name="bench-bento", home=home)
+    bento = ServingProcess(usecase=sf.USECASE, port=free_port(), name="bench-bento", home=home)
     bare_port = free_port()
     app_dir = home / "bare"
     app_dir.mkdir()
@@ -204,7 +233,7 @@ def main() -> int:
                 "--no-access-log",
             ],
             cwd=app_dir,
-            env={**os.environ, "PYTHONPATH": str(app_dir)},
+            env={**os.environ, "PYTHONPATH": str(app_dir), "MLOPS_USECASE": str(usecase.folder)},
         )
         bento.wait_ready(240)
         wait_ready(f"http://127.0.0.1:{bare_port}", bare)
@@ -212,7 +241,7 @@ def main() -> int:
             load(url, bodies, 1, 50)  # warm-up
             for c in (1, 8):
                 results[f"{name} c={c}"] = load(url, bodies, c, args.requests)
-        batch = {"flights": [bodies[i % len(bodies)] for i in range(args.batch_rows)]}
+        batch = {"rows": [bodies[i % len(bodies)] for i in range(args.batch_rows)]}
         calls = 20
         t0 = time.perf_counter()
         batch_result = load(bento.url, [batch], 1, calls, route="/predict_batch")
@@ -228,10 +257,11 @@ def main() -> int:
         f"   target p99 <= 1 ms: {'met' if lk[1] <= 1.0 else 'MISSED'}"
     )
     print(f"  (Feast's generic get_online_features of the same rows:   p50 {gen[0]:.2f} ms  p99 {gen[1]:.2f} ms)")
+    print(f"request -> entity keys (request_frame + entity_keys):       p50 {km[0]:.2f} ms  p99 {km[1]:.2f} ms")
     print(f"model call (HistGradientBoosting pipeline, 1 row):         p50 {sc[0]:.2f} ms  p99 {sc[1]:.2f} ms\n")
-    print(f"{'server':18s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'5xx':>5s}")
+    print(f"{'server':18s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'5xx':>5s} {'non-200':>8s}")
     for name, r in results.items():
-        print(f"{name:18s} {r['p50']:8.2f} {r['p99']:8.2f} {r['rps']:8.1f} {r['5xx']:5d}")
+        print(f"{name:18s} {r['p50']:8.2f} {r['p99']:8.2f} {r['rps']:8.1f} {r['5xx']:5d} {r['non200']:8d}")
     print()
     verdicts = []
     for c, target in ((1, 2.0), (8, 4.0)):
@@ -249,7 +279,7 @@ def main() -> int:
         f"batch endpoint: {args.batch_rows} rows per call, {calls} calls: "
         f"{args.batch_rows * calls / batch_wall:.0f} rows/s (p50 {batch_result['p50']:.1f} ms per call)"
     )
-    print(json.dumps({"lookup_ms": lk, "score_ms": sc, "http": results}, default=float))
+    print(json.dumps({"lookup_ms": lk, "entity_keys_ms": km, "score_ms": sc, "http": results}, default=float))
     return 0
 
 

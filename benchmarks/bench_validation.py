@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/bench_validation.py [--repeat 5]
 
-Both sides run the same expectations from include/expectations/*.json on the same frames; the pandas side
-is a minimal interpreter of those expectation types. Both must agree on which expectations fail.
+Both sides run the same expectations, the flight_delay example's batch suites (``source.suites`` of
+``examples/flight_delay/mlops.yaml``, in its ``expectations/``), on the same frames (its ``demo_batches`` through
+its ``prepare_validation``, as the validate DAG prepares them); the pandas side is a minimal interpreter of those
+expectation types. Both must agree on which expectations fail.
 Target: GX ≤ 3× plain pandas. Warm: one warm-up call first (imports; the GX context is then reused, as
 in a worker process that validates several batches); the two sides run alternately, median of ``--repeat``.
 Data Docs are not rendered here (``validate_batch`` without ``docs_dir``). As in ``ValidateBatchOperator``,
@@ -17,13 +19,18 @@ import argparse
 import re
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from airflow_mlops import settings
 from airflow_mlops.core import replay_source, validation
 from airflow_mlops.core.batches import batch_hash, sha256_bytes
+from airflow_mlops.usecase import config, load_function
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The use case benchmarked: the flights example, as shipped.
+USECASE = config.load(ROOT / "examples" / "flight_delay")
 
 
 def _param(value, params):
@@ -75,14 +82,18 @@ def pandas_check(frame: pd.DataFrame, suite: dict, params: dict) -> dict[str, bo
 def _frames(months: list[str]) -> dict[str, pd.DataFrame]:
     parts: dict[str, list] = {}
     for month in months:
-        for name, frame in replay_source.month_frames(month).items():
-            parts.setdefault(name.removesuffix(".csv"), []).append(frame)
+        for name, frame in replay_source.demo_frames(month, USECASE).items():
+            parts.setdefault(config.stem(name), []).append(frame)
     raw = {name: pd.concat(p, ignore_index=True) if name != "planes" else p[0] for name, p in parts.items()}
-    # as the ingest/validate DAG does: time_hour parsed, then the flight_delay use case's prepare_validation
-    from airflow_mlops.usecase import load_function
-
-    prepare = load_function(settings.project_root() / "examples" / "flight_delay" / "usecase.py", "prepare_validation")
-    return validation.prepare_batch(raw, prepare, {"flights": "time_hour", "weather": "time_hour"})
+    # as the ingest/validate DAG does: the event time parsed, then the use case's prepare_validation
+    source = USECASE.source
+    prepare = load_function(USECASE.module_file, "prepare_validation", arity=1)
+    return validation.prepare_batch(
+        raw,
+        prepare,
+        {config.stem(source.event_time_file): source.event_time_column},
+        source.event_time_format or "ISO8601",
+    )
 
 
 def _fingerprint(months: list[str]) -> str:
@@ -91,7 +102,7 @@ def _fingerprint(months: list[str]) -> str:
         {
             f"{month}/{name}": sha256_bytes(data)
             for month in months
-            for name, data in replay_source.batch_files(month).items()
+            for name, data in replay_source.batch_files(month, usecase=USECASE).items()
         }
     )
 
@@ -112,16 +123,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--gx-fingerprint", action="store_true", help="let GX hash each frame (no batch hash given)")
     args = parser.parse_args()
-    folder = settings.include_dir() / "expectations"
-    suites = {n: validation.load_suite(folder / f"{n}_batch.json") for n in ("flights", "weather", "planes")}
+    suites = {config.stem(name): validation.load_suite(path) for name, path in USECASE.source.suites.items()}
     # Imports and the GX context, which later calls reuse.
-    validation.validate_batch("warm-up", _frames(["2013-01"]), suites, {"year": 2013, "month": 1})
+    validation.validate_batch("warm-up", _frames(["2013-01"]), suites, validation.batch_parameters("2013-01"))
 
     print("GX batch fingerprint:", "GX hashes each frame" if args.gx_fingerprint else "the ingest's batch hash, given")
     print(f"{'case':12s} {'rows':>8s} {'GX s':>8s} {'pandas s':>9s} {'ratio':>7s}  agree  (target ratio <= 3)")
     for label, months in (("one month", ["2013-03"]), ("whole year", [f"2013-{m:02d}" for m in range(1, 13)])):
         frames = _frames(months)
-        params = {"year": 2013, "month": int(months[0][5:])}
+        params = validation.batch_parameters(months[0])  # as ValidateBatchOperator: the (first) month's
         fingerprint = None if args.gx_fingerprint else _fingerprint(months)
         report = None
 
