@@ -127,6 +127,10 @@ def test_the_monthly_example_replays_its_whole_schedule_with_one_broken_delivery
     # A third of the way into the replay, the first corruption the use case declares.
     assert rs.default_corrupt(periods, kinds) == {periods[len(periods) // 3]: first_kind}
     assert rs.default_corrupt(periods, {}) == {}
+    # Today's behaviour: no backfill, one month a step.
+    plan = demo.plan(demo.parser().parse_args(["--usecase", str(FLIGHTS)]))
+    assert (plan.backfill, plan.step) == (0, 1) and plan.steps == [[p] for p in periods]
+    assert plan.corrupt == {periods[len(periods) // 3]: first_kind}
 
 
 def test_a_daily_use_case_replays_a_window_of_its_schedule(daily_usecase):
@@ -134,29 +138,94 @@ def test_a_daily_use_case_replays_a_window_of_its_schedule(daily_usecase):
     periods, note = rs.default_periods(usecase)
     assert len(periods) == rs.DAILY_DEMO_DAYS
     assert periods[0] == "2012-01-01" and periods == rs.period_range([f"2012-01-01:{periods[-1]}"], "day")
-    assert note and f"first {rs.DAILY_DEMO_DAYS} of 1461 scheduled days" in note and "--periods" in note
+    assert note and f"first {rs.DAILY_DEMO_DAYS} of 1461 days" in note and "--periods" in note
     args = demo.parser().parse_args(["--usecase", str(daily_usecase)])
     plan = demo.plan(args)
     assert plan.periods == periods and plan.note == note
     assert plan.corrupt == {periods[rs.DAILY_DEMO_DAYS // 3]: "dropped_column"}
+    # No bootstrap rule: no backfill; live steps of a week.
+    assert (plan.backfill, plan.step) == (0, rs.DAILY_DEMO_STEP)
+    assert plan.steps == [periods[i : i + rs.DAILY_DEMO_STEP] for i in range(0, len(periods), rs.DAILY_DEMO_STEP)]
 
 
-def test_a_daily_window_lasts_until_the_first_model_and_a_month_after(daily_usecase):
+def test_a_daily_replay_backfills_the_first_models_days_then_steps_a_week(daily_usecase):
     raw = yaml.safe_load((daily_usecase / "mlops.yaml").read_text())
     raw["monitoring"] = {"policy": {"bootstrap": {"min_periods": 120}}}
     (daily_usecase / "mlops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     usecase = config.load(daily_usecase)
     assert rs.bootstrap_periods(usecase) == 120
     periods, note = rs.default_periods(usecase)
-    assert len(periods) == 120 + rs.DAILY_DEMO_AFTER_BOOTSTRAP and periods[0] == "2012-01-01"
-    assert "first model after 120 days" in note
+    # The policy's first model needs 120 validated days: the check of the 121st asks for it.
+    backfill = rs.default_backfill(usecase, periods)
+    assert backfill == 121
+    assert len(periods) == backfill + rs.DAILY_DEMO_LIVE_DAYS and periods[0] == "2012-01-01"
+    assert "first model needs 120 validated days" in note and "121 land at once" in note
+    plan = demo.plan(demo.parser().parse_args(["--usecase", str(daily_usecase)]))
+    assert (plan.backfill, plan.step) == (121, 7)
+    steps = plan.steps
+    assert steps[0] == periods[:121] and all(len(step) == 7 for step in steps[1:])
+    assert [p for step in steps for p in step] == periods and len(steps) == 1 + rs.DAILY_DEMO_LIVE_DAYS // 7
+    # The broken delivery falls in a live step, a third of the way in.
+    live = periods[121:]
+    assert plan.corrupt == {live[len(live) // 3]: "dropped_column"}
+    # Asked for: another backfill and step; a backfill beyond the periods is all of them.
+    plan = demo.plan(demo.parser().parse_args(["--usecase", str(daily_usecase), "--backfill", "10", "--step", "3"]))
+    assert plan.steps[0] == periods[:10] and plan.steps[1] == periods[10:13]
+    assert {len(step) for step in plan.steps[1:-1]} == {3} and [p for step in plan.steps for p in step] == periods
+    short = ["--usecase", str(daily_usecase), "--periods", "2012-01-01:2012-01-05"]
+    assert demo.plan(demo.parser().parse_args(short)).steps == [rs.period_range(["2012-01-01:2012-01-05"])]
+    with pytest.raises(ValueError, match="--step must be 1 or more"):
+        demo.plan(demo.parser().parse_args(["--usecase", str(daily_usecase), "--step", "0"]))
+
+
+def test_plan_steps_and_what_is_left_after_an_interrupted_replay():
+    days = rs.period_range(["2012-01-01:2012-01-10"], "day")
+    assert rs.plan_steps(days, 4, 3) == [days[:4], days[4:7], days[7:10]]
+    assert rs.plan_steps(days, 0, 4) == [days[:4], days[4:8], days[8:]]
+    assert rs.plan_steps(days, 1, 10) == [days[:1], days[1:]]
+    assert rs.plan_steps(days, 20, 2) == [days]
+    with pytest.raises(rs.DemoSourceError, match="--backfill must be 0 or more"):
+        rs.plan_steps(days, -1, 1)
+    plan = demo.DemoPlan(usecase=None, periods=days, corrupt={}, backfill=4, step=3)  # type: ignore[arg-type]
+    assert demo.remaining_steps(plan, []) == plan.steps
+    assert demo.remaining_steps(plan, days[:4]) == [days[4:7], days[7:10]]
+    assert demo.remaining_steps(plan, days[:5]) == [days[5:7], days[7:10]]  # a step cut part-way goes on
+    assert demo.remaining_steps(plan, days) == []
 
 
 def test_a_use_case_without_schedule_needs_its_periods_named(tmp_path):
     folder = tmp_path / "tiny"
     shutil.copytree(TINY, folder)
-    with pytest.raises(rs.DemoSourceError, match="source.schedule is null.*--periods"):
+    with pytest.raises(rs.DemoSourceError, match="source.schedule is null.*DEMO_PERIODS.*--periods"):
         rs.default_periods(config.load(folder))
+
+
+def test_a_landing_driven_use_case_replays_its_demo_range(daily_usecase):
+    """No schedule: the module's DEMO_PERIODS is the range (it wins over a schedule too)."""
+    raw = yaml.safe_load((daily_usecase / "mlops.yaml").read_text())
+    raw["source"]["schedule"] = None
+    (daily_usecase / "mlops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    folder = _with_module(daily_usecase, '\nDEMO_PERIODS = ("2013-02-01", "2013-02-20")\n')
+    usecase = config.load(folder)
+    assert usecase.source.schedule_first is None and rs.demo_range(usecase) == ("2013-02-01", "2013-02-20")
+    periods, note = rs.default_periods(usecase)
+    assert periods == rs.period_range(["2013-02-01:2013-02-20"], "day") and note is None
+    plan = demo.plan(demo.parser().parse_args(["--usecase", str(folder)]))
+    assert plan.periods == periods and plan.steps[0] == periods[:7]
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ('"2013-02-01"', r"must be \(first, last\)"),
+        ('("2013-02", "2013-03")', "is a month, but daily's batches are one day each"),
+        ('("2013-02-05", "2013-02-01")', "2013-02-01 is before 2013-02-05"),
+    ],
+)
+def test_a_bad_demo_range_is_named(daily_usecase, declared, message):
+    folder = _with_module(daily_usecase, f"\nDEMO_PERIODS = {declared}\n")
+    with pytest.raises(rs.DemoSourceError, match=f"usecase.py: DEMO_PERIODS.*{message}"):
+        rs.demo_range(config.load(folder))
 
 
 def test_demo_arguments_pick_periods_and_corruptions():
@@ -268,8 +337,9 @@ def test_every_example_can_be_replayed_by_default(folder, lake_root):
     declared."""
     plan = demo.plan(demo.parser().parse_args(["--usecase", str(folder)]))
     usecase = plan.usecase
-    assert plan.periods[0] == usecase.source.schedule_first
-    assert set(plan.corrupt) <= set(plan.periods) and len(plan.corrupt) <= 1
+    assert plan.periods[0] == rs.demo_range(usecase)[0]
+    # The broken delivery lands in a live step (after the backfill), where the re-send is shown.
+    assert set(plan.corrupt) <= set(plan.periods[plan.backfill :]) and len(plan.corrupt) <= 1
     marker = replay.land(plan.periods[0], ring=False, usecase=usecase)
     assert set(marker["files"]) == set(usecase.source.files)
     assert all(record["rows"] > 0 for record in marker["files"].values())
@@ -408,6 +478,37 @@ def test_the_period_table_shows_the_tasks_live_metric(task, label):
     assert second.split() == ["2012-01-02", "3", "validated", "3", "0.25", "1.235", "no", "-", "v1"]
     assert "2012-01-01: quarantined: expect_a(b) | policy (retrain): bootstrap" in "\n".join(lines)
     assert "2012-01-02: policy (cooldown): drift share 0.25 >= 0.2" in lines
+
+
+def test_a_step_of_several_periods_is_one_row_named_by_its_span(lake):
+    days = rs.period_range(["2012-01-01:2013-01-30"], "day")
+    backfill = PeriodRow(
+        period=days[-1], periods=days, rows=len(days), validation=f"{len(days)} validated", live_metric="rmse"
+    )
+    week = rs.period_range(["2013-01-31:2013-02-06"], "day")
+    live = PeriodRow(
+        period=week[-1],
+        periods=week,
+        rows=7,
+        validation="7 validated, 1 re-sent",
+        quarantined=[{"period": week[2], "batch": "abc", "kind": "out_of_range", "failed": ["e(t)"], "report": None}],
+        traffic={"answered": 7},
+        live_metric="rmse",
+        live_value=2.25,
+    )
+    assert (backfill.covered, backfill.label) == (days, "2012-01-01..2013-01-30")
+    assert PeriodRow(period="2013-03").covered == ["2013-03"] and PeriodRow(period="2013-03").label == "2013-03"
+    lines = table_lines([backfill, live])
+    (first,) = [line for line in lines if line.startswith("2012-01-01..2013-01-30 ")]
+    assert first.split()[1:3] == [str(len(days)), str(len(days))] and "validated" in first
+    (second,) = [line for line in lines if line.startswith("2013-01-31..2013-02-06 ")]
+    assert "7 validated, 1 re-sent" in second and "2.250" in second
+    assert "2013-01-31..2013-02-06: quarantined: 2013-02-02 e(t)" in lines
+    meta = {"airflow_url": "http://127.0.0.1:8080", "usecase": "daily", "periods_label": "daily"}
+    keys = write_outputs(lake, [backfill, live], meta)
+    summary = json.loads(lake.path(keys["summary.json"]).read_bytes())
+    assert [PeriodRow.from_dict(p) for p in summary["periods"]] == [backfill, live]
+    assert "2013-01-31..2013-02-06" in lake.path(keys["index.html"]).read_text()
 
 
 def test_outputs_are_written_in_the_use_case_lake(lake):

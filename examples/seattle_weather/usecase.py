@@ -34,6 +34,7 @@ view field (``label.forbidden``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,15 +74,20 @@ VIEW_FIELDS = {
     "precipitation_sum_7d": "float64",
 }
 DEFAULT_STATION = "SEA"
-#: The ways :func:`corrupt` can break a day's batch (the demo's and the tests' broken batches).
-CORRUPTIONS = (
-    "out_of_range",
-    "unknown_weather",
-    "negative_precipitation",
-    "null_date",
-    "duplicate_day",
-    "missing_column",
-)
+#: The days the packaged data holds: what ``make demo`` replays by default (the source has no schedule: batches
+#: arrive when they land). A daily replay lands the first days at once (enough for the first model), then goes on
+#: a week at a time (``airflow_mlops.core.replay_source``).
+DEMO_PERIODS = ("2012-01-01", "2015-12-31")
+#: The ways :func:`corrupt` can break a day's batch (the demo's and the tests' broken batches), each with what
+#: happened upstream.
+CORRUPTION_KINDS = {
+    "out_of_range": "the station reported a 60 °C maximum",
+    "unknown_weather": "a new weather code (hail) the suite does not know",
+    "negative_precipitation": "the rain gauge reported -1 mm",
+    "null_date": "the export lost the date",
+    "duplicate_day": "a retry upstream sent the day's row twice",
+    "missing_column": "the export forgot the wind column",
+}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -346,13 +352,31 @@ def demo_batches(period: str) -> dict[str, pd.DataFrame]:
     return {FILE: rows.reset_index(drop=True).copy()}
 
 
+def demo_requests(ctx: FeatureContext) -> pd.DataFrame:
+    """The day's live traffic: the prediction of the day's maximum temperature, asked for at the start of the day
+    (one request per day of the batch; the request schema has no other dimension: one station).
+
+    :param ctx: ``ctx.current["observations"]`` is the day's validated batch (``date`` as UTC midnights).
+    :returns: the request fields ``date`` (``YYYY-MM-DD``) and ``station``, one row per day, in order.
+    """
+    import pandas as pd
+
+    days = _current_days(ctx)
+    return pd.DataFrame(
+        {
+            "date": days.dt.strftime("%Y-%m-%d").astype(object),
+            "station": pd.Series([_station(ctx)] * len(days), dtype=object),
+        }
+    )
+
+
 def corrupt(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """A broken copy of a day's batch, for the demo's and the tests' quarantine paths.
 
     :param frame: a batch frame (the columns of ``observations.csv``).
-    :param kind: one of :data:`CORRUPTIONS`: ``out_of_range`` (a 60 °C maximum), ``unknown_weather`` (``hail``),
-        ``negative_precipitation``, ``null_date``, ``duplicate_day`` (the row sent twice), ``missing_column``
-        (no ``wind``).
+    :param kind: one of :data:`CORRUPTION_KINDS`: ``out_of_range`` (a 60 °C maximum), ``unknown_weather``
+        (``hail``), ``negative_precipitation``, ``null_date``, ``duplicate_day`` (the row sent twice),
+        ``missing_column`` (no ``wind``).
     """
     import pandas as pd
 
@@ -370,5 +394,27 @@ def corrupt(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     elif kind == "missing_column":
         out = out.drop(columns=["wind"])
     else:
-        raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
+        raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTION_KINDS)}")
     return out
+
+
+def _corruption(kind: str) -> Callable[[dict[str, bytes], dict[str, pd.DataFrame]], None]:
+    """The demo contract's ``fn(files, frames)`` for ``kind``: rewrite the batch file from the good frame.
+
+    :param kind: a key of :data:`CORRUPTION_KINDS`.
+    """
+
+    def rewrite(files: dict[str, bytes], frames: dict[str, pd.DataFrame]) -> None:
+        files[FILE] = corrupt(frames[FILE], kind).to_csv(index=False).encode()
+
+    rewrite.__name__ = f"corrupt_{kind}"
+    rewrite.__doc__ = f"{CORRUPTION_KINDS[kind][:1].upper()}{CORRUPTION_KINDS[kind][1:]} ({kind})."
+    return rewrite
+
+
+#: Broken deliveries for the demo (``airflow_mlops.core.replay_source``): kind → ``fn(files, frames)`` that rewrites
+#: ``files`` (file name → bytes) from the good batch's ``frames`` (file name → DataFrame). The first is the demo's
+#: default: a day the suite quarantines, then re-sent corrected.
+CORRUPTIONS: dict[str, Callable[[dict[str, bytes], dict[str, pd.DataFrame]], None]] = {
+    kind: _corruption(kind) for kind in CORRUPTION_KINDS
+}

@@ -10,19 +10,23 @@
 ``examples/<name>``. Without ``--usecase``: ``MLOPS_USECASE``, else the first use case of the projects folder.
 
 The periods: ``--periods`` (``FIRST:LAST`` ranges and lists; ``--months`` is the same), by default the use case's
-``source.schedule`` first..last — for a daily use case a window of it (``replay_source.default_periods``: 90 days,
-or the days its policy waits for a first model plus a month), since a schedule of years would take hours. One
-period first lands broken (quarantined, then re-sent corrected): by default the first of the use case's
-``CORRUPTIONS`` a third of the way in; ``--corrupt PERIOD[:KIND]`` picks others, ``--corrupt`` alone none; a use
-case without ``CORRUPTIONS`` has none.
+demo range (its module's ``DEMO_PERIODS``, else ``source.schedule`` first..last) — for a daily use case its first
+days (``replay_source.default_periods``: the days its policy waits for a first model, then six weeks), since a
+range of years would take hours. One period first lands broken (quarantined, then re-sent corrected): by default
+the first of the use case's ``CORRUPTIONS`` a third of the way into the live steps; ``--corrupt PERIOD[:KIND]``
+picks others, ``--corrupt`` alone none; a use case without ``CORRUPTIONS`` has none.
+
+Backfill, then live: ``--backfill N`` lands the first N periods at once (default for a daily use case: the days its
+first model needs, ``monitoring.policy.bootstrap`` + 1; for a monthly one none): one ingest run validates them all,
+one features run builds them, one outcomes event asks the policy for the first model. Then live steps of ``--step
+N`` periods (default 7 days, or 1 month): land them, ring once, wait for features, send their requests, announce
+their outcomes in one event, wait for monitoring and any retrain.
 
 It starts the embedded Airflow (and leaves it running for you to explore; ``make down`` stops it), unpauses the
-use case's DAGs (``<name>_ingest_validate``, ...), and for each period lands the batch, waits for validation and
-features, sends the period's requests through the use case's serving endpoint, announces the outcomes and waits
-for monitoring and any retrain (see ``airflow_mlops.replay_loop``). It prints a period-by-period table with the
-task's live metric (classification: ROC AUC, regression: RMSE) and writes ``reports/replay/`` in the use case's
-lake: ``summary.json``, ``replay.png`` and ``index.html`` (linking every report). Re-running continues an
-interrupted replay, or prints the finished one.
+use case's DAGs (``<name>_ingest_validate``, ...) and replays the steps (see ``airflow_mlops.replay_loop``). It
+prints a step-by-step table with the task's live metric (classification: ROC AUC, regression: RMSE) and writes
+``reports/replay/`` in the use case's lake: ``summary.json``, ``replay.png`` and ``index.html`` (linking every
+report). Re-running continues an interrupted replay, or prints the finished one.
 """
 
 from __future__ import annotations
@@ -42,12 +46,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What a replay will do: the use case, its periods, the broken deliveries, and a note on the defaults."""
+    """What a replay will do: the use case, its periods, the broken deliveries, how the periods are grouped (the
+    first ``backfill`` at once, then ``step`` at a time), and a note on the defaults."""
 
     usecase: UseCase
     periods: list[str]
     corrupt: dict[str, str]
     note: str | None = None
+    backfill: int = 0
+    step: int = 1
+
+    @property
+    def steps(self) -> list[list[str]]:
+        """The periods of each step, in order (``replay_source.plan_steps``)."""
+        from airflow_mlops.core import replay_source
+
+        return replay_source.plan_steps(self.periods, self.backfill, self.step)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,6 +84,20 @@ def parser() -> argparse.ArgumentParser:
         help="periods that first land broken (quarantined, then re-sent corrected); none with an empty list. "
         "Kinds: python -m airflow_mlops.replay corruptions --usecase <folder>",
     )
+    out.add_argument(
+        "--backfill",
+        type=int,
+        default=None,
+        metavar="N",
+        help="land the first N periods at once (default: daily, the days of the policy's first model; monthly: 0)",
+    )
+    out.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="periods per live step: landed at once, one outcomes event (default: 7 days, or 1 month)",
+    )
     out.add_argument("--fresh", action="store_true", help="stop everything and delete MLOPS_HOME first")
     out.add_argument("--timeout", type=float, default=900.0, help="seconds any one step may take")
     out.add_argument("--traffic-concurrency", type=int, default=2, help="clients sending the period's requests")
@@ -91,13 +119,33 @@ def plan(args: argparse.Namespace) -> DemoPlan:
         periods = replay_source.period_range(args.periods, kind)
     else:
         periods, note = replay_source.default_periods(usecase)
+    backfill = replay_source.default_backfill(usecase, periods) if args.backfill is None else args.backfill
+    step = replay_source.default_step(usecase) if args.step is None else args.step
+    replay_source.plan_steps(periods, backfill, step)  # checks both
     if args.corrupt == []:  # --corrupt alone: no broken delivery (the use case's CORRUPTIONS are not read)
         corrupt = {}
     elif args.corrupt is None:
-        corrupt = replay_source.default_corrupt(periods, replay_source.corruptions(usecase))
+        corrupt = replay_source.default_corrupt(periods, replay_source.corruptions(usecase), backfill)
     else:
         corrupt = replay_source.parse_corrupt(args.corrupt, replay_source.corruptions(usecase), kind)
-    return DemoPlan(usecase, periods, {p: k for p, k in corrupt.items() if p in periods}, note)
+    chosen = {p: k for p, k in corrupt.items() if p in periods}
+    return DemoPlan(usecase, periods, chosen, note, min(backfill, len(periods)), step)
+
+
+def remaining_steps(demo: DemoPlan, done: list[str]) -> list[list[str]]:
+    """The steps of ``demo`` still to replay after the periods ``done`` (a prefix of its periods): whole steps
+    replayed are left out; what is left of a step interrupted part-way is a step of its own.
+
+    :param demo: the plan.
+    :param done: the periods already replayed, in order.
+    """
+    finished = set(done)
+    out = []
+    for step in demo.steps:
+        left = [p for p in step if p not in finished]
+        if left:
+            out.append(left)
+    return out
 
 
 def _previous(lake: Any) -> dict | None:
@@ -155,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from airflow_mlops import settings
     from airflow_mlops.devstack import ADMIN_USER, AirflowClient, Stack, profile_env
     from airflow_mlops.hooks.lake import LakeHook
-    from airflow_mlops.replay_loop import MemorySampler, PeriodRow, Replay, ReplayError
+    from airflow_mlops.replay_loop import MemorySampler, PeriodRow, Replay, ReplayError, span
     from airflow_mlops.replay_report import metric_label, stage_totals, table_lines, write_outputs
     from airflow_mlops.serving_process import embedded
     from airflow_mlops.usecase import config
@@ -167,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     usecase, periods = demo.usecase, demo.periods
+    steps = demo.steps
+    live = len(steps) - (1 if demo.backfill else 0)
     print(
-        f"== {usecase.name}: {len(periods)} {usecase.source.period}s {periods[0]}..{periods[-1]}"
+        f"== {usecase.name}: {len(periods)} {usecase.source.period}s {periods[0]}..{periods[-1]} in {len(steps)} steps"
+        + (f" (a backfill of {demo.backfill}, then" if demo.backfill else " (")
+        + f" {live} live steps of {demo.step})"
         + (f"; broken deliveries: {', '.join(f'{p} ({k})' for p, k in demo.corrupt.items())}" if demo.corrupt else ""),
         flush=True,
     )
@@ -187,15 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     lake = LakeHook(root_url=config.lake_url(usecase))
     previous = _previous(lake) if lake.path().exists() else None
     done = [PeriodRow.from_dict(p) for p in (previous or {}).get("periods") or (previous or {}).get("months") or []]
-    done_periods = [r.period for r in done]
+    done_periods = [period for r in done for period in r.covered]
     if done_periods and done_periods != periods[: len(done_periods)]:
         print(
-            f"error: {lake.root_url} already holds a replay of {', '.join(done_periods)}; it cannot continue as "
-            f"{', '.join(periods)}. Start over with --fresh (or make clean).",
+            f"error: {lake.root_url} already holds a replay of {span(done_periods)} ({len(done_periods)} "
+            f"{usecase.source.period}s); it cannot continue as {span(periods)} ({len(periods)}). Start over with "
+            "--fresh (or make clean).",
             file=sys.stderr,
         )
         return 2
-    todo = periods[len(done_periods) :]
+    todo = remaining_steps(demo, done_periods)
 
     print(f"== starting Airflow ({stack.profile} profile) in {stack.home} ...", flush=True)
     stack.up()
@@ -216,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {err}", file=sys.stderr)
         return 1
     if done_periods:
-        print(f"== {', '.join(done_periods)} already replayed in {lake.root_url}; continuing with {todo or 'nothing'}")
+        print(
+            f"== {span(done_periods)} already replayed in {lake.root_url}; continuing with "
+            + (f"{span([p for step in todo for p in step])} ({len(todo)} steps)" if todo else "nothing")
+        )
 
     rows = list(done)
     meta = dict((previous or {}).get("meta") or {})
@@ -239,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with MemorySampler(roots) as memory:
         try:
-            for period in todo:
-                rows.append(replay.run_period(period))
+            for step in todo:
+                rows.append(replay.run_step(step, backfill=bool(demo.backfill) and step == steps[0]))
                 meta.update(
-                    periods_label=f"{usecase.name} {rows[0].period}..{rows[-1].period}",
+                    periods_label=f"{usecase.name} {rows[0].covered[0]}..{rows[-1].period}",
+                    backfill=demo.backfill,
+                    step=demo.step,
                     wall_seconds=round(wall + time.monotonic() - started, 1),
                     peak_rss_gib=round(max(peak, memory.peak_bytes / 2**30), 2),
                     mlops_home=str(settings.mlops_home()),
@@ -260,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table_lines(rows, replay.metric)))
     totals = stage_totals(rows)
     print(
-        f"\n{len(rows)} {usecase.source.period}s in {meta.get('wall_seconds', 0):.0f} s (per stage: "
+        f"\n{sum(len(r.covered) for r in rows)} {usecase.source.period}s in {len(rows)} steps in "
+        f"{meta.get('wall_seconds', 0):.0f} s (per stage: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in totals.items())
         + f"); peak memory of Airflow + serving + this driver {meta['peak_rss_gib']:.2f} GiB"
         + f"; live metric: {metric_label(replay.metric)}"

@@ -3,11 +3,13 @@
     python -m airflow_mlops.replay land 2013-03 --usecase examples/<name>        # a good batch
     python -m airflow_mlops.replay land 2013-04 --usecase examples/<name> --corrupt <kind>
     python -m airflow_mlops.replay corruptions --usecase examples/<name>         # the use case's broken batches
+    python -m airflow_mlops.replay land 2012-01-02 --no-ring ...; python -m airflow_mlops.replay ring ...  # one run
 
 The batch is the use case's ``demo_batches(period)`` (``airflow_mlops.core.replay_source``). It lands in the use
 case's lake as ``<lake>/<name>/landing/<period>/<file>`` for every file of ``source.files``, then its ``_SUCCESS``
 marker (with the sha256 and rows of each file), then the ``landing/_READY`` flag that rings the use case's landing
-watcher (which starts ``<name>_ingest_validate``). Without ``--usecase``: ``MLOPS_USECASE``, else the first use
+watcher (which starts ``<name>_ingest_validate``; it takes every batch waiting, so several periods landed with
+``--no-ring`` and then one ``ring`` make one run). Without ``--usecase``: ``MLOPS_USECASE``, else the first use
 case of the projects folder.
 """
 
@@ -41,7 +43,6 @@ def land(
     :param usecase: the use case or its folder (default ``replay_source.default_usecase``).
     :raises ValueError: a bad period, a period outside the demo data, an unknown corruption.
     """
-    from airflow_mlops.assets import LANDING_FLAG
     from airflow_mlops.core import replay_source
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.usecase import config
@@ -62,8 +63,28 @@ def land(
     }
     lake.write_file(folder / SUCCESS_MARKER, json.dumps(marker, indent=2).encode(), rows=len(records))
     if ring:
-        lake.path("landing", LANDING_FLAG).write_text(period)
+        ring_flag(uc, lake_root=lake.root_url, note=period)
     return marker
+
+
+def ring_flag(usecase: UseCase | str | Path | None = None, lake_root: str | None = None, note: str = "") -> None:
+    """Write the use case's ``landing/_READY`` flag: its landing watcher starts one ``<name>_ingest_validate`` run,
+    which takes every complete batch waiting in ``landing/`` (land several with ``ring=False``, then ring once).
+
+    :param usecase: the use case or its folder (default ``replay_source.default_usecase``).
+    :param lake_root: the use case's lake root; default ``<MLOPS_LAKE>/<name>``.
+    :param note: the flag's content (the watcher logs it), e.g. the periods landed.
+    """
+    from airflow_mlops.assets import LANDING_FLAG
+    from airflow_mlops.core import replay_source
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.usecase import config
+
+    uc = replay_source.load_usecase(usecase)
+    lake = LakeHook(root_url=lake_root or config.lake_url(uc))
+    flag = lake.path("landing", LANDING_FLAG)
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text(note or "ready")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     land_cmd.add_argument("--no-ring", action="store_true", help="do not write the landing/_READY flag")
     land_cmd.add_argument("--lake", help="the use case's lake root URL (default: MLOPS_LAKE/<name>)")
     kinds_cmd = sub.add_parser("corruptions", help="list the use case's kinds of broken batches")
-    for cmd in (land_cmd, kinds_cmd):
+    ring_cmd = sub.add_parser("ring", help="write landing/_READY: one ingest run takes every batch waiting")
+    ring_cmd.add_argument("--lake", help="the use case's lake root URL (default: MLOPS_LAKE/<name>)")
+    for cmd in (land_cmd, kinds_cmd, ring_cmd):
         cmd.add_argument("--usecase", help="the use-case folder (default: MLOPS_USECASE, else the first use case)")
     args = parser.parse_args(argv)
 
@@ -88,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.command == "ring":
+        ring_flag(usecase, lake_root=args.lake, note="ring")
+        print(f"rang the landing flag of {usecase.name}")
+        return 0
     if args.command == "corruptions":
         if not kinds:
             print(f"{usecase.name} declares no CORRUPTIONS")

@@ -1,20 +1,27 @@
-"""The replay: a use case's whole MLOps loop, period by period, through the real scheduler and the real services.
+"""The replay: a use case's whole MLOps loop, step by step, through the real scheduler and the real services.
 
-For each period (a month or a day, ``source.period`` of the use case ``<name>``):
+A step is one period (a month or a day, ``source.period`` of the use case ``<name>``) or several landed at once: the
+backfill (a daily use case's first year, what its first model needs) and the live steps of a daily use case (a week
+of days). For each step:
 
-1. the upstream lands the period's batch (the use case's ``demo_batches``) in ``<lake>/<name>/landing/`` and rings
-   the flag: the landing watcher starts ``<name>_ingest_validate`` (validated, or quarantined — then the upstream
-   re-sends a corrected batch);
+1. the upstream lands the step's batches (the use case's ``demo_batches``) in ``<lake>/<name>/landing/`` and rings
+   the flag once: the landing watcher starts one ``<name>_ingest_validate`` run, which validates every waiting batch
+   (one mapped task each: validated, or quarantined — then the upstream re-sends a corrected batch);
 2. ``<name>_features`` runs on the ``<name>.validated_batch`` Asset: features, Feast apply + materialize, training
-   set;
-3. the period's requests (the use case's ``demo_requests``) go through its serving endpoint as live traffic (when a
-   champion serves);
-4. the upstream announces the period's outcomes (``POST /api/v2/assets/events`` on ``<name>.outcomes``, extra
-   ``period``): ``<name>_monitoring`` checks drift and live performance, its policy may ask for a retrain;
+   set. For a step of several periods the replay holds it (paused) while the batches validate, then releases it
+   with one ``validated_batch`` event naming the step's last period: one run builds every validated period without
+   features (``BuildFeaturesOperator``'s catch-up) instead of one run per batch;
+3. the step's requests (the use case's ``demo_requests``, period by period) go through its serving endpoint as live
+   traffic (when a champion serves);
+4. the upstream announces the step's outcomes in one event (``POST /api/v2/assets/events`` on ``<name>.outcomes``,
+   extra ``period``: the last, and ``periods``: all of them): ``<name>_monitoring`` checks drift and live
+   performance over its monitoring window, its policy may ask for a retrain (or, without a champion, the first
+   model);
 5. a retrain runs ``<name>_training``: train → evaluate → gate → register → infra-validate → promote → deploy.
 
-This module only plays the outside world (it lands files, sends traffic, posts the outcome event) and waits;
-every pipeline step runs in Airflow. It reads what happened from the REST API, the lake and MLflow.
+This module plays the outside world (it lands files, sends traffic, posts the outcome event) and the operator who
+holds the features DAG during a bulk load; every pipeline step runs in Airflow. It reads what happened from the
+REST API, the lake and MLflow.
 """
 
 from __future__ import annotations
@@ -74,15 +81,25 @@ def event_covers(extra: dict[str, Any], period: str) -> bool:
         return low.replace(tzinfo=start.tzinfo) <= start < high.replace(tzinfo=start.tzinfo)
 
 
+def span(periods: list[str]) -> str:
+    """``first..last`` of several periods, the period of one.
+
+    :param periods: periods, in order.
+    """
+    return periods[0] if len(periods) == 1 else f"{periods[0]}..{periods[-1]}"
+
+
 class ReplayError(RuntimeError):
     """A step of the replay did not happen within its timeout, or a DAG run failed; the message says which."""
 
 
 @dataclass
 class PeriodRow:
-    """What happened to one period of the replay."""
+    """What happened in one step of the replay: one period, or several landed at once (``periods``; ``period`` is
+    then the last of them, the one the outcomes event names and monitoring checks)."""
 
     period: str
+    periods: list[str] = field(default_factory=list)
     rows: int = 0
     batch: str = ""
     validation: str = "pending"
@@ -107,6 +124,16 @@ class PeriodRow:
     reports: dict[str, str] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def covered(self) -> list[str]:
+        """Every period of the step, in order."""
+        return list(self.periods) or [self.period]
+
+    @property
+    def label(self) -> str:
+        """``first..last`` of a step of several periods, else the period."""
+        return span(self.covered)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as JSON-ready data (``summary.json``)."""
@@ -265,6 +292,20 @@ class Replay:
                 raise ReplayError(f"{what}: not done after {self.timeout:.0f} s")
             time.sleep(poll)
 
+    def _wait_progress(self, what: str, probe: Callable[[], tuple[bool, int]], poll: float = 2.0) -> None:
+        """Until ``probe`` says done; it also says how much is done, and the timeout runs from the last progress
+        (a backfill of hundreds of batches may take longer than any one step, but never stalls that long)."""
+        deadline, seen = time.monotonic() + self.timeout, -1
+        while True:
+            done, progress = probe()
+            if done:
+                return
+            if progress != seen:
+                deadline, seen = time.monotonic() + self.timeout, progress
+            if time.monotonic() > deadline:
+                raise ReplayError(f"{what}: no progress for {self.timeout:.0f} s ({progress} done)")
+            time.sleep(poll)
+
     def _runs(self, dag_id: str, run_types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         runs = self.client.runs(dag_id)
         return [r for r in runs if run_types is None or r.get("run_type") in run_types]
@@ -306,23 +347,42 @@ class Replay:
         """The Airflow UI's page of a run."""
         return f"{self.airflow_url}/dags/{dag_id}/runs/{run_id}"
 
-    # -- one period ------------------------------------------------------------------------------------------
+    # -- one step --------------------------------------------------------------------------------------------
     def run_period(self, period: str) -> PeriodRow:
         """Replay one period (land, validate, features, traffic, outcomes, monitoring, retrain); what happened.
 
         :param period: the period, of the use case's kind.
         :raises ReplayError: a step did not happen within the timeout, or a monitoring run failed.
         """
-        row = PeriodRow(period=period, live_metric=self.metric)
-        self.log(f"== {self.usecase.name} {period}")
-        if not self._land_and_validate(row):
+        return self.run_step([period])
+
+    def run_step(self, periods: list[str], *, backfill: bool = False) -> PeriodRow:
+        """Replay a step of one or more periods landed at once: land them and ring once, validate, build their
+        features in one run, send their requests, announce their outcomes in one event, monitor, retrain if asked.
+
+        :param periods: the step's periods, in order, of the use case's kind.
+        :param backfill: the replay's first step of many periods (only labels the log).
+        :raises ReplayError: a step did not happen within the timeout, or a monitoring run failed.
+        """
+        periods = list(periods)
+        if not periods:
+            raise ValueError("a replay step needs at least one period")
+        row = PeriodRow(period=periods[-1], periods=periods if len(periods) > 1 else [], live_metric=self.metric)
+        kind = self.usecase.source.period
+        self.log(
+            f"== {self.usecase.name} {row.label}"
+            + (f" ({len(periods)} {kind}s at once{': the backfill' if backfill else ''})" if len(periods) > 1 else "")
+        )
+        features_before = self._features_event_ids()
+        validated = self._land_and_validate(row, hold_features=len(periods) > 1)
+        if not validated:
             return row
-        self._features(row)
-        self._traffic(row)
-        self._monitoring(row)
+        self._features(row, validated, held=len(periods) > 1, before=features_before)
+        self._traffic(row, validated)
+        self._monitoring(row, validated)
         self._training(row)
         self.log(
-            f"   champion after {period}: v{row.champion_version or '-'}"
+            f"   champion after {row.label}: v{row.champion_version or '-'}"
             + (
                 f" (gate {row.gate}; promoted v{row.promoted})"
                 if row.promoted
@@ -333,75 +393,187 @@ class Replay:
         )
         return row
 
-    def _land_and_validate(self, row: PeriodRow) -> bool:
-        """Step 1: land (a corrupted delivery first, if asked), wait for validation; False if it stays quarantined."""
+    def _land_and_validate(self, row: PeriodRow, *, hold_features: bool = False) -> list[str]:
+        """Step 1: land every period of the step (a corrupted delivery first, where asked), ring once, wait for
+        every batch to be validated or quarantined; re-send the broken ones corrected (ring again). Returns the
+        step's validated periods (a period still quarantined at the end is left out).
+
+        :param row: the step's row (filled in: rows, batch, validation, quarantined, data docs).
+        :param hold_features: pause the features DAG first (released by :meth:`_features`).
+        """
         from airflow_mlops import replay
 
-        period, ingest = row.period, self.dags["ingest_validate"]
+        periods, ingest = row.covered, self.dags["ingest_validate"]
+        single = len(periods) == 1
         # Scheduled (catch-up) runs of periods with nothing landed are not waited for: they skip on their own.
         triggered = ("asset_triggered", "manual")
         started = time.monotonic()
-        for kind in ([self.corrupt[period]] if period in self.corrupt else []) + [None]:
-            marker = replay.land(period, corrupt=kind, lake_root=self.lake.root_url, usecase=self.usecase)
-            digest = batch_hash({name: rec["sha256"] for name, rec in marker["files"].items()})
-            primary = marker["files"].get(self.usecase.source.primary) or {}
-            row.rows, row.batch = int(primary.get("rows") or 0), digest[:12]
-            self.log(
-                f"   landed {period}{' (' + kind + ')' if kind else ''}: {row.rows} rows of "
-                f"{self.usecase.source.primary}, batch {digest[:12]}"
-            )
-            outcome = self._wait(
-                f"batch {digest[:12]} of {period} to be validated or quarantined",
-                lambda d=digest: (o := batch_outcome(self.lake, period, d))["status"] != "pending" and o,
-            )
-            if outcome["status"] == "QUARANTINED":
-                row.quarantined.append(
-                    {"batch": digest[:12], "kind": kind, "failed": outcome["failed"], "report": outcome["report"]}
+        if hold_features:
+            self.client.pause(self.dags["features"])
+        attempts = {p: ([self.corrupt[p]] if p in self.corrupt else []) + [None] for p in periods}
+        rows: dict[str, int] = {}
+        validated: dict[str, dict[str, Any]] = {}
+        resent: list[str] = []
+        final_quarantine: list[str] = []
+        todo = list(periods)
+        while todo:
+            landed: dict[str, tuple[str, str | None]] = {}
+            for period in todo:
+                kind = attempts[period].pop(0)
+                marker = replay.land(
+                    period, corrupt=kind, ring=False, lake_root=self.lake.root_url, usecase=self.usecase
                 )
-                self.log(f"   QUARANTINED ({', '.join(outcome['failed'])}); report {outcome['report']}")
+                digest = batch_hash({name: rec["sha256"] for name, rec in marker["files"].items()})
+                primary = marker["files"].get(self.usecase.source.primary) or {}
+                rows[period] = int(primary.get("rows") or 0)
+                landed[period] = (digest, kind)
+                if single or kind:
+                    self.log(
+                        f"   landed {period}{' (' + kind + ')' if kind else ''}: {rows[period]} rows of "
+                        f"{self.usecase.source.primary}, batch {digest[:12]}"
+                    )
+            if not single and len(landed) > 1:
+                self.log(
+                    f"   landed {len(landed)} {self.usecase.source.period}s {span(list(landed))}: "
+                    f"{sum(rows[p] for p in landed)} rows of {self.usecase.source.primary}; one landing flag"
+                )
+            replay.ring_flag(self.usecase, lake_root=self.lake.root_url, note=span(list(landed)))
+            row.batch = landed[periods[-1]][0][:12] if periods[-1] in landed else row.batch
+            outcomes = self._wait_outcomes(landed, span(list(landed)))
+            todo, quarantined = [], False
+            for period, (digest, kind) in landed.items():
+                outcome = outcomes[period]
+                if outcome["status"] == "QUARANTINED":
+                    row.quarantined.append(
+                        {
+                            "period": period,
+                            "batch": digest[:12],
+                            "kind": kind,
+                            "failed": outcome["failed"],
+                            "report": outcome["report"],
+                        }
+                    )
+                    self.log(
+                        f"   QUARANTINED{'' if single else ' ' + period} ({', '.join(outcome['failed'])}); "
+                        f"report {outcome['report']}"
+                    )
+                    quarantined = True
+                    if attempts[period]:
+                        todo.append(period)
+                        resent.append(period)
+                    else:
+                        final_quarantine.append(period)
+                else:
+                    validated[period] = outcome
+                    row.data_docs = outcome["report"]
+                    if single:
+                        self.log(f"   validated: {outcome['where']}")
+            if quarantined:  # the failed run ends before anything is re-sent
                 self._wait_idle(ingest, triggered)
-                if kind is None:
-                    row.validation = "QUARANTINED"
-                    row.seconds["validate"] = round(time.monotonic() - started, 1)
-                    return False
-                continue
-            row.validation = "validated" + (" (after a re-send)" if row.quarantined else "")
-            row.data_docs = outcome["report"]
-            self.log(f"   validated: {outcome['where']}")
+        ok = [p for p in periods if p in validated]
+        row.rows = sum(rows.values())
+        if single:
+            row.validation = (
+                "QUARANTINED" if final_quarantine else "validated" + (" (after a re-send)" if resent else "")
+            )
+        else:
+            row.validation = (
+                (f"{len(ok)} validated" if len(ok) == len(periods) else f"{len(ok)}/{len(periods)} validated")
+                + (f", {len(resent)} re-sent" if resent else "")
+                + (f", {len(final_quarantine)} QUARANTINED" if final_quarantine else "")
+            )
+            self.log(
+                f"   {row.validation} in {time.monotonic() - started:.0f} s: "
+                f"{self.lake.url(self.lake.path('validated'))}"
+            )
         row.seconds["validate"] = round(time.monotonic() - started, 1)
-        return True
+        if not ok and hold_features:
+            self.client.unpause(self.dags["features"])
+        return ok
 
-    def _features(self, row: PeriodRow) -> None:
-        """Step 2: wait for the features Asset event covering the period, then for the features DAG to be idle."""
+    def _wait_outcomes(self, landed: dict[str, tuple[str, str | None]], what: str) -> dict[str, dict[str, Any]]:
+        """Until every landed batch is validated or quarantined; their outcomes by period."""
+        outcomes: dict[str, dict[str, Any]] = {}
+
+        def probe() -> tuple[bool, int]:
+            for period, (digest, _) in landed.items():
+                if period not in outcomes:
+                    outcome = batch_outcome(self.lake, period, digest)
+                    if outcome["status"] != "pending":
+                        outcomes[period] = outcome
+            return len(outcomes) == len(landed), len(outcomes)
+
+        self._wait_progress(f"the batches of {what} to be validated or quarantined", probe)
+        return outcomes
+
+    def _features(self, row: PeriodRow, validated: list[str], *, held: bool = False, before: set | None = None) -> None:
+        """Step 2: release the features DAG if it was held (one ``validated_batch`` event: one run builds every
+        validated period without features), wait for a new features Asset event covering the last validated
+        period, then for the features DAG to be idle; every validated period must then have its features.
+
+        :param row: the step's row.
+        :param validated: the step's validated periods.
+        :param held: the features DAG was paused while the batches validated.
+        :param before: the ids of the features events before the step (an older event never counts).
+        """
         started = time.monotonic()
-        self._wait(f"features of {row.period}", lambda: self._features_event(row.period))
-        self._wait_idle(self.dags["features"])
+        last, dag_id = validated[-1], self.dags["features"]
+        if held:
+            # Every validation is done (the ingest runs too): one run then sees every validated period.
+            self._wait_idle(self.dags["ingest_validate"])
+            self.client.unpause(dag_id)
+            extra = {"period": last, "periods": validated, "source": "replay", "note": "released after a bulk load"}
+            if self.usecase.source.period == "month":
+                extra["month"] = last
+            self.client.post_asset_event(self.assets.validated_batch.uri, extra)
+            self.log(
+                f"   {dag_id} released: one validated_batch event for {span(validated)} "
+                "(one run builds every validated period without features)"
+            )
+        self._wait(f"features of {last}", lambda: self._features_event(last, before))
+        self._wait_idle(dag_id)
+        missing = [p for p in validated if self.lake.read_manifest(self.lake.path("features", p)) is None]
+        if missing:
+            raise ReplayError(
+                f"no features for {len(missing)} validated {self.usecase.source.period}s ({span(missing)}): "
+                f"see the runs of {dag_id} ({self.airflow_url}/dags/{dag_id})"
+            )
         row.seconds["features"] = round(time.monotonic() - started, 1)
+        if len(validated) > 1:
+            self.log(
+                f"   features of {len(validated)} {self.usecase.source.period}s in {row.seconds['features']:.0f} s"
+            )
 
-    def _traffic(self, row: PeriodRow) -> None:
-        """Step 3: the period's requests through the serving endpoint, if a champion serves."""
+    def _traffic(self, row: PeriodRow, validated: list[str] | None = None) -> None:
+        """Step 3: the step's requests (each validated period's ``demo_requests``) through the serving endpoint, if
+        a champion serves."""
+        import pandas as pd
+
         from airflow_mlops import traffic
         from airflow_mlops.core import replay_source
         from airflow_mlops.operators.features import read_validated
         from airflow_mlops.serving_process import embedded_token
 
         started = time.monotonic()
-        period = row.period
+        validated = validated or row.covered
         url = self._serving_url()
         if not replay_source.has_demo_requests(self.usecase):
             self.log(f"   {self.usecase.module_file.name} has no demo_requests: no live traffic")
         elif url is None:
-            self.log(f"   no champion serving yet: no traffic answered for {period}")
+            self.log(f"   no champion serving yet: no traffic answered for {row.label}")
         else:
-            frames = read_validated(self.lake, period, self.usecase.source.files)
-            if frames is None:
-                raise ReplayError(f"validated/{period}/ disappeared before its traffic was sent")
-            requests = replay_source.demo_requests(self.usecase, period, frames)
+            parts = []
+            for period in validated:
+                frames = read_validated(self.lake, period, self.usecase.source.files)
+                if frames is None:
+                    raise ReplayError(f"validated/{period}/ disappeared before its traffic was sent")
+                parts.append(replay_source.demo_requests(self.usecase, period, frames))
+            requests = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
             bodies = traffic.requests_from_frame(requests, self.usecase)
             result = traffic.send(
                 url,
                 bodies,
-                period=period,
+                period=row.label,
                 batch_size=self.traffic_batch_size,
                 concurrency=self.traffic_concurrency,
                 log=self.log,
@@ -409,22 +581,29 @@ class Replay:
             row.traffic = result.to_dict()
             row.served_by = ",".join(sorted(result.versions)) or None
             if result.failed:
-                raise ReplayError(f"traffic of {period}: {result.failed} predictions failed: {result.errors[:3]}")
+                raise ReplayError(f"traffic of {row.label}: {result.failed} predictions failed: {result.errors[:3]}")
             # The outcomes are announced once every answered prediction is in the log monitoring reads.
             traffic.wait_logged(url, timeout=self.timeout, token=embedded_token())
         row.seconds["traffic"] = round(time.monotonic() - started, 1)
 
-    def _monitoring(self, row: PeriodRow) -> None:
-        """Step 4: the upstream announces the outcomes; wait for the monitoring run and read its decision."""
+    def _monitoring(self, row: PeriodRow, validated: list[str] | None = None) -> None:
+        """Step 4: the upstream announces the step's outcomes in one event; wait for the monitoring run and read
+        its decision."""
         started = time.monotonic()
-        period, dag_id = row.period, self.dags["monitoring"]
+        validated = validated or row.covered
+        period, dag_id = validated[-1], self.dags["monitoring"]
+        monthly = self.usecase.source.period == "month"
         before = self._run_ids(dag_id)
-        extra = {"period": period, **({"month": period} if len(period) == 7 else {}), "source": "replay"}
+        extra: dict[str, Any] = {"period": period, **({"month": period} if monthly else {}), "source": "replay"}
+        if len(validated) > 1:
+            extra["periods"] = list(validated)
+            if monthly:
+                extra["months"] = list(validated)
         self.client.post_asset_event(self.assets.outcomes.uri, extra)
-        run = self._wait_new_run(dag_id, before, f"the monitoring run of {period}", ("asset_triggered",))
+        run = self._wait_new_run(dag_id, before, f"the monitoring run of {row.label}", ("asset_triggered",))
         row.runs["monitoring"] = run["dag_run_id"]
         if run["state"] != "success":
-            raise ReplayError(f"monitoring of {period} failed: {self.run_link(dag_id, run['dag_run_id'])}")
+            raise ReplayError(f"monitoring of {row.label} failed: {self.run_link(dag_id, run['dag_run_id'])}")
         self._read_monitoring(row, run["dag_run_id"])
         row.seconds["monitoring"] = round(time.monotonic() - started, 1)
 
@@ -434,7 +613,7 @@ class Replay:
         dag_id = self.dags["training"]
         if row.retrain:
             run = self._wait_new_run(
-                dag_id, self._training_before, f"the training run asked for by {row.period}", ("asset_triggered",)
+                dag_id, self._training_before, f"the training run asked for by {row.label}", ("asset_triggered",)
             )
             row.runs["training"] = run["dag_run_id"]
             self._read_training(row, run)
@@ -475,9 +654,18 @@ class Replay:
         return " | ".join(f"{e.get('filename')}: {str(e.get('stack_trace') or '')[-400:]}" for e in found or [])
 
     # -- reading what happened -------------------------------------------------------------------------------
-    def _features_event(self, period: str) -> dict[str, Any] | None:
-        """The newest features Asset event that covers ``period``."""
+    def _features_event_ids(self) -> set:
+        """The ids of the newest features Asset events (what a step must not mistake for its own)."""
+        try:
+            return {e.get("id") for e in self.client.asset_events(self.assets.features.uri, limit=20)}
+        except LookupError:  # the Asset is not registered yet: no event either
+            return set()
+
+    def _features_event(self, period: str, before: set | None = None) -> dict[str, Any] | None:
+        """The newest features Asset event that covers ``period`` (and is not one of ``before``)."""
         for event in self.client.asset_events(self.assets.features.uri, limit=20):
+            if before and event.get("id") in before:
+                continue
             if event_covers(event.get("extra") or {}, period):
                 return event
         return None
@@ -516,9 +704,13 @@ class Replay:
         row.suppressed_by = decision.get("suppressed_by")
         verdict = "RETRAIN" if row.retrain else f"no retrain ({row.suppressed_by or 'no trigger'})"
         label = METRIC_LABELS.get(self.metric, self.metric)
+        periods = perf.get("periods") or drift.get("periods") or []
+        window = f" over {span(periods)}" if len(periods) > 1 else ""
+        judged = "" if perf.get("enough_rows", True) or not perf else ", too few to judge"
         self.log(
-            f"   monitoring: drift share {_fmt(row.drift_share)}, prediction drift {_fmt(row.prediction_drift, 3)}, "
-            f"live {label} {_fmt(row.live_value, 3)} (hold-out {_fmt(row.holdout_value, 3)}); policy: {verdict}"
+            f"   monitoring{window}: drift share {_fmt(row.drift_share)}, prediction drift "
+            f"{_fmt(row.prediction_drift, 3)}, live {label} {_fmt(row.live_value, 3)} on {row.live_rows or 0} "
+            f"rows{judged} (hold-out {_fmt(row.holdout_value, 3)}); policy: {verdict}"
         )
         for reason in row.policy_reasons[:4]:
             self.log(f"     - {reason}")

@@ -63,7 +63,7 @@ def table_lines(rows: list[PeriodRow], metric: str | None = None) -> list[str]:
     :param metric: the live metric (default: the rows').
     """
     metric = metric_of(rows, metric)
-    period_width = max([6, *(len(r.period) for r in rows)])
+    period_width = max([6, *(len(r.label) for r in rows)])
     columns = [(name.format(metric=_short_label(metric)), width) for name, width in COLUMNS]
     widths = [period_width, *(max(width, len(name)) for name, width in columns)]
     names = ["period", *(name for name, _ in columns)]
@@ -79,7 +79,7 @@ def table_lines(rows: list[PeriodRow], metric: str | None = None) -> list[str]:
         if r.promoted:
             champion += "*"
         cells = [
-            r.period,
+            r.label,
             str(r.rows),
             r.validation,
             str((r.traffic or {}).get("answered", "-")),
@@ -91,14 +91,20 @@ def table_lines(rows: list[PeriodRow], metric: str | None = None) -> list[str]:
         ]
         lines.append(line(cells))
     lines.append(
-        f"(* promoted this period; rows = rows of the batch's primary file; drift = share of model features drifted; "
-        f"live {metric_label(metric)} on the period's answered requests)"
+        f"(* promoted in this step; rows = rows of the batches' primary file; drift = share of model features drifted; "
+        f"live {metric_label(metric)} on the answered requests of the monitoring window ending with the step)"
     )
     lines.append("")
     for r in rows:
         why = []
         if r.quarantined:
-            why.append("quarantined: " + "; ".join(", ".join(q["failed"]) for q in r.quarantined))
+            why.append(
+                "quarantined: "
+                + "; ".join(
+                    (f"{q['period']} " if q.get("period") and r.periods else "") + ", ".join(q["failed"])
+                    for q in r.quarantined
+                )
+            )
         if r.policy_reasons:
             why.append(
                 f"policy ({'retrain' if r.retrain else r.suppressed_by or 'no trigger'}): "
@@ -107,7 +113,7 @@ def table_lines(rows: list[PeriodRow], metric: str | None = None) -> list[str]:
         if r.gate:
             why.append(f"gate {r.gate}: " + "; ".join(r.gate_reasons[:2]))
         if why:
-            lines.append(f"{r.period}: " + " | ".join(why))
+            lines.append(f"{r.label}: " + " | ".join(why))
     return lines
 
 
@@ -135,7 +141,7 @@ def plot_png(rows: list[PeriodRow], title: str = "airflow-mlops replay", metric:
 
     metric = metric_of(rows, metric)
     label = metric_label(metric)
-    periods = [r.period for r in rows]
+    periods = [r.label for r in rows]
     x = list(range(len(rows)))
     fig, value_ax = plt.subplots(figsize=(11, 5), dpi=110)
     drift_ax = value_ax.twinx()
@@ -176,7 +182,8 @@ def plot_png(rows: list[PeriodRow], title: str = "airflow-mlops replay", metric:
         if r.quarantined:
             value_ax.annotate("quarantined", (i, 0.03), xycoords=marks, ha="center", fontsize=8, color="#b00020")
     step = max(1, math.ceil(len(rows) / 16))
-    value_ax.set_xticks(x[::step], periods[::step], rotation=0 if step == 1 and len(rows) <= 12 else 30)
+    short = step == 1 and len(rows) <= 12 and max(map(len, periods), default=0) <= 10
+    value_ax.set_xticks(x[::step], periods[::step], rotation=0 if short else 30, ha="center" if short else "right")
     value_ax.set_title(title)
     handles = value_ax.get_legend_handles_labels()[0] + drift_ax.get_legend_handles_labels()[0]
     value_ax.legend(handles=handles, loc="lower left", fontsize=8)
@@ -225,7 +232,7 @@ def summary_html(rows: list[PeriodRow], meta: dict[str, Any]) -> str:
             + "".join(
                 f"<td>{c}</td>"
                 for c in (
-                    e(r.period),
+                    e(r.label),
                     r.rows,
                     e(r.validation),
                     (r.traffic or {}).get("answered", "-"),

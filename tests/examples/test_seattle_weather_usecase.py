@@ -141,8 +141,9 @@ def test_the_packaged_data_is_every_day_of_four_years(data):
         frame.drop(columns="date"), data.drop(columns="date").reset_index(drop=True), check_dtype=False
     )
     assert set(frame["weather"]) == set(M.WEATHER)
-    assert USECASE.source.schedule_first == frame["date"].iloc[0]
-    assert USECASE.source.schedule_last == frame["date"].iloc[-1]
+    # Landing-driven (no schedule: no catch-up runs); the demo's range is the packaged data's.
+    assert USECASE.source.schedule_first is None and USECASE.source.schedule_last is None
+    assert M.DEMO_PERIODS == (frame["date"].iloc[0], frame["date"].iloc[-1])
 
 
 def test_demo_batches_are_one_day_each(data):
@@ -376,9 +377,61 @@ CORRUPTION_SIGNATURES = {
 
 
 def test_every_corruption_has_a_signature():
-    assert set(CORRUPTION_SIGNATURES) == set(M.CORRUPTIONS)
+    assert set(CORRUPTION_SIGNATURES) == set(M.CORRUPTIONS) == set(M.CORRUPTION_KINDS)
     with pytest.raises(ValueError, match="unknown corruption"):
         M.corrupt(M.demo_batches("2013-07-04")["observations.csv"], "nope")
+
+
+def test_corruptions_follow_the_demo_contract():
+    """``CORRUPTIONS[kind](files, frames)`` rewrites the batch file's bytes from the good frame, as ``corrupt``
+    breaks it; the replay source accepts the mapping (first kind: the demo's default)."""
+    from airflow_mlops.core import replay_source
+
+    assert list(replay_source.corruptions(USECASE)) == list(M.CORRUPTION_KINDS)
+    good = M.demo_batches("2013-07-04")
+    for kind, rewrite in M.CORRUPTIONS.items():
+        files = {name: frame.to_csv(index=False).encode() for name, frame in good.items()}
+        rewrite(files, {name: frame.copy() for name, frame in good.items()})
+        assert files["observations.csv"] == M.corrupt(good["observations.csv"], kind).to_csv(index=False).encode()
+        assert rewrite.__doc__ and kind in rewrite.__doc__
+        broken = replay_source.batch_files("2013-07-04", kind, USECASE)
+        assert broken == files, kind
+
+
+def test_demo_requests_ask_for_each_day_of_the_batch_and_pass_the_request_schema(winter):
+    """One request per day (the schema has no other dimension: one station), for the day itself; the request's
+    keys are the label row's, so monitoring joins it with the day's outcome."""
+    from airflow_mlops import traffic
+    from airflow_mlops.core import replay_source
+    from airflow_mlops.core.request_schema import request_frame, request_model
+
+    requests = replay_source.demo_requests(USECASE, "2014-02-10", winter["2014-02-10"])
+    assert requests.to_dict("records") == [{"date": "2014-02-10", "station": "SEA"}]
+    spec = USECASE.serving["request"]
+    bodies = traffic.requests_from_frame(requests, USECASE)
+    model = request_model(spec, base_dir=USECASE.folder)
+    rows = request_frame([model.model_validate(body) for body in bodies], spec)
+    keys = M.entity_keys(rows, FeatureContext(period="2014-02-10", params=SPEC.params))
+    label = M.label_rows(context("2014-02-10", winter))
+    assert keys[M.ID].tolist() == label[M.ID].tolist() == ["SEA@20140210"]
+
+
+def test_the_default_demo_backfills_the_first_models_days_then_steps_a_week():
+    """``make demo EXAMPLE=seattle_weather``: the days the policy's first model needs land at once (the check of
+    the last of them asks for it), then weekly live steps; the broken day falls in a live step."""
+    from airflow_mlops import demo
+    from airflow_mlops.core import replay_source
+
+    plan = demo.plan(demo.parser().parse_args(["--usecase", str(FOLDER)]))
+    bootstrap = USECASE.monitoring["policy"]["bootstrap"]["min_periods"]
+    assert plan.backfill == bootstrap + 1 and plan.step == 7
+    assert plan.periods[0] == M.DEMO_PERIODS[0]
+    assert len(plan.periods) == plan.backfill + replay_source.DAILY_DEMO_LIVE_DAYS
+    (broken,) = plan.corrupt
+    assert broken in plan.periods[plan.backfill :] and plan.corrupt[broken] == next(iter(M.CORRUPTIONS))
+    # A check's window holds the predictions of min_rows days at least, and more than one step's worth.
+    window = USECASE.monitoring["window_periods"]
+    assert window > plan.step and window >= USECASE.monitoring["performance"]["min_rows"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,10 @@ reported beside the drift, not folded into it.
 
 The period's inputs are generic: the traffic's event time (``event_times``), the batch rows of a committed
 feature partition (``batch_frame``) and the columns monitored (``MonitoredColumns``) are named by the caller,
-never by a domain. ``assess_period`` and ``period_summary`` make one check of a period.
+never by a domain. ``assess_period`` and ``period_summary`` make one check of a period. A check of period ``p``
+covers the monitoring window (``monitoring_window``: ``monitoring.window_periods`` periods ending with ``p``), so a
+use case whose period holds few predictions (a day of one request) still gathers enough rows to judge;
+``window_batch_frame`` concatenates the window's batch rows.
 
 Plain functions and dataclasses, no Airflow import; numpy / pandas are imported inside the functions.
 """
@@ -33,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import numpy as np
     import pandas as pd
 
@@ -114,6 +119,58 @@ class DriftSettings:
             min_rows=int(drift.get("min_rows", 500)),
             max_missing_increase=float(quality.get("max_missing_increase", 0.1)),
         )
+
+
+#: The monitoring config's key of the window a check covers, in periods ending with the period checked.
+WINDOW_KEY = "window_periods"
+
+
+@dataclass(frozen=True)
+class MonitoringWindow:
+    """What a check of one period covers: the ``window`` periods ending with it, and their data interval.
+
+    :param period: the period checked (the newest of the window).
+    :param periods: the window's periods, oldest first, ending with ``period``.
+    :param start: the start (UTC) of the oldest period: the period's start shifted back ``window - 1`` periods.
+    :param end: the end (UTC, exclusive) of ``period``.
+    """
+
+    period: str
+    periods: tuple[str, ...]
+    start: datetime
+    end: datetime
+
+
+def window_size(config: dict[str, Any]) -> int:
+    """``monitoring.window_periods`` of the monitoring config (default 1: the period alone).
+
+    :param config: the monitoring config (the use case's ``monitoring`` section).
+    :raises ValueError: not a whole number of at least 1 (the message names the key).
+    """
+    value = config.get(WINDOW_KEY, 1)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+        raise ValueError(f"monitoring.{WINDOW_KEY} must be a whole number of periods (1 or more), not {value!r}")
+    size = int(value)
+    if size < 1:
+        raise ValueError(f"monitoring.{WINDOW_KEY} must be at least 1 (the period checked alone), not {size}")
+    return size
+
+
+def monitoring_window(period: str, window: int = 1) -> MonitoringWindow:
+    """The window a check of ``period`` covers: the ``window`` periods ending with it and their data interval
+    ``[start of the oldest, end of period)``.
+
+    :param period: ``YYYY-MM`` or ``YYYY-MM-DD``: the period checked.
+    :param window: how many periods, ``period`` included (1: the period alone).
+    :raises ValueError: not a period, or a window below 1.
+    """
+    from airflow_mlops.core.batches import parse_period, period_bounds, window_periods
+
+    period = parse_period(period)
+    periods = tuple(window_periods(period, window))
+    return MonitoringWindow(period, periods, period_bounds(periods[0])[0], period_bounds(period)[1])
 
 
 # -- the reference profile ----------------------------------------------------------------------------------
@@ -550,6 +607,41 @@ def batch_frame(
         rows = view[[id_column, *extra]].drop_duplicates(id_column, keep="last")
         out = out.merge(rows, on=id_column, how="left")
     return out
+
+
+def window_batch_frame(
+    partitions: dict[str, dict[str, pd.DataFrame]],
+    *,
+    id_column: str,
+    label: str,
+    features: list[str] | tuple[str, ...],
+    labels_name: str = LABELS_FILE,
+) -> pd.DataFrame | None:
+    """The batch rows of a monitoring window: ``batch_frame`` of each committed partition, concatenated in period
+    order (a period without a partition or without label rows adds nothing).
+
+    :param partitions: period → the partition's frames by file stem (the window's committed partitions).
+    :param id_column: the row id.
+    :param label: the label column.
+    :param features: the model's features; those present are kept.
+    :param labels_name: the stem of the label rows' file.
+    :return: None when no partition has label rows.
+    """
+    import pandas as pd
+
+    parts = [
+        frame
+        for period in sorted(partitions)
+        if (
+            frame := batch_frame(
+                partitions[period], id_column=id_column, label=label, features=features, labels_name=labels_name
+            )
+        )
+        is not None
+    ]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 # -- one period's check ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The outcomes of a period are rows of (id, label): from the use case's ``outcomes(ctx)`` function, else its
 ``label_rows(ctx)`` (``load_outcomes``), else the label rows of the period's committed feature partition
-(``outcomes_from_labels``). A logged prediction joins its outcome on the id; the newest prediction per id counts;
+(``outcomes_from_labels``); a check covering a window of periods concatenates theirs (``window_outcomes``). A logged prediction joins its outcome on the id; the newest prediction per id counts;
 predictions without an outcome are left out, and counted.
 
 The task decides the metrics: ``classification`` scores probabilities (ROC AUC, log loss, Brier, precision and
@@ -141,6 +141,24 @@ def outcomes_from_labels(labels: pd.DataFrame, *, id_column: str, label: str) ->
     :param label: the label column.
     """
     return check_outcomes(labels, id_column=id_column, label=label, where="the feature partition's label rows")
+
+
+def window_outcomes(parts: dict[str, pd.DataFrame], *, id_column: str, label: str) -> pd.DataFrame | None:
+    """The outcomes of a monitoring window: each period's outcomes (id, label), concatenated in period order; an id
+    known in two periods keeps its newest outcome (a later period corrected it).
+
+    :param parts: period → that period's outcomes (``check_outcomes``' result, or any frame with the two columns).
+    :param id_column: the id column.
+    :param label: the label column.
+    :return: None when no period has outcomes.
+    """
+    import pandas as pd
+
+    frames = [parts[period][[id_column, label]] for period in sorted(parts) if parts[period] is not None]
+    if not frames:
+        return None
+    joined = pd.concat(frames, ignore_index=True)
+    return joined.drop_duplicates(id_column, keep="last").reset_index(drop=True)
 
 
 @dataclass

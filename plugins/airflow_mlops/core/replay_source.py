@@ -9,8 +9,13 @@ A use case's ``usecase.py`` may provide, for the demo (docs/usecase.md):
 * ``CORRUPTIONS: {kind: fn(files, frames)}``: broken deliveries; ``fn`` rewrites ``files`` (file name → bytes of
   the good batch) from ``frames`` (file name → the good batch's DataFrames). The first kind is the demo's default.
 
+* ``DEMO_PERIODS = (first, last)``: the periods ``demo_batches`` can deliver, the replay's default range (else
+  ``source.schedule``; a landing-driven use case has none).
+
 This module turns them into landed bytes (CSV or Parquet by the file's name), checks what the functions return,
-and decides which periods a replay covers. No Airflow import; pandas only inside functions.
+and decides which periods a replay covers and how it groups them: a backfill (the first periods at once: a daily
+use case lands the days its first model needs), then live steps (a week of days, or one month, at a time). No
+Airflow import; pandas only inside functions.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ if TYPE_CHECKING:
 
     from airflow_mlops.usecase.config import UseCase
 
-#: A daily use case's default replay: its first this many scheduled days (a full schedule of years is hours)...
+#: A daily use case's default replay: at least its first this many days (a range of years would take hours)...
 DAILY_DEMO_DAYS = 90
-#: ...or, when its policy bootstraps the first model later, that many days plus this many of serving and monitoring.
-DAILY_DEMO_AFTER_BOOTSTRAP = 30
+#: ...or the days its first model needs (landed at once: the backfill) plus this many of serving and monitoring.
+DAILY_DEMO_LIVE_DAYS = 42
+#: A daily replay's live step: this many days land at once, then one outcomes event, one monitoring run.
+DAILY_DEMO_STEP = 7
 
 Corruption = Callable[[dict[str, bytes], dict[str, "pd.DataFrame"]], None]
 
@@ -289,38 +296,111 @@ def bootstrap_periods(usecase: UseCase) -> int | None:
     return None if value is None else int(value)
 
 
-def default_periods(usecase: UseCase) -> tuple[list[str], str | None]:
-    """The periods a replay covers by default, and a note when it is not the whole schedule.
-
-    ``source.schedule`` first..last. A daily use case replays at most its first :data:`DAILY_DEMO_DAYS` days — or,
-    if its policy bootstraps the first model later, that many days plus :data:`DAILY_DEMO_AFTER_BOOTSTRAP` — so the
-    window shows a first model, its monitoring and the broken delivery; a full schedule of years would take hours.
+def demo_range(usecase: UseCase) -> tuple[str, str]:
+    """The first and last period a replay of the use case may cover: its module's ``DEMO_PERIODS`` (the range its
+    ``demo_batches`` can deliver), else ``source.schedule`` first..last.
 
     :param usecase: the use case.
-    :raises DemoSourceError: the use case has no schedule (name the periods then).
+    :raises DemoSourceError: neither is declared, or ``DEMO_PERIODS`` is not two periods of the use case's kind in
+        order (the message names what to set).
     """
+    from airflow_mlops.usecase.user_code import UserCodeError, load_module
+
+    try:
+        declared = getattr(load_module(usecase.module_file), "DEMO_PERIODS", None)
+    except UserCodeError as err:
+        raise DemoSourceError(str(err)) from err
+    if declared is not None:
+        where = f"{usecase.module_file.name}: DEMO_PERIODS"
+        if isinstance(declared, str) or not isinstance(declared, Iterable) or len(items := list(declared)) != 2:
+            raise DemoSourceError(f"{where} must be (first, last): two {usecase.source.period}s, not {declared!r}")
+        try:
+            first, last = (check_period(usecase, str(item)) for item in items)
+        except DemoSourceError as err:
+            raise DemoSourceError(f"{where}: {err}") from err
+        if last < first:
+            raise DemoSourceError(f"{where}: {last} is before {first}")
+        return first, last
     source = usecase.source
     if not source.schedule_first or not source.schedule_last:
         raise DemoSourceError(
-            f"{usecase.config_file}: source.schedule is null: name the periods to replay (--periods FIRST:LAST)"
+            f"{usecase.config_file}: source.schedule is null and {usecase.module_file.name} declares no DEMO_PERIODS: "
+            "name the periods to replay (--periods FIRST:LAST), or set DEMO_PERIODS = (first, last) in the module"
         )
-    periods = period_range([f"{source.schedule_first}:{source.schedule_last}"], source.period)
-    if source.period != "day":
-        return periods, None
+    return source.schedule_first, source.schedule_last
+
+
+def default_backfill(usecase: UseCase, periods: list[str] | None = None) -> int:
+    """How many of a replay's first periods land at once by default: for a daily use case, enough for the policy's
+    first model (``monitoring.policy.bootstrap`` + 1: the check of the last of them asks for it); none for a monthly
+    one, or without a bootstrap rule (each period is then a step of its own).
+
+    :param usecase: the use case.
+    :param periods: the replayed periods (the backfill is at most all of them).
+    """
     bootstrap = bootstrap_periods(usecase)
-    days = max(DAILY_DEMO_DAYS, (bootstrap or 0) + DAILY_DEMO_AFTER_BOOTSTRAP)
+    if usecase.source.period != "day" or bootstrap is None:
+        return 0
+    wanted = bootstrap + 1
+    return min(wanted, len(periods)) if periods is not None else wanted
+
+
+def default_step(usecase: UseCase) -> int:
+    """How many periods a live step of a replay lands at once by default: :data:`DAILY_DEMO_STEP` days for a daily
+    use case, one month for a monthly one.
+
+    :param usecase: the use case.
+    """
+    return DAILY_DEMO_STEP if usecase.source.period == "day" else 1
+
+
+def plan_steps(periods: list[str], backfill: int = 0, step: int = 1) -> list[list[str]]:
+    """The replay's steps: the first ``backfill`` periods at once (if more than none), then ``step`` at a time.
+
+    :param periods: the replayed periods, in order.
+    :param backfill: how many of the first periods land in the first step (0: none; 1 is a step of one).
+    :param step: how many periods each later step lands (1 or more).
+    :raises DemoSourceError: a negative backfill or a step below 1.
+    """
+    if backfill < 0:
+        raise DemoSourceError(f"--backfill must be 0 or more, not {backfill}")
+    if step < 1:
+        raise DemoSourceError(f"--step must be 1 or more, not {step}")
+    head = periods[:backfill]
+    rest = periods[len(head) :]
+    return ([head] if head else []) + [rest[i : i + step] for i in range(0, len(rest), step)]
+
+
+def default_periods(usecase: UseCase) -> tuple[list[str], str | None]:
+    """The periods a replay covers by default, and a note when it is not the whole range.
+
+    The demo range (:func:`demo_range`: ``DEMO_PERIODS``, else ``source.schedule``). A monthly use case replays all
+    of it. A daily one replays its first days: the default backfill (the first model's days, landed at once), then
+    :data:`DAILY_DEMO_LIVE_DAYS` days of serving and monitoring in weekly steps — at least :data:`DAILY_DEMO_DAYS`
+    days; a range of years would take hours.
+
+    :param usecase: the use case.
+    :raises DemoSourceError: the use case declares no range (name the periods then).
+    """
+    first, last = demo_range(usecase)
+    periods = period_range([f"{first}:{last}"], usecase.source.period)
+    if usecase.source.period != "day":
+        return periods, None
+    backfill = default_backfill(usecase)
+    days = max(DAILY_DEMO_DAYS, backfill + DAILY_DEMO_LIVE_DAYS)
     if len(periods) <= days:
         return periods, None
     kept = periods[:days]
+    step = default_step(usecase)
     why = (
-        f"the policy asks for the first model after {bootstrap} days (monitoring.policy.bootstrap), then "
-        f"{days - bootstrap} days of serving and monitoring"
-        if bootstrap is not None and days > DAILY_DEMO_DAYS
-        else "enough for a first model, its monitoring and a broken delivery"
+        f"the policy's first model needs {backfill - 1} validated days (monitoring.policy.bootstrap): "
+        f"{backfill} land at once, then {days - backfill} days of serving and monitoring, {step} at a time"
+        if backfill
+        else f"enough for a first model, its monitoring and a broken delivery, {step} days at a time"
     )
     note = (
-        f"{usecase.name} is daily: replaying its first {days} of {len(periods)} scheduled days "
-        f"({kept[0]}..{kept[-1]}): {why}; name others with --periods FIRST:LAST"
+        f"{usecase.name} is daily: replaying its first {days} of {len(periods)} days "
+        f"({kept[0]}..{kept[-1]}): {why}; name others with --periods FIRST:LAST (--backfill N, --step N)"
     )
     return kept, note
 
@@ -346,16 +426,19 @@ def parse_corrupt(specs: Iterable[str], kinds: Mapping[str, Any], kind: str | No
     return out
 
 
-def default_corrupt(periods: list[str], kinds: Mapping[str, Any]) -> dict[str, str]:
+def default_corrupt(periods: list[str], kinds: Mapping[str, Any], backfill: int = 0) -> dict[str, str]:
     """The demo's broken delivery when none is named: the first kind of ``kinds`` on the period a third of the way
-    into the replay (none when the use case declares no corruption).
+    into the replay's live part (after the ``backfill`` periods landed at once; all of them if nothing is left),
+    none when the use case declares no corruption.
 
     :param periods: the replayed periods, in order.
     :param kinds: the use case's ``CORRUPTIONS``.
+    :param backfill: how many of the first periods land at once.
     """
     if not periods or not kinds:
         return {}
-    return {periods[len(periods) // 3]: next(iter(kinds))}
+    live = periods[backfill:] or periods
+    return {live[len(live) // 3]: next(iter(kinds))}
 
 
 def __getattr__(name: str) -> Any:

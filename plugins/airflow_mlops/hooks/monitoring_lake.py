@@ -49,6 +49,16 @@ class MonitoringLakeHook(LakeHook):
             if name.endswith(".parquet")
         }
 
+    def window_partitions(self, zone: str, periods: list[str] | tuple[str, ...]) -> dict[str, dict[str, pd.DataFrame]]:
+        """The committed ``<zone>/<period>/`` of each of ``periods`` (a monitoring window) by period; a period not
+        committed is left out.
+
+        :param zone: e.g. ``validated`` or ``features``.
+        :param periods: the window's periods.
+        """
+        found = {period: self.partition_frames(zone, period) for period in periods}
+        return {period: frames for period, frames in found.items() if frames is not None}
+
     def read_committed_frame(self, uri: str, sha256: str) -> pd.DataFrame:
         """The Parquet file at ``uri``, which its folder's manifest must commit with ``sha256``.
 

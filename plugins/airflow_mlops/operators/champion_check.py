@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 
 class ChampionCheckOperator(MonitoringBaseOperator):
-    """A check of the champion on one month: its arguments, the champion, its reference and its traffic.
+    """A check of the champion on one period: its arguments, the champion, its reference and its traffic.
+
+    A check of period ``p`` covers the monitoring window: the ``window_periods`` periods of the config ending with
+    ``p`` (default 1: ``p`` alone); its interval runs from the start of the oldest to the end of ``p``.
 
     The columns it reads are named by arguments, else by the monitoring config, else by the champion's training
     config; none is a domain name.
@@ -111,23 +114,31 @@ class ChampionCheckOperator(MonitoringBaseOperator):
             return self.local_training_config()
 
     def start(self, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The month's champion and the summary's common part (month, interval, model, version, run).
+        """The period's champion and the summary's common part: month (the period checked), periods (the
+        monitoring window, oldest first, ending with it), interval (the window's data interval), model, version, run.
 
         :raises AirflowSkipException: no champion yet: nothing to monitor.
         """
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_mlops.core.batches import period_bounds
-
         month = self.period(context)
-        start, end = period_bounds(month)
+        window = self.window(month)
         champion = self.champion()
         if champion is None:
             raise AirflowSkipException(f"no {self.champion_alias} model yet: nothing to monitor for {month}")
+        if len(window.periods) > 1:
+            self.log.info(
+                "%s: the check covers the %d periods %s..%s (monitoring.window_periods)",
+                month,
+                len(window.periods),
+                window.periods[0],
+                window.periods[-1],
+            )
         return champion, {
             "month": month,
-            "interval_start": start.isoformat(),
-            "interval_end": end.isoformat(),
+            "periods": list(window.periods),
+            "interval_start": window.start.isoformat(),
+            "interval_end": window.end.isoformat(),
             "model": champion["name"],
             "champion_version": champion["version"],
             "champion_run_id": champion["run_id"],
@@ -206,7 +217,7 @@ class ChampionCheckOperator(MonitoringBaseOperator):
         return profile, sample
 
     def traffic(self, summary: dict[str, Any], columns: MonitoredColumns) -> pd.DataFrame:
-        """The logged predictions of events in the summary's interval."""
+        """The logged predictions of events in the summary's interval (the monitoring window's)."""
         return self.lake.traffic(
             self.inference_log_zone,
             datetime.fromisoformat(summary["interval_start"]),
@@ -215,3 +226,11 @@ class ChampionCheckOperator(MonitoringBaseOperator):
             id_column=columns.id,
             id_time_format=columns.id_time_format,
         )
+
+
+def period_span(periods: list[str] | tuple[str, ...]) -> str:
+    """``first..last`` of several periods (a monitoring window), the period of one.
+
+    :param periods: periods, oldest first.
+    """
+    return periods[0] if len(periods) == 1 else f"{periods[0]}..{periods[-1]}"

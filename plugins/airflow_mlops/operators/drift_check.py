@@ -1,11 +1,12 @@
-"""Stage 9, drift: a month's traffic and batch against the champion's reference (``core.drift``)."""
+"""Stage 9, drift: a period's traffic and batch (over the monitoring window) against the champion's reference
+(``core.drift``)."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.operators.champion_check import ChampionCheckOperator
+from airflow_mlops.operators.champion_check import ChampionCheckOperator, period_span
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -15,12 +16,13 @@ if TYPE_CHECKING:
 
 
 class DriftCheckOperator(ChampionCheckOperator):
-    """Data, prediction and data-quality drift of a month's traffic and batch against the champion's reference.
+    """Data, prediction and data-quality drift of a period's traffic and batch against the champion's reference.
 
-    Traffic: the inference log's predictions whose event falls in the month (event time, not when it was
-    answered): every model feature it logged plus the prediction column. Batch: the month's committed feature
-    partition (``<features_zone>/<month>/``): its label rows with the features they carry, plus the features of
-    the views keyed by the row id, and the label. Scores come from the champion's cached reference profile; the
+    The check of period ``p`` covers the monitoring window (``window_periods`` of the config, default 1: ``p``
+    alone). Traffic: the inference log's predictions whose event falls in the window (event time, not when it was
+    answered): every model feature it logged plus the prediction column. Batch: the window's committed feature
+    partitions (``<features_zone>/<period>/``): their label rows with the features they carry, plus the features of
+    the views keyed by the row id, and the label, concatenated. Scores come from the champion's cached reference profile; the
     Evidently report shows the same columns with the same method on a seeded sample. The policy reads the
     traffic's figures, or the batch's when the month had too little traffic.
 
@@ -42,7 +44,7 @@ class DriftCheckOperator(ChampionCheckOperator):
 
         started = time.perf_counter()
         traffic = self.traffic(summary, columns)
-        batch = self.batch_features(month, config.features, columns)
+        batch = self.batch_features(summary["periods"], config.features, columns)
         assessed = drift.assess_period(
             profile, traffic, batch, drift_settings, features=config.features, columns=columns
         )
@@ -55,7 +57,7 @@ class DriftCheckOperator(ChampionCheckOperator):
         )
         summary.update(drift.period_summary(assessed, drift_settings))
         if summary["status"] != "ok":
-            summary["reason"] = f"no traffic and no feature partition for {month}"
+            summary["reason"] = f"no traffic and no feature partition for {period_span(summary['periods'])}"
             self.log.warning("%s", summary["reason"])
             return summary
         for line in drift.summary_lines(summary):
@@ -111,19 +113,23 @@ class DriftCheckOperator(ChampionCheckOperator):
         return snapshot
 
     def batch_features(
-        self, month: str, features: list[str] | tuple[str, ...], columns: MonitoredColumns
+        self, periods: list[str] | str, features: list[str] | tuple[str, ...], columns: MonitoredColumns
     ) -> pd.DataFrame | None:
-        """The month's batch rows with the model features its committed feature partition carries, and the label;
-        None without a partition.
+        """The batch rows of the window's periods with the model features their committed feature partitions
+        carry, and the label, concatenated; None without any partition.
 
-        :param month: the month.
+        :param periods: the window's periods (or one period).
         :param features: the model's features.
         :param columns: the monitored columns (id, label).
         """
         from airflow_mlops.core import drift
 
-        files = self.lake.partition_frames(self.features_zone, month)
-        if files is None:
-            self.log.info("no feature partition for %s: traffic only", month)
+        periods = [periods] if isinstance(periods, str) else list(periods)
+        partitions = self.lake.window_partitions(self.features_zone, periods)
+        if not partitions:
+            self.log.info("no feature partition for %s: traffic only", period_span(periods))
             return None
-        return drift.batch_frame(files, id_column=columns.id, label=columns.label, features=features)
+        missing = [p for p in periods if p not in partitions]
+        if missing:
+            self.log.info("no feature partition for %d of the window's periods: %s", len(missing), ", ".join(missing))
+        return drift.window_batch_frame(partitions, id_column=columns.id, label=columns.label, features=features)

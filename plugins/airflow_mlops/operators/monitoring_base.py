@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_mlops.core.drift import MonitoringWindow
     from airflow_mlops.core.training import TrainingConfig
 
 REFERENCE_ZONE = "monitoring/reference"
@@ -116,8 +117,9 @@ def month_from_context(requested: str | None, context: Context, kind: str = "mon
 class MonitoringBaseOperator(BaseOperator):
     """Arguments, config and hooks of every monitoring operator.
 
-    :param usecase: the use-case folder: its ``monitoring`` section is the config, its ``model`` section the
-        training config, its ``source.period`` the kind of period checked.
+    :param usecase: the use-case folder: its ``monitoring`` section is the config (its ``window_periods``: how many
+        periods a check covers, ending with the period checked; default 1), its ``model`` section the training
+        config, its ``source.period`` the kind of period checked.
     :param month: the period checked, ``YYYY-MM`` or ``YYYY-MM-DD`` (templated); empty: the triggering asset events'
         newest period, else the data interval's.
     :param registered_model_name: the model monitored; default ``registered_model_name`` of the training config.
@@ -189,6 +191,23 @@ class MonitoringBaseOperator(BaseOperator):
     def period(self, context: Context) -> str:
         """The period this run checks (see :func:`month_from_context`)."""
         return self.checked(month_from_context, self.month, context, self.period_kind)
+
+    @property
+    def window_periods(self) -> int:
+        """How many periods a check covers, ending with the period checked (``window_periods`` of the config,
+        default 1)."""
+        from airflow_mlops.core.drift import window_size
+
+        return self.checked(window_size, self.config)
+
+    def window(self, period: str) -> MonitoringWindow:
+        """The window a check of ``period`` covers: its periods and their data interval (``core.drift``).
+
+        :param period: the period checked.
+        """
+        from airflow_mlops.core.drift import monitoring_window
+
+        return self.checked(monitoring_window, period, self.window_periods)
 
     def checked(self, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``build(*args, **kwargs)``; its ValueError (a bad config, a broken contract) fails without retries.

@@ -1,10 +1,11 @@
-"""Stage 9, performance: the champion's live metrics on a month, against its hold-out (``core.performance``)."""
+"""Stage 9, performance: the champion's live metrics on a period (over the monitoring window), against its hold-out
+(``core.performance``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.operators.champion_check import ChampionCheckOperator
+from airflow_mlops.operators.champion_check import ChampionCheckOperator, period_span
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -14,10 +15,12 @@ if TYPE_CHECKING:
 
 
 class PerformanceCheckOperator(ChampionCheckOperator):
-    """The champion's live performance on a month: logged predictions joined with the outcomes that arrived.
+    """The champion's live performance on a period: logged predictions joined with the outcomes that arrived.
 
+    The check of period ``p`` covers the monitoring window (``window_periods`` of the config, default 1: ``p``
+    alone): the predictions of events in the window, and the outcomes of the window's periods, concatenated.
     Outcomes (id and label): with ``module_file``, the use case's ``outcomes(ctx)`` (else its ``label_rows(ctx)``)
-    on the month's validated frames; without, the label rows of the month's committed feature partition. The
+    on each period's validated frames; without, the label rows of each period's committed feature partition. The
     newest prediction per id counts. Metrics of the task, overall and per slice (``performance.slice_columns`` of
     the config), are compared with the champion's hold-out evaluation (``evaluation/evaluation.json`` on its
     run): the decay, positive = worse. No outcomes yet, or too few joined rows, is a normal, reported state
@@ -55,12 +58,12 @@ class PerformanceCheckOperator(ChampionCheckOperator):
         champion, summary = self.start(context)
         month, columns = summary["month"], self.columns(champion)
         perf_settings = self.checked(performance.PerformanceSettings.from_config, self.config, task=columns.task)
-        outcomes, reason = self.outcomes(month, columns)
+        outcomes, reason = self.outcomes(summary["periods"], columns)
         if outcomes is None:
             return self._unjudged(summary, "no_outcomes", reason)
         traffic = self.traffic(summary, columns)
         if traffic.empty:
-            return self._unjudged(summary, "no_traffic", f"no logged predictions of {month}")
+            return self._unjudged(summary, "no_traffic", f"no logged predictions of {period_span(summary['periods'])}")
         if columns.prediction not in traffic.columns:
             self.fail(f"the inference log has no prediction column {columns.prediction!r} (set prediction_column)")
         joined = performance.join_outcomes(traffic, outcomes, id_column=columns.id, label=columns.label)
@@ -98,37 +101,47 @@ class PerformanceCheckOperator(ChampionCheckOperator):
         self.log.warning("%s", reason)
         return summary
 
-    def outcomes(self, month: str, columns: MonitoredColumns) -> tuple[pd.DataFrame | None, str | None]:
-        """The month's outcomes (id, label), or None and why not (not arrived yet)."""
+    def outcomes(self, periods: list[str] | str, columns: MonitoredColumns) -> tuple[pd.DataFrame | None, str | None]:
+        """The outcomes (id, label) of the window's periods, concatenated (``core.performance.window_outcomes``),
+        or None and why not (none arrived yet).
+
+        :param periods: the window's periods (or one period).
+        :param columns: the monitored columns (id, label).
+        """
         from airflow_mlops.core import performance
         from airflow_mlops.core.drift import LABELS_FILE
         from airflow_mlops.usecase import FeatureContext, UserCodeError
 
+        periods = [periods] if isinstance(periods, str) else list(periods)
         module_file, params = self.module_file, self.feature_params
         if self.usecase_config is not None:
             module_file = module_file or str(self.usecase_config.module_file)
             params = params if params is not None else self.usecase_config.features.get("params")
+        found: dict[str, pd.DataFrame] = {}
         if not module_file:
-            files = self.lake.partition_frames(self.features_zone, month)
-            if files is None or LABELS_FILE not in files:
-                return None, f"no feature partition with label rows for {month} yet: outcomes unknown"
-            labels = files[LABELS_FILE]
-            return self.checked(
-                performance.outcomes_from_labels, labels, id_column=columns.id, label=columns.label
-            ), None
-        frames = self.lake.partition_frames("validated", month)
-        if frames is None:
-            return None, f"no validated batch for {month} yet: outcomes unknown"
-        ctx = FeatureContext(
-            period=month, frames={month: frames}, params=dict(params or {}), config=self.usecase_config
-        )
-        try:
-            found = performance.load_outcomes(
-                module_file, ctx, id_column=columns.id, label=columns.label, function=self.outcomes_function
-            )
-        except (UserCodeError, performance.OutcomesError) as err:
-            self.fail(str(err))
-        return found, None
+            for period, files in self.lake.window_partitions(self.features_zone, periods).items():
+                if LABELS_FILE in files:
+                    found[period] = self.checked(
+                        performance.outcomes_from_labels, files[LABELS_FILE], id_column=columns.id, label=columns.label
+                    )
+            if not found:
+                return None, f"no feature partition with label rows for {period_span(periods)} yet: outcomes unknown"
+        else:
+            for period, frames in self.lake.window_partitions("validated", periods).items():
+                ctx = FeatureContext(
+                    period=period, frames={period: frames}, params=dict(params or {}), config=self.usecase_config
+                )
+                try:
+                    found[period] = performance.load_outcomes(
+                        module_file, ctx, id_column=columns.id, label=columns.label, function=self.outcomes_function
+                    )
+                except (UserCodeError, performance.OutcomesError) as err:
+                    self.fail(str(err))
+            if not found:
+                return None, f"no validated batch for {period_span(periods)} yet: outcomes unknown"
+        if len(periods) > 1:
+            self.log.info("outcomes of %d of the window's %d periods", len(found), len(periods))
+        return performance.window_outcomes(found, id_column=columns.id, label=columns.label), None
 
     def holdout_evaluation(self, champion: dict[str, Any]) -> dict[str, Any] | None:
         """The champion's hold-out evaluation (``candidate`` of ``evaluation/evaluation.json`` on its run)."""

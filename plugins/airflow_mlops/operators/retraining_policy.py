@@ -107,13 +107,13 @@ class RetrainingPolicyOperator(MonitoringBaseOperator):
         """The checks were skipped: with no champion, the bootstrap case for the month; otherwise skip."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_mlops.core.batches import period_bounds
-
         name = self.model_name()
         if self.mlflow_hook.alias_version(name, self.champion_alias) is not None:
             raise AirflowSkipException("no monitoring summary to decide on (the checks were skipped)")
         month = self.period(context)
-        start, end = period_bounds(month)
+        # The interval the checks would have covered (the monitoring window): cooldowns compare like intervals.
+        window = self.window(month)
+        start, end = window.start, window.end
         months = [m for m in self.lake.committed_periods("validated", self.period_kind) if m <= month]
         self.log.info("no %s model yet; validated months up to %s: %s", self.champion_alias, month, months or "none")
         return {
