@@ -132,7 +132,7 @@ def main() -> int:
     import mlflow
 
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.training import model_save_kwargs
+    from airflow_mlops.hooks.mlflow_tracking import model_save_kwargs
 
     hook = MlflowHook()
     hook.activate()

@@ -85,7 +85,7 @@ def test_a_regression_is_trained_evaluated_gated_registered_and_promoted(champio
 
     from airflow_mlops.core import evaluation as ev
     from airflow_mlops.core import training as core
-    from airflow_mlops.operators.training import load_model
+    from airflow_mlops.hooks.mlflow_tracking import load_model
 
     gate = champion["gate"]
     assert gate["approved"] and gate["champion_version"] is None, gate["reasons"]
@@ -130,7 +130,7 @@ def test_a_regression_is_trained_evaluated_gated_registered_and_promoted(champio
     np.testing.assert_array_equal(np.asarray(pyfunc.predict(example)), fitted.predict(example))
 
     # Retrained from what the run recorded (config artifact + snapshot): the same figures, exactly.
-    from airflow_mlops.operators.training import CONFIG_ARTIFACT
+    from airflow_mlops.core.tracking import CONFIG_ARTIFACT
 
     logged = core.TrainingConfig.from_dict(
         yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{CONFIG_ARTIFACT}"))
@@ -163,7 +163,7 @@ def test_a_factory_candidate_trained_on_noise_is_rejected_against_the_champion(c
     assert run.data.metrics["champion_holdout_rmse"] == champion["evaluated"]["candidate"]["rmse"]
     assert run.data.metrics["holdout_rmse"] > run.data.metrics["champion_holdout_rmse"]
     # The factory's pipeline (imputer + Lasso) sits behind the package's ordinal encoding in the logged model.
-    from airflow_mlops.operators.training import load_model
+    from airflow_mlops.hooks.mlflow_tracking import load_model
 
     model = load_model(hook(), out["trained"]["model_uri"])
     assert type(model.named_steps["model"].steps[-1][1]).__name__ == "Lasso"
