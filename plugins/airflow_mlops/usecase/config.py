@@ -446,10 +446,18 @@ def _check_model(where: _Where, usecase: UseCase) -> None:
 
 
 def projects_dir() -> Path:
-    """The folder whose sub-folders holding an ``mlops.yaml`` are the deployed use cases (``MLOPS_PROJECTS``)."""
+    """The folder whose sub-folders holding an ``mlops.yaml`` are the deployed use cases.
+
+    ``MLOPS_PROJECTS``; else ``<checkout>/examples`` in a source checkout (the example use cases); else, installed
+    from a wheel, ``$AIRFLOW_HOME/mlops_projects`` (next to Airflow's ``dags/``; ``~/airflow`` without AIRFLOW_HOME).
+    """
     from airflow_mlops import settings
 
-    return Path(os.environ.get("MLOPS_PROJECTS") or settings.project_root() / "examples").resolve()
+    configured = os.environ.get("MLOPS_PROJECTS")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    root = settings.checkout_root()
+    return (root / "examples" if root else settings.airflow_home() / "mlops_projects").resolve()
 
 
 def discover(root: str | Path | None = None) -> list[Path]:
