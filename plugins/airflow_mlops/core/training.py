@@ -692,8 +692,9 @@ def _installed_pins() -> tuple[str, ...]:
     return tuple(pins)
 
 
-def git_commit(root: str | Path) -> tuple[str, bool]:
-    """The code version: ``MLOPS_GIT_COMMIT`` if set (e.g. baked into an image), else ``git rev-parse HEAD``.
+def git_commit(root: str | Path | None) -> tuple[str, bool]:
+    """The code version: ``MLOPS_GIT_COMMIT`` if set (e.g. baked into an image), else ``git rev-parse HEAD`` of
+    ``root`` (the checkout; None, installed from a wheel: ``"unknown"``).
 
     :return: (commit or ``"unknown"``, whether tracked files differ from it).
     """
@@ -703,6 +704,8 @@ def git_commit(root: str | Path) -> tuple[str, bool]:
     pinned = os.environ.get("MLOPS_GIT_COMMIT")
     if pinned:
         return pinned, False
+    if root is None:
+        return "unknown", False
     try:
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True

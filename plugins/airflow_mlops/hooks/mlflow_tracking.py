@@ -134,7 +134,7 @@ def open_training_run(
 
     from airflow_mlops.core import training as core
 
-    commit, dirty = core.git_commit(settings.project_root())
+    commit, dirty = core.git_commit(settings.checkout_root())
     tags = tracking.training_run_tags(
         config, split, info, lineage=lineage, feature_views=feature_views, commit=commit, dirty=dirty
     )
