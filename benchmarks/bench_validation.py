@@ -6,11 +6,13 @@ Both sides run the same expectations, the flight_delay example's batch suites (`
 ``examples/flight_delay/mlops.yaml``, in its ``expectations/``), on the same frames (its ``demo_batches`` through
 its ``prepare_validation``, as the validate DAG prepares them); the pandas side is a minimal interpreter of those
 expectation types. Both must agree on which expectations fail.
-Target: GX ≤ 3× plain pandas. Warm: one warm-up call first (imports; the GX context is then reused, as
-in a worker process that validates several batches); the two sides run alternately, median of ``--repeat``.
-Data Docs are not rendered here (``validate_batch`` without ``docs_dir``). As in ``ValidateBatchOperator``,
-GX is given the batch's content hash (the ingest's ``batch_hash`` of its files' sha256, computed here before
-timing) and so does not hash the frames itself; ``--gx-fingerprint`` times GX hashing them as well.
+Targets: the whole year GX <= 3x plain pandas. The one-month ratio is reported but no longer judged (its <= 3x
+target is retired, issue 20: GX runs as shipped, without the run-time patches that held a month under it).
+Warm: one warm-up call first (imports; the GX context is then reused, as in a worker process that validates
+several batches); the two sides run alternately, median of ``--repeat``. Data Docs are not rendered here
+(``validate_batch`` without ``docs_dir``). As in ``ValidateBatchOperator``, GX is given the batch's content hash
+(the ingest's ``batch_hash`` of its files' sha256, computed before timing) to record; GX hashes the frames itself
+as well.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from airflow_mlops_dev import replay_source
 
-from airflow_mlops.core import replay_source, validation
+from airflow_mlops.core import validation
 from airflow_mlops.core.batches import batch_hash, sha256_bytes
 from airflow_mlops.usecase import config, load_function
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The GX-to-pandas ratio each case is judged against; None: reported only (the month's target is retired, issue 20).
+TARGETS = {"one month": None, "whole year": 3.0}
 #: The use case benchmarked: the flights example, as shipped.
 USECASE = config.load(ROOT / "examples" / "flight_delay")
 
@@ -121,18 +126,16 @@ def _time_pair(first, second, repeat: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--gx-fingerprint", action="store_true", help="let GX hash each frame (no batch hash given)")
     args = parser.parse_args()
     suites = {config.stem(name): validation.load_suite(path) for name, path in USECASE.source.suites.items()}
     # Imports and the GX context, which later calls reuse.
     validation.validate_batch("warm-up", _frames(["2013-01"]), suites, validation.batch_parameters("2013-01"))
 
-    print("GX batch fingerprint:", "GX hashes each frame" if args.gx_fingerprint else "the ingest's batch hash, given")
-    print(f"{'case':12s} {'rows':>8s} {'GX s':>8s} {'pandas s':>9s} {'ratio':>7s}  agree  (target ratio <= 3)")
+    print(f"{'case':12s} {'rows':>8s} {'GX s':>8s} {'pandas s':>9s} {'ratio':>7s}  {'target':22s}  agree")
     for label, months in (("one month", ["2013-03"]), ("whole year", [f"2013-{m:02d}" for m in range(1, 13)])):
         frames = _frames(months)
         params = validation.batch_parameters(months[0])  # as ValidateBatchOperator: the (first) month's
-        fingerprint = None if args.gx_fingerprint else _fingerprint(months)
+        fingerprint = _fingerprint(months)
         report = None
 
         def run_gx(label=label, frames=frames, params=params, fingerprint=fingerprint):
@@ -152,8 +155,12 @@ def main() -> None:
             if not ok
         }
         rows = sum(len(f) for f in frames.values())
+        ratio = gx_s / pd_s
+        target = TARGETS[label]
+        verdict = "retired, issue 20" if target is None else f"<= {target:g}x: {'met' if ratio <= target else 'MISSED'}"
         print(
-            f"{label:12s} {rows:8d} {gx_s:8.3f} {pd_s:9.3f} {gx_s / pd_s:6.1f}x  {'yes' if gx_failed == pd_failed else 'NO'}"
+            f"{label:12s} {rows:8d} {gx_s:8.3f} {pd_s:9.3f} {ratio:6.1f}x  {verdict:22s}  "
+            f"{'yes' if gx_failed == pd_failed else 'NO'}"
             f"  ({len(gx_failed)} failing: {sorted(e for _, e, _ in gx_failed) or 'none'})"
         )
     np.random.seed(0)

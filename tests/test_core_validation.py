@@ -10,9 +10,10 @@ import gc
 import json
 
 import pytest
+from airflow_mlops_dev import replay_source
 
 from airflow_mlops import settings
-from airflow_mlops.core import replay_source, validation
+from airflow_mlops.core import validation
 from airflow_mlops.usecase import load_function
 
 SUITES = ("flights", "weather", "planes")
@@ -103,135 +104,99 @@ def test_corrupted_batch_fails_for_its_reason(kind, suites):
         assert f"{hits[0].unexpected_count} unexpected" in message
 
 
-#: The module flags of the shortcuts active during validator runs (see ``validation._GxRuntime.validate``).
-MEMO_FLAGS = ("MEMOIZE_CONFIGURATION", "MEMOIZE_METRIC_IDS", "MEMOIZE_DOMAIN_OBJECTS", "PAUSE_CYCLIC_GC")
-
-
-def _gx_originals() -> dict[str, object]:
-    """The GX attributes the memos replace during a run, as found in their classes, and the collector's state."""
+def _gx_classes() -> list:
+    """The GX classes a validation runs through (every Expectation class included), and the pandas engine."""
+    from great_expectations.core.domain import Domain
+    from great_expectations.core.expectation_suite import ExpectationSuite
     from great_expectations.core.id_dict import IDDict
+    from great_expectations.execution_engine import ExecutionEngine, PandasExecutionEngine
     from great_expectations.expectations.expectation import Expectation
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.validator import v1_validator, validator
+    from great_expectations.validator.metric_configuration import MetricConfiguration
 
-    return {
-        "Expectation.configuration": Expectation.__dict__["configuration"].fget,
-        "IDDict.to_id": IDDict.__dict__["to_id"],
-        "ExpectationConfiguration.to_domain_obj": ExpectationConfiguration.__dict__["to_domain_obj"],
-        "gc enabled": gc.isenabled(),
-    }
+    classes = [
+        IDDict,
+        Domain,
+        MetricConfiguration,
+        ExpectationConfiguration,
+        ExpectationSuite,
+        ExecutionEngine,
+        PandasExecutionEngine,
+        validator.Validator,
+        v1_validator.Validator,
+    ]
+    todo = [Expectation]
+    while todo:  # Expectation and all its subclasses (the suites' expectation types among them)
+        cls = todo.pop()
+        classes.append(cls)
+        todo += cls.__subclasses__()
+    return classes
+
+
+def _gx_snapshot() -> dict:
+    """Each GX class's own attributes (and the pandas engine module's globals, e.g. ``HASH_THRESHOLD``), as objects."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    snapshot = {f"{c.__module__}.{c.__qualname__}": dict(vars(c)) for c in _gx_classes()}
+    snapshot["module pandas_execution_engine"] = dict(vars(pandas_execution_engine))
+    return snapshot
+
+
+def _changes(before: dict, now: dict) -> list[str]:
+    """What differs between two snapshots: an attribute added, removed or bound to another object."""
+    changed = []
+    for owner, attrs in before.items():
+        current = now.get(owner, {})
+        changed += [f"{owner}.{n}" for n in attrs.keys() ^ current.keys()]
+        changed += [f"{owner}.{n}" for n, value in attrs.items() if n in current and current[n] is not value]
+    return sorted(changed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [None, *sorted(CORRUPTION_SIGNATURES)], ids=str)
-def test_memos_change_no_result(kind, suites, monkeypatch):
-    def results(report):
-        return [
-            [r.to_json_dict() for r in outcome.gx_result.results] + [outcome.gx_result.statistics]
-            for outcome in report.suites
-        ]
+def test_gx_classes_are_untouched_during_and_after_a_validation(suites):
+    """No library internals patched: GX's classes and settings are the same objects while a validator runs (seen
+    from inside GX's graph validation) and after it, and the cyclic garbage collector stays on."""
+    import sys
 
-    originals = _gx_originals()
-    assert all(f.__module__.startswith("great_expectations") for f in originals.values() if callable(f))
-    assert all(getattr(validation, flag) for flag in MEMO_FLAGS)
-    memoized = results(_validate("2013-04", suites, corrupt=kind))
-    assert _gx_originals() == originals  # restored after the run
-    for flag in MEMO_FLAGS:
-        monkeypatch.setattr(validation, flag, False)
-    assert memoized == results(_validate("2013-04", suites, corrupt=kind))
-    assert _gx_originals() == originals
+    from great_expectations.validator.validator import Validator
+
+    _validate("2013-04", suites, corrupt="null_column")  # imports and the GX context, as in a worker
+    gc.enable()
+    before = _gx_snapshot()
+    seen: list[tuple[list[str], bool]] = []
+    target = Validator.graph_validate.__code__
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code is target and not seen:
+            seen.append((_changes(before, _gx_snapshot()), gc.isenabled()))
+
+    sys.setprofile(profile)
+    try:
+        report = _validate("2013-04", suites, corrupt="null_column", fingerprint="ab" * 32)  # as the operator
+    finally:
+        sys.setprofile(None)
+    assert not report.success  # a failing batch: the detail re-run took place too
+    assert seen, "GX's graph validation was not observed"
+    during, gc_on = seen[0]
+    assert (during, gc_on) == ([], True), f"while GX validated: changed {during}, garbage collector on: {gc_on}"
+    assert _changes(before, _gx_snapshot()) == []
+    assert gc.isenabled()
 
 
 @pytest.mark.slow
-def test_a_given_fingerprint_replaces_gx_frame_hash_and_nothing_else(suites):
-    from great_expectations.execution_engine import pandas_execution_engine as engine
-
-    threshold = engine.HASH_THRESHOLD
+def test_a_given_fingerprint_is_recorded_next_to_gx_hash_and_changes_nothing_else(suites):
     hashed = _validate("2013-05", suites, corrupt="out_of_range")
     assert all("pandas_data_fingerprint" in s.gx_result.meta["batch_markers"] for s in hashed.suites)
     given = _validate("2013-05", suites, corrupt="out_of_range", fingerprint="ab" * 32)
-    assert engine.HASH_THRESHOLD == threshold
     for before, after in zip(hashed.suites, given.suites, strict=True):
         markers = after.gx_result.meta["batch_markers"]
-        assert markers["batch_sha256"] == "ab" * 32 and "pandas_data_fingerprint" not in markers
+        assert markers["batch_sha256"] == "ab" * 32
+        assert markers["pandas_data_fingerprint"] == before.gx_result.meta["batch_markers"]["pandas_data_fingerprint"]
         assert [r.to_json_dict() for r in after.gx_result.results] == [
             r.to_json_dict() for r in before.gx_result.results
         ]
     assert given.failure_message() == hashed.failure_message()
-
-
-def test_content_key_is_exact():
-    key = validation._content_key
-    distinct = [True, 1, 1.0, "1", 0.0, -0.0, None, [1], (1,), {"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": [1.0]}]
-    assert len({key(v) for v in distinct}) == len(distinct)
-    assert key({"a": [1, None, "x"]}) == key({"a": [1, None, "x"]})
-    for unkeyable in ({1}, object(), {1: {2}}):
-        with pytest.raises(validation._Unkeyable):
-            key(unkeyable)
-
-
-def test_memoized_metric_ids_match_gx():
-    from great_expectations.core.id_dict import IDDict
-
-    contents = [
-        {},
-        {"column": "a"},
-        {"column": 1},
-        {"column": True},
-        {"column": 1.0},
-        {"a": 0.0, "b": None},
-        {"a": -0.0, "b": None},
-        {"a": True, "b": 1},
-        {"a": 1, "b": True},
-        {"b": 1, "a": True},
-        {"a": [1, "x"], "b": {"c": None}},
-        {"a": (1, "x"), "b": {"c": None}},
-        {"a": {1, 2}, "b": "set"},
-    ]
-    expected = [IDDict(c).to_id() for c in contents]
-    expected_grown = IDDict({"column": "a", "batch_id": "b"}).to_id()
-    with validation.memoized_metric_ids():
-        for _ in range(2):
-            assert [IDDict(c).to_id() for c in contents] == expected
-        grown = IDDict({"column": "a"})
-        grown.to_id()
-        grown["batch_id"] = "b"  # GX fills in defaults in place: the id must follow
-        assert grown.to_id() == expected_grown
-    assert IDDict.__dict__["to_id"].__module__.startswith("great_expectations")
-
-
-def test_memoized_domain_objects_match_gx(suites):
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-    def configurations(reverse: bool = False) -> list:
-        return [
-            ExpectationConfiguration(
-                type=e["type"], kwargs=dict(sorted(e["kwargs"].items(), reverse=reverse)), meta=e.get("meta")
-            )
-            for suite in suites.values()
-            for e in suite["expectations"]
-        ]
-
-    expected = [c.to_domain_obj() for c in configurations()]
-    with validation.memoized_domain_objects():
-        assert [c.to_domain_obj() for c in configurations()] == expected
-        assert [c.to_domain_obj() for c in configurations(reverse=True)] == expected  # kwargs order is immaterial
-        changed = configurations()[2]
-        before = changed.to_domain_obj()
-        changed.kwargs["mostly"] = 0.5
-        assert changed.to_domain_obj() is not before and changed.to_domain_obj().mostly == 0.5
-
-
-def test_paused_cyclic_gc_restores_the_collector_state():
-    was = gc.isenabled()
-    try:
-        for enabled in (True, False):
-            (gc.enable if enabled else gc.disable)()
-            with pytest.raises(RuntimeError), validation.paused_cyclic_gc():
-                assert not gc.isenabled()
-                raise RuntimeError
-            assert gc.isenabled() is enabled
-    finally:
-        (gc.enable if was else gc.disable)()
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import enum
-import gc
 import hashlib
 import io
 import json
@@ -275,221 +273,6 @@ def _failure(result: dict) -> ExpectationFailure:
     )
 
 
-@contextlib.contextmanager
-def _replaced(owner: type, name: str, replacement: Any, cache: dict) -> Any:
-    """Within the block, ``owner.<name>`` is the function ``replacement`` (a property if the original is one,
-    documented as the original); restored and the memo ``cache`` dropped when the block ends."""
-    original = owner.__dict__[name]
-    if isinstance(original, property):
-        replacement = property(replacement, doc=original.__doc__)
-    else:
-        replacement.__doc__ = original.__doc__
-    setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-        cache.clear()
-
-
-def _memo(cache: dict, key: Any, compute: Any) -> Any:
-    hit = cache.get(key)
-    if hit is None:
-        hit = cache[key] = compute()
-    return hit
-
-
-#: Use ``memoized_expectation_configuration`` during validator runs (the tests switch it off to compare).
-MEMOIZE_CONFIGURATION = True
-
-
-@contextlib.contextmanager
-def memoized_expectation_configuration():
-    """Within the block, ``Expectation.configuration`` is computed once per Expectation object.
-
-    GX 1.x rebuilds that property (a pydantic ``dict()`` plus a regex on the class name) on every access,
-    and a validator run reads it 70-odd times per expectation, once per kwarg it looks up: a third of validating
-    a month. The Expectation objects of a run are fresh (``to_domain_obj()`` of the suite's configurations,
-    parameters substituted) and never modified, so every access would compute the same value. The cache holds
-    each object with its value (no id reuse) and is dropped when the block ends; the property is restored.
-    ``tests/test_core_validation.py`` checks that results are identical with and without it.
-    """
-    from great_expectations.expectations.expectation import Expectation
-
-    compute = Expectation.__dict__["configuration"].fget
-    cache: dict[int, tuple[Any, Any]] = {}
-
-    def configuration(self: Any) -> Any:
-        hit = cache.get(id(self))
-        if hit is None or hit[0] is not self:
-            hit = cache[id(self)] = (self, compute(self))
-        return hit[1]
-
-    with _replaced(Expectation, "configuration", configuration, cache):
-        yield
-
-
-#: Use ``memoized_metric_ids`` during validator runs (the tests switch it off to compare).
-MEMOIZE_METRIC_IDS = True
-#: Use ``memoized_domain_objects`` during validator runs (the tests switch it off to compare).
-MEMOIZE_DOMAIN_OBJECTS = True
-
-
-#: Types whose values are equal only if ``str()`` and JSON render them alike (``float`` is not: ``0.0 == -0.0``).
-_FLAT_TYPES = frozenset((str, int, bool, type(None)))
-
-
-class _Unkeyable(Exception):
-    """A value ``_content_key`` does not key; the memo then lets GX compute as usual."""
-
-
-def _content_key(value: Any, dict_types: tuple[type, ...] = (dict,)) -> Any:
-    """A hashable key of a JSON-like value: equal keys mean equal types, values and order all the way down.
-
-    Stricter than ``==`` on purpose: ``True``, ``1`` and ``1.0`` (equal in Python) get different keys, floats are
-    keyed by ``repr`` (so ``0.0`` and ``-0.0`` differ), lists and tuples differ, dicts keep their insertion order.
-    Dicts must be exactly one of ``dict_types``. Anything else (numpy scalars, sets, other objects) raises
-    ``_Unkeyable``.
-    """
-    kind = type(value)
-    if value is None or kind is str or kind is int or kind is bool:
-        return kind, value
-    if kind is float:
-        return kind, repr(value)
-    if kind is list or kind is tuple:
-        return kind, tuple(_content_key(v, dict_types) for v in value)
-    if kind in dict_types:
-        return kind, tuple((_content_key(k), _content_key(v, dict_types)) for k, v in value.items())
-    if isinstance(value, enum.Enum):  # members are singletons: identity is their value
-        return kind, value
-    raise _Unkeyable
-
-
-@contextlib.contextmanager
-def memoized_metric_ids():
-    """Within the block, ``IDDict.to_id()`` is computed once per distinct content.
-
-    Every ``MetricConfiguration`` GX creates hashes its domain and value kwargs at construction:
-    ``IDDict.to_id()`` runs ``convert_to_json_serializable`` (four ``np.issubdtype`` calls for each ``None``),
-    ``json.dumps`` and an md5. Building the metric graphs creates about 2,300 of them per month validated, with
-    under 70 distinct contents (the same table domain of each batch, ``{"include_nested": True}``, ...). The
-    id is a pure function of the dict's class and content, so the memo keys on both, types, values and order
-    exactly: flat dicts of strings, ints, bools and ``None`` by their keys, values and the types of each, others
-    by ``_content_key`` (a dict holding anything else, a call with explicit ``id_keys`` / ``id_ignore_keys`` or
-    an instance with its own attributes is computed as usual). A dict modified after one call gets a new key
-    on the next, so GX's in-place default-filling of metric kwargs stays visible. The cache is dropped when the
-    block ends and the method restored.
-    """
-    from great_expectations.core.id_dict import IDDict
-
-    original = IDDict.__dict__["to_id"]
-    dict_types = (dict, IDDict)
-    cache: dict[Any, Any] = {}
-
-    def to_id(self: Any, id_keys: Any = None, id_ignore_keys: Any = None) -> Any:
-        if id_keys is not None or id_ignore_keys is not None or self.__dict__:
-            return original(self, id_keys, id_ignore_keys)
-        keys, values = tuple(self), tuple(self.values())
-        kinds = (*map(type, keys), *map(type, values))
-        if _FLAT_TYPES.issuperset(kinds):  # the common case, keyed without recursion
-            key: Any = (type(self), keys, values, kinds)
-        else:
-            try:
-                key = _content_key(self, dict_types)
-            except _Unkeyable:
-                return original(self)
-        return _memo(cache, key, lambda: original(self))
-
-    with _replaced(IDDict, "to_id", to_id, cache):
-        yield
-
-
-@contextlib.contextmanager
-def memoized_domain_objects():
-    """Within the block, ``ExpectationConfiguration.to_domain_obj()`` builds one Expectation per distinct content.
-
-    ``to_domain_obj()`` validates a new pydantic Expectation from the configuration's type, kwargs, meta, notes,
-    description, severity, id and rendered content. A validator run calls it about seven times per expectation:
-    ``get_metric_kwargs`` rebuilds the expectation it is asked about for each metric (from
-    ``self.configuration``, to read its runtime kwargs), and the graph and result phases rebuild it again from
-    the same processed configuration. GX only reads these objects during validation (the same assumption as
-    ``memoized_expectation_configuration``), so equal content can share one. The memo keys on the
-    configuration's class and all those fields (``_content_key``: types, values and order exactly, except that
-    the top-level kwargs are sorted by name: pydantic validates an Expectation field by field in declaration
-    order, forbids extra fields and runs its root validators afterwards, so the order of the keyword arguments
-    cannot change the object). A configuration modified in between (suite parameters substituted, ``batch_id``
-    added) has a new key; one carrying anything else (e.g. rendered content objects) is converted as usual. The
-    cache is dropped when the block ends and the method restored.
-    """
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-    original = ExpectationConfiguration.__dict__["to_domain_obj"]
-    cache: dict[Any, Any] = {}
-
-    def to_domain_obj(self: Any) -> Any:
-        try:
-            key = (
-                type(self),
-                *(_content_key(v) for v in (self.type, self.id, self.description, self.notes, self.severity)),
-                _content_key(self.meta),
-                _content_key(self.rendered_content),
-                tuple((name, _content_key(value)) for name, value in sorted(self.kwargs.items())),
-            )
-        except _Unkeyable:
-            return original(self)
-        return _memo(cache, key, lambda: original(self))
-
-    with _replaced(ExpectationConfiguration, "to_domain_obj", to_domain_obj, cache):
-        yield
-
-
-#: Pause the cyclic garbage collector during validator runs (``paused_cyclic_gc``; the tests switch it off).
-PAUSE_CYCLIC_GC = True
-
-
-@contextlib.contextmanager
-def paused_cyclic_gc():
-    """Within the block, Python's cyclic garbage collector does not run (reference counting still frees).
-
-    A validator run allocates tens of thousands of short-lived containers (metric configurations, graph edges,
-    kwargs dicts, pydantic objects). With the collector on, the young collections triggered during the run
-    promote the ones still alive at that moment to the oldest generation, where they die at the end of the
-    run; every few runs the promotions trip a full collection of the process's ~285,000 tracked objects
-    (mostly GX's and pandas' modules), ~180 ms. Measured in the benchmark process, per month validated: about
-    4 ms of young collections and 12-25 ms of full ones on average. Pausing changes no result (the collector only
-    reclaims unreachable cycles); the cycles a run leaves are collected by the first young collection after it,
-    and validating a year showed no higher peak RSS. The previous state is restored (a collector already paused
-    stays paused). Like the memos, it is process-wide while active; calls here are serialized.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@contextlib.contextmanager
-def without_frame_fingerprint():
-    """Within the block, GX loads a pandas batch without hashing the frame for its ``pandas_data_fingerprint``.
-
-    GX fingerprints every in-memory frame under 1 GB (``hash_pandas_dataframe``: a hash of every row, ~10 ms
-    for a month, a tenth of validating it) and leaves the marker out above that size. The suite validates
-    batches whose files the lake already identifies by content: ``validate_batch`` is then given that sha256 and
-    records it in the result's ``batch_markers`` instead (``batch_sha256``). The engine's threshold is restored
-    when the block ends.
-    """
-    from great_expectations.execution_engine import pandas_execution_engine as engine
-
-    threshold = engine.HASH_THRESHOLD
-    engine.HASH_THRESHOLD = 0  # GX hashes a frame only if its memory usage is below this
-    try:
-        yield
-    finally:
-        engine.HASH_THRESHOLD = threshold
-
-
 class _GxRuntime:
     """One ephemeral GX context per process, with its data source, batch definitions and suites built once.
 
@@ -540,44 +323,31 @@ class _GxRuntime:
 
         Pass/fail first (``BOOLEAN_ONLY``: no unexpected-value lists to compute), then only the expectations
         that failed again with ``DETAIL_FORMAT`` for their counts and examples; a passing batch, the common
-        case, pays for the verdicts alone. Pandas copy-on-write is on during the run: GX filters the whole
-        frame for each column check, which otherwise copies every column of it each time. GX's per-expectation
-        bookkeeping is memoized and the cyclic collector paused during the run (the context managers above, each
-        switched by its module flag). With a ``fingerprint`` (the batch's sha256), GX does not hash the frame:
-        the result's ``batch_markers`` carry ``batch_sha256`` instead of ``pandas_data_fingerprint``.
+        case, pays for the verdicts alone. Pandas copy-on-write is on during the run (a public pandas option):
+        GX filters the whole frame for each column check, which otherwise copies every column of it each time.
+        GX is used as shipped: none of its classes or module settings is changed. With a ``fingerprint`` (the
+        batch's sha256 as the lake recorded it), the result's ``batch_markers`` also carry ``batch_sha256``.
         """
         import pandas as pd
         from great_expectations.validator.v1_validator import Validator
 
+        # The validator GX's own ``Batch.validate`` and ``ValidationDefinition.run`` build, made once per frame
+        # here so that the batch is loaded once for the suite and the re-run of its failed expectations.
         validator = Validator(
             self.batch_definition(frame_name), result_format=VERDICT_FORMAT, batch_parameters={"dataframe": frame}
         )
         # pandas 3 always copies on write (and deprecates the option).
         cow = pd.option_context("mode.copy_on_write", True) if pd.__version__[0] == "2" else contextlib.nullcontext()
-        memos = (
-            (MEMOIZE_CONFIGURATION, memoized_expectation_configuration),
-            (MEMOIZE_METRIC_IDS, memoized_metric_ids),
-            (MEMOIZE_DOMAIN_OBJECTS, memoized_domain_objects),
-            (PAUSE_CYCLIC_GC, paused_cyclic_gc),
-        )
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(cow)
-            if fingerprint is not None:
-                stack.enter_context(without_frame_fingerprint())
-            for active, memo in memos:
-                if active:
-                    stack.enter_context(memo())
+        with cow:
             result = validator.validate_expectation_suite(self.suite(suite_json), parameters)
-            if fingerprint is not None:
-                if result.meta.get("batch_markers") is None:
-                    result.meta["batch_markers"] = {}
-                result.meta["batch_markers"]["batch_sha256"] = fingerprint
             failed = [i for i, r in enumerate(result.results) if not r.success]
             if failed:
                 validator.result_format = DETAIL_FORMAT
                 for i in failed:
                     expectation = result.results[i].expectation_config.to_domain_obj()
                     result.results[i] = validator.validate_expectation(expectation, parameters)
+        if fingerprint is not None:
+            result.meta["batch_markers"] = {**(result.meta.get("batch_markers") or {}), "batch_sha256": fingerprint}
         return result
 
     def render_docs(self, docs_dir: Path, results: list[tuple[dict, Any]], run_id: Any) -> None:
@@ -648,8 +418,18 @@ def validate_batch(
     With ``docs_dir``, GX Data Docs pages for the run are rendered there (static pages, no index). ``run_time``
     fixes the run's identity so that re-validating the same batch rewrites the same pages. ``fingerprint``, the
     batch's content hash as the lake recorded it, goes into each result's ``batch_markers`` (``batch_sha256``)
-    in place of GX's own hash of the frame (``without_frame_fingerprint``); without it GX hashes the frame. The
-    GX context is built once per process and reused (calls are serialized).
+    next to GX's own hash of the frame (``pandas_data_fingerprint``). The GX context is built once per process
+    and reused (calls are serialized); GX's classes and settings are used as shipped, never changed.
+
+    :param batch_id: the batch's id (the run's name, in every message and page).
+    :param frames: frame name → prepared frame.
+    :param suites: frame name → suite JSON (``load_suite``).
+    :param parameters: the suite parameters (``batch_parameters``).
+    :param docs_dir: where to render the Data Docs pages; None: none rendered.
+    :param run_time: the run's time (its identity); None: now.
+    :param notes: notes on the batch (unreadable files) carried into the report.
+    :param fingerprint: the batch's sha256, recorded in the results' ``batch_markers``.
+    :raises ValueError: a suite has no frame.
     """
     global _runtime
     from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
