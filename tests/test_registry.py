@@ -122,7 +122,7 @@ def test_run_records_lineage(champion, store):
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
-    from airflow_mlops.operators.training import load_model
+    from airflow_mlops.hooks.mlflow_tracking import load_model
 
     config = core.load_config(store["paths"]["config"])
     split = core.split_holdout(core.read_parquet_bytes(ObjectStoragePath(snap["uri"]).read_bytes()), config)
@@ -361,6 +361,8 @@ def test_rollback_restores_the_previous_champion(champion, store):
 
 
 def test_force_bless_overrides_a_rejection_and_is_audited(champion, store):
+    from airflow.sdk.exceptions import AirflowFailException
+
     from airflow_mlops.operators.gate import ModelGateOperator
     from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
     from airflow_mlops.operators.training import EvaluateChallengerOperator, TrainModelOperator
@@ -386,7 +388,7 @@ def test_force_bless_overrides_a_rejection_and_is_audited(champion, store):
         force_bless="True",
         force_bless_reason="",
     )
-    with pytest.raises(ValueError, match="force_bless_reason"):
+    with pytest.raises(AirflowFailException, match="force_bless_reason"):
         gate_op.execute(task_context("model_gate", "forced1"))
     gate_op.force_bless_reason = "incident 42: degraded model needed for a schema change"
     decision = gate_op.execute(task_context("model_gate", "forced1"))
@@ -557,7 +559,7 @@ def test_the_signature_makes_a_feature_optional_when_any_training_row_misses_it(
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
-    from airflow_mlops.operators.training import model_signature
+    from airflow_mlops.hooks.mlflow_tracking import model_signature
 
     config = core.load_config(write_configs(tmp_path)["config"])
     result = core.train(build_frame((1, 2), sample=0.3, seed=0), config)
@@ -587,7 +589,7 @@ def test_the_signature_types_a_categorical_coded_as_numbers_as_mlflow_does(tmp_p
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
-    from airflow_mlops.operators.training import model_signature
+    from airflow_mlops.hooks.mlflow_tracking import model_signature
 
     yaml_text = TEST_CONFIG_YAML.replace(
         "categorical: [carrier, origin, dest]", "categorical: [carrier, origin, dest, weekday]"
@@ -613,7 +615,7 @@ def test_the_dataset_input_schema_is_the_snapshot_s_own(tmp_path):
     from mlflow.models import infer_signature
 
     from airflow_mlops.core import training as core
-    from airflow_mlops.operators.training import dataset_schema
+    from airflow_mlops.hooks.mlflow_tracking import dataset_schema
 
     config = core.load_config(write_configs(tmp_path)["config"])
     frame = build_frame((1, 2), sample=0.3, seed=0).sort_values("flight_id").reset_index(drop=True)

@@ -126,9 +126,26 @@ class GateDecision:
         )
 
     @property
+    def verdict(self) -> str:
+        """``APPROVED``, ``REJECTED`` or ``FORCE-BLESSED``."""
+        return "FORCE-BLESSED" if self.forced else ("APPROVED" if self.approved else "REJECTED")
+
+    @property
     def summary(self) -> str:
-        verdict = "FORCE-BLESSED" if self.forced else ("APPROVED" if self.approved else "REJECTED")
-        return f"{verdict}: " + "; ".join(self.reasons)
+        return f"{self.verdict}: " + "; ".join(self.reasons)
+
+    def run_tags(self) -> dict[str, str]:
+        """The decision as tags of the candidate's run (``mlops.gate.*``)."""
+        tags = {
+            "mlops.gate.approved": str(self.approved).lower(),
+            "mlops.gate.forced": str(self.forced).lower(),
+            "mlops.gate.policy_sha256": self.policy_hash or "none",
+            "mlops.gate.champion_version": self.champion_version or "none",
+            "mlops.gate.summary": self.summary[:7900],
+        }
+        if self.forced:
+            tags["mlops.gate.force_reason"] = self.force_reason or ""
+        return tags
 
 
 def _worse_by(metric: str, candidate: float, reference: float) -> float:
@@ -260,3 +277,25 @@ def force_bless(decision: GateDecision, reason: str | None, who: str = "unknown"
     else:
         note += f" (overriding {len(decision.reasons)} gate reason(s))"
     return replace(decision, approved=True, forced=True, force_reason=reason.strip(), reasons=[*decision.reasons, note])
+
+
+def judge(
+    document: dict[str, Any], policy: GatePolicy | None, *, force_reason: str | None = None, who: str = "unknown"
+) -> GateDecision:
+    """The gate's verdict on a candidate's evaluation document (``evaluation/evaluation.json``): ``decide``, a
+    champion that could not be scored noted in the reasons, and a force-bless when ``force_reason`` is given.
+
+    :param document: ``candidate``, ``champion``, ``champion_version`` and optionally ``champion_error``.
+    :param policy: the gate policy; None rejects (fail closed).
+    :param force_reason: why the decision is overridden; None: no override.
+    :param who: who overrides (for the audit note).
+    """
+    decision = decide(
+        document.get("candidate"),
+        document.get("champion"),
+        policy,
+        champion_version=document.get("champion_version"),
+    )
+    if document.get("champion_error"):
+        decision = replace(decision, reasons=[*decision.reasons, f"champion error: {document['champion_error']}"])
+    return decision if force_reason is None else force_bless(decision, force_reason, who=who)

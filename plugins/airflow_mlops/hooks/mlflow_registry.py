@@ -239,6 +239,17 @@ class MlflowHook(BaseHook):
 
         get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri).log_artifacts(local_dir, artifact_path)
 
+    def run_artifact_text(self, run_id: str, path: str) -> str | None:
+        """The text of the run's artifact ``path``, or None (logged) when it cannot be read."""
+        import mlflow
+
+        self.activate()
+        try:
+            return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+        except Exception as err:  # noqa: BLE001 - the caller decides what a missing artifact means
+            self.log.warning("cannot read %s of run %s: %s", path, run_id, err)
+            return None
+
     # -- links ---------------------------------------------------------------------------------------------
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
         if not self.ui_url:

@@ -32,6 +32,9 @@ class ChampionCheckOperator(MonitoringBaseOperator):
     The columns it reads are named by arguments, else by the monitoring config, else by the champion's training
     config; none is a domain name.
 
+    Arguments: those of ``MonitoringBaseOperator`` (``month``, ``registered_model_name``, ``config_path`` are
+    templated), and:
+
     :param inference_log_zone: lake zone of the inference log.
     :param features_zone: lake zone of the committed feature partitions (``<zone>/<month>/<view>.parquet``).
     :param prediction_column: the logged prediction; default the config's ``prediction_column``, else ``prediction``.
@@ -75,43 +78,25 @@ class ChampionCheckOperator(MonitoringBaseOperator):
     # -- the champion ----------------------------------------------------------------------------------------
     def champion(self) -> dict[str, Any] | None:
         """The champion's name, version, run, logged model id, training set and config; None without one."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        name = self.model_name()
-        version = self.mlflow_hook.alias_version(name, self.champion_alias)
-        if version is None:
-            return None
-        mv = self.mlflow_hook.client.get_model_version(name, version)
-        tags = self.mlflow_hook.client.get_run(mv.run_id).data.tags
-        uri, sha = tags.get("mlops.training_set.uri"), tags.get("mlops.training_set.sha256")
-        if not uri or not sha:
-            raise AirflowFailException(f"champion {name} v{version} (run {mv.run_id}) records no training set")
-        holdout = tags.get("mlops.holdout.months") or tags.get("mlops.holdout.periods") or ""
-        return {
-            "name": name,
-            "version": str(version),
-            "run_id": mv.run_id,
-            "model_id": getattr(mv, "model_id", None),
-            "training_set_uri": uri,
-            "training_set_sha256": sha,
-            "holdout_months": [m for m in holdout.split(",") if m],
-            "config": self._run_config(mv.run_id),
-        }
+        found = self.checked(self.mlflow_hook.champion, self.model_name(), self.champion_alias)
+        return None if found is None else {**found, "config": self._run_config(found["run_id"])}
 
     def _run_config(self, run_id: str) -> TrainingConfig:
+        """The training config logged on the champion's run, else (a run logged before configs were artifacts)
+        the use case's."""
         import yaml
 
+        from airflow_mlops.core.tracking import CONFIG_ARTIFACT
         from airflow_mlops.core.training import TrainingConfig
 
+        text = self.mlflow_hook.run_artifact_text(run_id, CONFIG_ARTIFACT)
         try:
-            self.mlflow_hook.activate()
-            import mlflow
-
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/config/training.yaml")
-            return TrainingConfig.from_dict(yaml.safe_load(text))
-        except Exception as err:  # noqa: BLE001 - a run logged before configs were artifacts: the local config
-            self.log.warning("no training config on run %s (%s): using the local one", run_id, err)
-            return self.local_training_config()
+            if text is not None:
+                return TrainingConfig.from_dict(yaml.safe_load(text))
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as err:
+            self.log.warning("unusable training config on run %s (%s)", run_id, err)
+        self.log.warning("no training config on run %s: using the local one", run_id)
+        return self.local_training_config()
 
     def start(self, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:
         """The period's champion and the summary's common part: month (the period checked), periods (the
@@ -165,8 +150,6 @@ class ChampionCheckOperator(MonitoringBaseOperator):
         self, champion: dict[str, Any], drift_settings: DriftSettings, columns: MonitoredColumns
     ) -> tuple[ReferenceProfile, pd.DataFrame]:
         """The champion's profile and reference sample: read from the lake, built and committed on first use."""
-        import mlflow
-
         from airflow_mlops.core import drift
 
         folder = self.lake.path(REFERENCE_ZONE, champion["name"], champion["version"])
@@ -185,8 +168,7 @@ class ChampionCheckOperator(MonitoringBaseOperator):
         frame = self.checked(
             self.lake.read_committed_frame, champion["training_set_uri"], champion["training_set_sha256"]
         )
-        self.mlflow_hook.activate()
-        model = mlflow.sklearn.load_model(f"models:/{champion['name']}/{champion['version']}")
+        model = self.mlflow_hook.load_version(champion["name"], champion["version"])
         scores = drift.reference_scores(model, frame, champion["config"], columns.task)
         meta = {
             "model": champion["name"],

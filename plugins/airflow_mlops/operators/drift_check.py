@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from airflow.sdk import Context
 
-    from airflow_mlops.core.drift import DriftSettings, MonitoredColumns, PeriodDrift
+    from airflow_mlops.core.drift import DriftSettings, MonitoredColumns, PeriodDrift, ReferenceProfile
 
 
 class DriftCheckOperator(ChampionCheckOperator):
@@ -22,9 +22,9 @@ class DriftCheckOperator(ChampionCheckOperator):
     alone). Traffic: the inference log's predictions whose event falls in the window (event time, not when it was
     answered): every model feature it logged plus the prediction column. Batch: the window's committed feature
     partitions (``<features_zone>/<period>/``): their label rows with the features they carry, plus the features of
-    the views keyed by the row id, and the label, concatenated. Scores come from the champion's cached reference profile; the
-    Evidently report shows the same columns with the same method on a seeded sample. The policy reads the
-    traffic's figures, or the batch's when the month had too little traffic.
+    the views keyed by the row id, and the label, concatenated. Scores come from the champion's cached reference
+    profile; the Evidently report shows the same columns with the same method on a seeded sample. The policy reads
+    the traffic's figures, or the batch's when the month had too little traffic.
 
     Arguments: those of ``ChampionCheckOperator`` and ``MonitoringBaseOperator``.
 
@@ -32,29 +32,17 @@ class DriftCheckOperator(ChampionCheckOperator):
         scores, prediction_drift, quality_issues, traffic and batch summaries, report_key, evidently/MLflow run ids.
         The report's lake key is also pushed under ``report_key`` (the task's extra link).
     :raises AirflowSkipException: no champion yet: nothing to monitor.
+    :raises AirflowFailException: an invalid monitoring config, or a champion whose run records no training set.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_mlops.core import drift
 
         champion, summary = self.start(context)
-        month, config, columns = summary["month"], champion["config"], self.columns(champion)
+        config, columns = champion["config"], self.columns(champion)
         drift_settings = self.checked(drift.DriftSettings.from_config, self.config)
         profile, sample = self.reference(champion, drift_settings, columns)
-
-        started = time.perf_counter()
-        traffic = self.traffic(summary, columns)
-        batch = self.batch_features(summary["periods"], config.features, columns)
-        assessed = drift.assess_period(
-            profile, traffic, batch, drift_settings, features=config.features, columns=columns
-        )
-        self.log.info(
-            "drift of %s scored in %.2fs (%d predictions, %d batch rows)",
-            month,
-            time.perf_counter() - started,
-            len(traffic),
-            0 if batch is None else len(batch),
-        )
+        assessed = self.assess(profile, summary, drift_settings, config.features, columns)
         summary.update(drift.period_summary(assessed, drift_settings))
         if summary["status"] != "ok":
             summary["reason"] = f"no traffic and no feature partition for {period_span(summary['periods'])}"
@@ -62,21 +50,40 @@ class DriftCheckOperator(ChampionCheckOperator):
             return summary
         for line in drift.summary_lines(summary):
             self.log.info("%s", line)
-
         snapshot = self.report(assessed, sample, drift_settings, config, columns, summary)
-        metrics = drift.summary_metrics(summary)
-        summary.update(
-            self.publish(
-                context,
-                kind="drift",
-                month=month,
-                champion=champion,
-                snapshot=snapshot,
-                metrics=metrics,
-                summary=summary,
-            )
-        )
+        summary.update(self.publish(context, "drift", champion, snapshot, drift.summary_metrics(summary), summary))
         return summary
+
+    def assess(
+        self,
+        profile: ReferenceProfile,
+        summary: dict[str, Any],
+        drift_settings: DriftSettings,
+        features: list[str] | tuple[str, ...],
+        columns: MonitoredColumns,
+    ) -> PeriodDrift:
+        """The window's traffic and batch scored against the champion's reference profile (``core.drift``).
+
+        :param profile: the champion's reference profile.
+        :param summary: the check's summary so far (its periods and interval).
+        :param drift_settings: the drift settings.
+        :param features: the model's features.
+        :param columns: the monitored columns.
+        """
+        from airflow_mlops.core import drift
+
+        started = time.perf_counter()
+        traffic = self.traffic(summary, columns)
+        batch = self.batch_features(summary["periods"], features, columns)
+        assessed = drift.assess_period(profile, traffic, batch, drift_settings, features=features, columns=columns)
+        self.log.info(
+            "drift of %s scored in %.2fs (%d predictions, %d batch rows)",
+            summary["month"],
+            time.perf_counter() - started,
+            len(traffic),
+            0 if batch is None else len(batch),
+        )
+        return assessed
 
     def report(
         self,

@@ -1,39 +1,34 @@
-"""What the monitoring operators share: the config, the period a run checks, the hooks, owned once, and where a
-check's results go.
+"""What the monitoring operators share: the monitoring config, the period a run checks and its window, the model
+watched, and where a check's results go.
 
-``MonitoringBaseOperator`` is to the monitoring operators what ``AwsBaseOperator`` is to Amazon's: it takes the
-connection arguments and owns the hooks (lake, MLflow, Evidently) as cached properties, so a subclass only wires
-core functions to them. ``publish`` sends a check's results: an Evidently HTML report to the lake, a run to the
-Evidently workspace, an MLflow run linked to the champion's logged model, a tag on its model version.
+``MonitoringBaseOperator`` adds to ``MlopsBaseOperator`` (which owns the use case, the connections and the hooks)
+the monitoring flavours of two hooks, ``MonitoringLakeHook`` and ``MonitoringMlflowHook``. ``publish`` sends a
+check's results: an Evidently HTML report to the lake, a run to the Evidently workspace, an MLflow run linked to
+the champion's logged model, a tag on its model version.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from airflow_mlops.hooks.evidently_workspace import EvidentlyHook
-from airflow_mlops.hooks.mlflow_registry import MlflowHook
-from airflow_mlops.hooks.monitoring_lake import PROFILE_FILE, SAMPLE_FILE, MonitoringLakeHook
+from airflow_mlops.hooks.mlflow_monitoring import MONITORING_KEY_TAG
+from airflow_mlops.hooks.monitoring_lake import PROFILE_FILE, SAMPLE_FILE
 from airflow_mlops.links import REPORT_XCOM_KEY
+from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.templating import is_blank
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from airflow.sdk import Context
 
     from airflow_mlops.core.drift import MonitoringWindow
     from airflow_mlops.core.training import TrainingConfig
+    from airflow_mlops.hooks.mlflow_monitoring import MonitoringMlflowHook
+    from airflow_mlops.hooks.monitoring_lake import MonitoringLakeHook
 
 REFERENCE_ZONE = "monitoring/reference"
 POLICY_ZONE = "monitoring/policy"
 REPORTS_ZONE = "reports/monitoring"
-MONITORING_KEY_TAG = "mlops.monitoring.key"
 
 __all__ = [
     "MONITORING_KEY_TAG",
@@ -45,39 +40,25 @@ __all__ = [
     "MonitoringBaseOperator",
     "load_config",
     "month_from_context",
-    "parse_json_arg",
 ]
 
 
-def load_config(path: str | None) -> dict[str, Any]:
-    """The monitoring config (reference, drift, performance, policy, ...).
+def load_config(path: str) -> dict[str, Any]:
+    """A monitoring config file (the ``monitoring`` section of a use case, on its own), for ``config_path``.
 
     :param path: the YAML file.
     :raises ValueError: unreadable, or not a mapping.
     """
     import yaml
 
-    if not path:
-        raise ValueError("no monitoring config: pass usecase=<use-case folder> (or config_path=<yaml>)")
-    target = path
     try:
-        with open(target) as handle:
-            data = yaml.safe_load(handle.read())
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read the monitoring config {target}: {err}") from err
+        raise ValueError(f"cannot read the monitoring config {path}: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{target} must hold a mapping (reference, drift, performance, policy, ...)")
+        raise ValueError(f"{path} must hold a mapping (reference, drift, performance, policy, ...)")
     return data
-
-
-def parse_json_arg(value: Any) -> Any:
-    """A templated argument rendered from XCom may arrive as its JSON string.
-
-    :param value: the argument.
-    """
-    if isinstance(value, str) and value.strip().startswith(("{", "[")):
-        return json.loads(value)
-    return value
 
 
 def month_from_context(requested: str | None, context: Context, kind: str = "month") -> str:
@@ -88,101 +69,75 @@ def month_from_context(requested: str | None, context: Context, kind: str = "mon
     :param requested: the operator's ``month`` argument.
     :param context: the task's context.
     :param kind: ``month`` or ``day``.
-    :raises AirflowFailException: none of the three.
+    :raises ValueError: none of the three.
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
     from airflow_mlops.core.batches import parse_period, period_of
 
     if not is_blank(requested):
         return parse_period(str(requested).strip(), kind)
     periods = set()
     for events in (context.get("triggering_asset_events") or {}).values():
-        for event in events:
-            extra = getattr(event, "extra", None) or {}
-            for key in ("period", "month"):
-                if extra.get(key):
-                    periods.add(parse_period(extra[key], kind))
-            for key in ("periods", "months"):
-                for value in extra.get(key) or []:
-                    periods.add(parse_period(value, kind))
+        for extra in (getattr(event, "extra", None) or {} for event in events):
+            periods.update(parse_period(extra[key], kind) for key in ("period", "month") if extra.get(key))
+            periods.update(parse_period(v, kind) for key in ("periods", "months") for v in extra.get(key) or [])
     if periods:
         return max(periods)
     start = context.get("data_interval_start")
     if start is not None:
         return period_of(start, kind)
-    raise AirflowFailException("no period to check: trigger with conf {'period': ...} or through an asset event")
+    raise ValueError("no period to check: trigger with conf {'period': ...} or through an asset event")
 
 
-class MonitoringBaseOperator(BaseOperator):
-    """Arguments, config and hooks of every monitoring operator.
+class MonitoringBaseOperator(MlopsBaseOperator):
+    """Config, period and model of every monitoring operator.
 
-    :param usecase: the use-case folder: its ``monitoring`` section is the config (its ``window_periods``: how many
-        periods a check covers, ending with the period checked; default 1), its ``model`` section the training
-        config, its ``source.period`` the kind of period checked.
+    Arguments: those of ``MlopsBaseOperator`` (``usecase``, ``lake_root``, ``lake_conn_id``, ``mlflow_conn_id``,
+    ``evidently_workspace``), and:
+
     :param month: the period checked, ``YYYY-MM`` or ``YYYY-MM-DD`` (templated); empty: the triggering asset events'
         newest period, else the data interval's.
-    :param registered_model_name: the model monitored; default ``registered_model_name`` of the training config.
+    :param registered_model_name: the model monitored (templated); default the use case's.
     :param champion_alias: alias of the model monitored.
-    :param config_path: a monitoring YAML instead of the use case's section (templated).
-    :param training_config_path: a training YAML instead of the use case's, for the model name.
-    :param mlflow_conn_id: the MLflow connection.
-    :param lake_root: the lake root URL; default ``MLOPS_LAKE``.
-    :param lake_conn_id: connection with the lake's credentials.
-    :param evidently_workspace: workspace folder; default ``MLOPS_EVIDENTLY_WORKSPACE`` or ``$MLOPS_HOME/evidently``.
+    :param config_path: a monitoring YAML instead of the use case's ``monitoring`` section (templated), for use
+        without a use case. The section's ``window_periods``: how many periods a check covers, ending with the
+        period checked (default 1).
     """
 
     def __init__(
         self,
         *,
-        usecase: str | None = None,
         month: str | None = None,
         registered_model_name: str | None = None,
         champion_alias: str = "champion",
         config_path: str | None = None,
-        training_config_path: str | None = None,
-        mlflow_conn_id: str = MlflowHook.default_conn_name,
-        lake_root: str | None = None,
-        lake_conn_id: str | None = None,
-        evidently_workspace: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.usecase = usecase
         self.month = month
         self.registered_model_name = registered_model_name
         self.champion_alias = champion_alias
         self.config_path = config_path
-        self.training_config_path = training_config_path
-        self.mlflow_conn_id = mlflow_conn_id
-        self.lake_root = lake_root
-        self.lake_conn_id = lake_conn_id
-        self.evidently_workspace = evidently_workspace
 
     @cached_property
     def lake(self) -> MonitoringLakeHook:
-        return MonitoringLakeHook(root_url=self.lake_root, lake_conn_id=self.lake_conn_id)
+        from airflow_mlops.hooks.monitoring_lake import MonitoringLakeHook
+
+        return MonitoringLakeHook(root_url=self.lake_url, lake_conn_id=self.lake_conn_id)
 
     @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
+    def mlflow_hook(self) -> MonitoringMlflowHook:
+        from airflow_mlops.hooks.mlflow_monitoring import MonitoringMlflowHook
 
-    @cached_property
-    def evidently(self) -> EvidentlyHook:
-        return EvidentlyHook(workspace=self.evidently_workspace)
-
-    @cached_property
-    def usecase_config(self) -> Any:
-        """The use case (``airflow_mlops.usecase.config.UseCase``), or None without one."""
-        from airflow_mlops.usecase import config
-
-        return self.checked(config.load, self.usecase) if self.usecase else None
+        return MonitoringMlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        if self.usecase_config is not None and not self.config_path:
-            return dict(self.usecase_config.monitoring)
-        return self.checked(load_config, self.config_path)
+        """The monitoring config: ``config_path``'s file, else the use case's ``monitoring`` section."""
+        if self.config_path:
+            return self.checked(load_config, self.config_path)
+        if self.usecase_config is None:
+            self.fail(f"{type(self).__name__} needs usecase=<use-case folder> (or config_path=<monitoring yaml>)")
+        return dict(self.usecase_config.monitoring)
 
     @property
     def period_kind(self) -> str:
@@ -194,8 +149,7 @@ class MonitoringBaseOperator(BaseOperator):
 
     @property
     def window_periods(self) -> int:
-        """How many periods a check covers, ending with the period checked (``window_periods`` of the config,
-        default 1)."""
+        """How many periods a check covers, ending with the period checked (``window_periods``, default 1)."""
         from airflow_mlops.core.drift import window_size
 
         return self.checked(window_size, self.config)
@@ -209,69 +163,47 @@ class MonitoringBaseOperator(BaseOperator):
 
         return self.checked(monitoring_window, period, self.window_periods)
 
-    def checked(self, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``build(*args, **kwargs)``; its ValueError (a bad config, a broken contract) fails without retries.
-
-        :param build: e.g. a settings class's ``from_config``.
-        """
-        from airflow.sdk.exceptions import AirflowFailException
-
-        try:
-            return build(*args, **kwargs)
-        except ValueError as err:
-            raise AirflowFailException(str(err)) from err
-
-    def fail(self, message: str) -> NoReturn:
-        """Fail the task without retries: what is wrong cannot change on a retry (``message`` says what to fix).
-
-        :param message: what is wrong and where.
-        """
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(message)
-
     def local_training_config(self) -> TrainingConfig:
-        """The training config of this deployment (the champion's own is on its run)."""
-        from airflow_mlops.core import training
-
-        if self.usecase_config is not None and not self.training_config_path:
-            return self.checked(self.usecase_config.training_config)
-        if not self.training_config_path:
-            self.fail("no training config: pass usecase=<use-case folder> (or training_config_path=<yaml>)")
-        return self.checked(training.load_config, self.training_config_path)
+        """The use case's training config (the champion's own is on its run)."""
+        return self.checked(self.require_usecase().training_config)
 
     def model_name(self) -> str:
-        """``registered_model_name``, else the training config's."""
-        return self.registered_model_name or self.local_training_config().registered_model_name
+        """``registered_model_name``, else the use case's."""
+        return self.registered_model_name or self.require_usecase().registered_model_name
 
     # -- where results go ------------------------------------------------------------------------------------
     def publish(
         self,
         context: Context,
-        *,
         kind: str,
-        month: str,
         champion: dict[str, Any],
         snapshot: Any,
-        metrics: dict[str, float],
+        metrics: dict[str, float | None],
         summary: dict[str, Any],
     ) -> dict[str, Any]:
-        """HTML to the lake, run to the Evidently workspace, metrics to MLflow; returns where each went."""
+        """The report to the lake (its key also to XCom ``report_key``), a run to the Evidently workspace, the
+        metrics to MLflow; returns where each went.
+
+        :param kind: ``drift`` or ``performance``.
+        :param champion: the model checked (``ChampionCheckOperator.champion``).
+        :param snapshot: the check's Evidently snapshot.
+        :param metrics: the metrics logged to MLflow.
+        :param summary: the check's summary (its ``month``: the period checked), an MLflow artifact.
+        """
+        month = summary["month"]
         key = f"{REPORTS_ZONE}/{kind}/{month}/{champion['name']}-v{champion['version']}.html"
         self.lake.write_file(self.lake.path(key), self.evidently.html(snapshot), rows=0)
         context["ti"].xcom_push(key=REPORT_XCOM_KEY, value=key)
         self.log.info("%s report: %s", kind, self.lake.url(self.lake.path(key)))
         project = (self.config.get("evidently") or {}).get("project") or f"{champion['name']} monitoring"
         name = f"{kind} {month} {champion['name']} v{champion['version']}"
-        evidently_run = self.evidently.add_run(project, snapshot, name=name)
-        mlflow_run = self.log_to_mlflow(
-            context, kind=kind, month=month, champion=champion, metrics=metrics, report_key=key, summary=summary
-        )
         return {
             "report_key": key,
             "evidently_project": project,
-            "evidently_run_id": evidently_run,
-            "mlflow_run_id": mlflow_run,
+            "evidently_run_id": self.evidently.add_run(project, snapshot, name=name),
+            "mlflow_run_id": self.log_to_mlflow(
+                context, kind=kind, month=month, champion=champion, metrics=metrics, report_key=key, summary=summary
+            ),
         }
 
     def log_to_mlflow(
@@ -281,52 +213,21 @@ class MonitoringBaseOperator(BaseOperator):
         kind: str,
         month: str,
         champion: dict[str, Any],
-        metrics: dict[str, float],
+        metrics: dict[str, float | None],
         report_key: str | None,
         summary: dict[str, Any],
     ) -> str:
-        """One MLflow run per check (re-used by a retry), its metrics linked to the champion's logged model."""
-        from mlflow.entities import Metric, RunTag
+        """One MLflow run per check (re-used by a retry), linked to the champion (``MonitoringMlflowHook.log_check``);
+        returns its id."""
+        from airflow_mlops.core.tracking import airflow_lineage
 
-        from airflow_mlops.operators.training import airflow_lineage
-
-        client = self.mlflow_hook.client
-        experiment = (self.config.get("mlflow") or {}).get("experiment_name") or "mlops-monitoring"
-        experiment_id = self.mlflow_hook.get_or_create_experiment(experiment)
-        lineage = airflow_lineage(context)
-        check_key = f"{kind}/{champion['name']}/{champion['version']}/{month}"
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{MONITORING_KEY_TAG}` = '{check_key}' and "
-            f"tags.`mlops.airflow.run_id` = '{lineage['run_id']}'",
-            max_results=1,
+        return self.mlflow_hook.log_check(
+            kind=kind,
+            period=month,
+            champion=champion,
+            metrics=metrics,
+            summary=summary,
+            report_key=report_key,
+            lineage=airflow_lineage(context),
+            experiment=(self.config.get("mlflow") or {}).get("experiment_name") or "mlops-monitoring",
         )
-        run_name = f"{kind}.{champion['name']}.v{champion['version']}.{month}"
-        run_id = found[0].info.run_id if found else client.create_run(experiment_id, run_name=run_name).info.run_id
-        tags = {
-            MONITORING_KEY_TAG: check_key,
-            "mlops.monitoring.kind": kind,
-            "mlops.monitoring.month": month,
-            "mlops.monitoring.model": champion["name"],
-            "mlops.monitoring.version": champion["version"],
-            "mlops.monitoring.champion_run_id": champion["run_id"],
-            "mlops.monitoring.report": report_key or "",
-            **{f"mlops.airflow.{k}": v for k, v in lineage.items()},
-        }
-        stamp, step = int(time.time() * 1000), int(month.replace("-", ""))
-        model_id = champion.get("model_id")
-        batch = [Metric(k, float(v), stamp, step, model_id=model_id) for k, v in metrics.items() if v is not None]
-        for first in range(0, max(len(batch), 1), 900):
-            client.log_batch(
-                run_id,
-                metrics=batch[first : first + 900],
-                tags=[RunTag(k, v) for k, v in tags.items()] if first == 0 else [],
-            )
-        client.log_dict(run_id, summary, f"monitoring/{kind}_{month}.json")
-        client.set_terminated(run_id)
-        keys = ("status", "drift_share", "prediction_drift", "decay", "rows")
-        short = json.dumps({k: summary.get(k) for k in keys if k in summary})
-        client.set_model_version_tag(
-            champion["name"], champion["version"], f"mlops.monitoring.{kind}.{month}", short[:4000]
-        )
-        return run_id

@@ -83,17 +83,7 @@ class PerformanceCheckOperator(ChampionCheckOperator):
         self.log.info("live %s: %s; hold-out: %s", month, summary["live"], summary["holdout"])
         self.log.info("decay (positive = worse): %s; worst slices: %s", summary["decay"], summary["worst_slice_decay"])
         snapshot = self.report(champion, joined.frame, columns, month)
-        summary.update(
-            self.publish(
-                context,
-                kind="performance",
-                month=month,
-                champion=champion,
-                snapshot=snapshot,
-                metrics=result.metrics(),
-                summary=summary,
-            )
-        )
+        summary.update(self.publish(context, "performance", champion, snapshot, result.metrics(), summary))
         return summary
 
     def _unjudged(self, summary: dict[str, Any], status: str, reason: str | None) -> dict[str, Any]:
@@ -144,15 +134,17 @@ class PerformanceCheckOperator(ChampionCheckOperator):
         return performance.window_outcomes(found, id_column=columns.id, label=columns.label), None
 
     def holdout_evaluation(self, champion: dict[str, Any]) -> dict[str, Any] | None:
-        """The champion's hold-out evaluation (``candidate`` of ``evaluation/evaluation.json`` on its run)."""
-        import mlflow
+        """The champion's hold-out evaluation (``candidate`` of ``evaluation/evaluation.json`` on its run); None
+        (decay not computed, the policy ignores it) when the run has none."""
+        import json
 
-        self.mlflow_hook.activate()
-        try:
-            return mlflow.artifacts.load_dict(f"runs:/{champion['run_id']}/evaluation/evaluation.json").get("candidate")
-        except Exception as err:  # noqa: BLE001 - reported: live metrics without a comparison, the policy ignores decay
-            self.log.warning("no hold-out evaluation on run %s (%s): decay is not computed", champion["run_id"], err)
+        from airflow_mlops.core.tracking import EVALUATION_ARTIFACT
+
+        text = self.mlflow_hook.run_artifact_text(champion["run_id"], EVALUATION_ARTIFACT)
+        if text is None:
+            self.log.warning("no hold-out evaluation on run %s: decay is not computed", champion["run_id"])
             return None
+        return json.loads(text).get("candidate")
 
     def report(self, champion: dict[str, Any], joined: pd.DataFrame, columns: MonitoredColumns, month: str) -> Any:
         """The Evidently quality report of the joined rows, the reference sample's hold-out rows as reference."""

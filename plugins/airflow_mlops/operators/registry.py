@@ -8,19 +8,18 @@ recorded with who triggered it, from/to version, the gate decision and a timesta
 from __future__ import annotations
 
 import json
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
-
-from airflow.sdk import BaseOperator
 
 from airflow_mlops.assets import MODEL_PROMOTED
 from airflow_mlops.exceptions import PromotionConflictError
-from airflow_mlops.hooks.mlflow_registry import MlflowHook
 from airflow_mlops.links_mlflow import MODEL_VERSION_URL_XCOM_KEY, MlflowModelVersionLink
-from airflow_mlops.operators.training import _parse, airflow_lineage
+from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.templating import as_mapping, is_blank
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_mlops.core.ledger import LedgerEntry
 
 #: Run tags copied onto a registered version, so the version page alone shows where it came from.
 LINEAGE_TAGS = (
@@ -35,26 +34,75 @@ LINEAGE_TAGS = (
 )
 
 
-def _skip_unless_approved(gate: dict[str, Any], what: str) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    if not gate.get("approved"):
-        reasons = "; ".join(gate.get("reasons") or ["no gate decision"])
-        raise AirflowSkipException(f"{what} skipped: the gate rejected run {gate.get('run_id')}: {reasons}")
+#: The gate decision's items a registered version carries (tag ``mlops.gate.decision``) and hands on.
+GATE_DECISION_KEYS = ("approved", "forced", "force_reason", "policy_hash", "champion_version", "reasons")
 
 
-class RegisterModelOperator(BaseOperator):
+class _RegistryOperator(MlopsBaseOperator):
+    """What the registry steps share: the gate re-checked, an alias move's links and Asset event."""
+
+    def skip_unless_approved(self, gate: dict[str, Any], what: str) -> None:
+        """Skip (the DAG run stays green) unless the gate approved: re-checked here, not trusted to the wiring.
+
+        :param gate: the gate decision (``approved``, ``reasons``, ``run_id``).
+        :param what: the step, for the message.
+        :raises AirflowSkipException: the gate rejected the model, or there is no decision.
+        """
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not gate.get("approved"):
+            reasons = "; ".join(gate.get("reasons") or ["no gate decision"])
+            raise AirflowSkipException(f"{what} skipped: the gate rejected run {gate.get('run_id')}: {reasons}")
+
+    def transition(self, name: str, context: Context, **kwargs: Any) -> tuple[LedgerEntry, bool]:
+        """``MlflowHook.transition`` of ``name@alias`` (compare-and-set on the promotion ledger), triggered by
+        this task; a lost race or a stale expectation is a ``PromotionConflictError``.
+
+        :param name: the registered model.
+        :param kwargs: ``to_version``, ``expected_from``, ``action`` and the rest of ``MlflowHook.transition``.
+        """
+        from airflow_mlops.core.ledger import LedgerConflict
+        from airflow_mlops.core.tracking import airflow_lineage
+
+        try:
+            return self.mlflow_hook.transition(name, self.alias, triggered_by=airflow_lineage(context), **kwargs)
+        except LedgerConflict as err:
+            raise PromotionConflictError(str(err)) from err
+
+    def finish(self, context: Context, entry: LedgerEntry, name: str) -> dict[str, Any]:
+        """The moved version's link to XCom, the move as the outlets' event extra; returns the ledger entry."""
+        url = self.mlflow_hook.model_version_url(name, entry.to_version)
+        context["ti"].xcom_push(key=MODEL_VERSION_URL_XCOM_KEY, value=url)
+        events = context.get("outlet_events")
+        if events is not None:
+            for outlet in self.outlets or []:  # the use case's model_promoted Asset
+                events[outlet].extra = {
+                    "model": name,
+                    "alias": entry.alias,
+                    "action": entry.action,
+                    "from_version": entry.from_version,
+                    "to_version": entry.to_version,
+                    "ledger_seq": entry.seq,
+                }
+        return entry.to_dict()
+
+
+class RegisterModelOperator(_RegistryOperator):
     """Register an approved model as a version and point ``challenger`` at it. Idempotent.
 
     The version is looked up by its source run first: a retry (or a re-run of the same training run) reuses
     the version it finds and never creates a second one. Skips (the DAG run stays green) when the gate
     rejected the model; re-checks the decision itself rather than trusting the DAG's wiring.
 
-    :param gate: the XCom of ``ModelGateOperator`` (templated).
+    Arguments: those of ``MlopsBaseOperator`` (``mlflow_conn_id``), and:
+
+    :param gate: the XCom of ``ModelGateOperator``, a dict (templated: pass its ``.output``).
     :param registered_model_name: default the name the gate saw (templated).
     :param alias: the alias to set; default ``challenger``.
-    :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
-    :return: (XCom) name, version, created, run_id, model_uri, alias and the gate decision (no metric table).
+    :return: (XCom) name, version, created, run_id, model_uri, alias, champion_alias and the gate decision (no
+        metric table). The version's MLflow URL is pushed under ``mlflow_model_version_url``.
+    :raises AirflowSkipException: the gate rejected the model.
+    :raises AirflowFailException: ``gate`` is not a dict.
     """
 
     template_fields = ("gate", "registered_model_name")
@@ -64,41 +112,27 @@ class RegisterModelOperator(BaseOperator):
     def __init__(
         self,
         *,
-        gate: dict | str,
+        gate: dict[str, Any],
         registered_model_name: str | None = None,
         alias: str = "challenger",
-        mlflow_conn_id: str = MlflowHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.gate = gate
         self.registered_model_name = registered_model_name
         self.alias = alias
-        self.mlflow_conn_id = mlflow_conn_id
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        gate = _parse(self.gate)
-        _skip_unless_approved(gate, "registration")
-        name = self.registered_model_name or gate["registered_model_name"]
-        run_id = gate["run_id"]
+        gate = self.checked(as_mapping, self.gate, "gate")
+        self.skip_unless_approved(gate, "registration")
+        name, run_id = self.registered_model_name or gate["registered_model_name"], gate["run_id"]
         client = self.mlflow_hook.client
-        run_tags = client.get_run(run_id).data.tags
-        tags = {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
-        tags["mlops.gate.approved"] = "true"
-        tags["mlops.gate.forced"] = str(bool(gate.get("forced"))).lower()
-        tags["mlops.gate.policy_sha256"] = gate.get("policy_hash") or "none"
-        version, created = self.mlflow_hook.register(name, gate["model_uri"], run_id, tags=tags)
+        version, created = self.mlflow_hook.register(name, gate["model_uri"], run_id, tags=self._version_tags(gate))
         if created:
             self.log.info("registered run %s as %s version %s", run_id, name, version)
         else:
             self.log.info("run %s was registered before as %s version %s: reusing it", run_id, name, version)
-        decision = {
-            k: gate.get(k) for k in ("approved", "forced", "force_reason", "policy_hash", "champion_version", "reasons")
-        }
+        decision = {k: gate.get(k) for k in GATE_DECISION_KEYS}
         client.set_model_version_tag(name, version, "mlops.gate.decision", json.dumps(decision, sort_keys=True))
         client.set_registered_model_alias(name, self.alias, version)
         url = self.mlflow_hook.model_version_url(name, version)
@@ -114,92 +148,86 @@ class RegisterModelOperator(BaseOperator):
             "gate": decision,
         }
 
+    def _version_tags(self, gate: dict[str, Any]) -> dict[str, str]:
+        """The source run's lineage tags and the gate's verdict, for the new version."""
+        run_tags = self.mlflow_hook.client.get_run(gate["run_id"]).data.tags
+        return {
+            **{k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags},
+            "mlops.gate.approved": "true",
+            "mlops.gate.forced": str(bool(gate.get("forced"))).lower(),
+            "mlops.gate.policy_sha256": gate.get("policy_hash") or "none",
+        }
 
-class PromoteModelOperator(BaseOperator):
+
+class PromoteModelOperator(_RegistryOperator):
     """Move ``champion`` to the registered version, only if it still points where the gate compared against.
 
     Compare-and-set through the promotion ledger; a retry of the same task does not append twice. Skips a
-    model the gate rejected. Emits the ``model_promoted`` Asset event.
+    model the gate rejected; refuses one that failed infra validation. Emits the ``model_promoted`` Asset event
+    (extra: model, alias, action, from/to version, ledger_seq).
 
-    :param registered: the XCom of ``RegisterModelOperator`` (templated).
+    Arguments: those of ``MlopsBaseOperator`` (``mlflow_conn_id``), and:
+
+    :param registered: the XCom of ``RegisterModelOperator`` (or of ``InfraValidateOperator``, which adds
+        ``infra_validation``), a dict (templated: pass its ``.output``).
     :param alias: the alias to move; default ``champion``.
-    :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
     :return: (XCom) the ledger entry: seq, action, model, alias, from/to version, triggered_by, gate, timestamp.
-    :raises PromotionConflictError: ``champion`` moved since the evaluation, or a concurrent promotion won.
+    :raises AirflowSkipException: the gate rejected the model.
+    :raises PromotionConflictError: ``champion`` moved since the evaluation, a concurrent promotion won, or the
+        version failed infra validation.
     """
 
     template_fields = ("registered",)
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#b6d7a8"
 
-    def __init__(
-        self,
-        *,
-        registered: dict | str,
-        alias: str = "champion",
-        mlflow_conn_id: str = MlflowHook.default_conn_name,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, registered: dict[str, Any], alias: str = "champion", **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [MODEL_PROMOTED])
         super().__init__(**kwargs)
         self.registered = registered
         self.alias = alias
-        self.mlflow_conn_id = mlflow_conn_id
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_mlops.core.ledger import PROMOTE, LedgerConflict
+        from airflow_mlops.core.ledger import PROMOTE
 
-        registered = _parse(self.registered)
+        registered = self.checked(as_mapping, self.registered, "registered")
         gate = registered.get("gate") or {}
-        _skip_unless_approved({**gate, "run_id": registered.get("run_id")}, "promotion")
+        self.skip_unless_approved({**gate, "run_id": registered.get("run_id")}, "promotion")
+        name, version = registered["name"], str(registered["version"])
         infra = registered.get("infra_validation")
         if infra is not None and infra.get("approved") is not True:
             # Like the gate, re-checked here: a candidate that failed in the serving stack never moves champion.
-            raise PromotionConflictError(
-                f"{registered['name']} v{registered['version']} did not pass infra "
-                f"validation: {'; '.join(infra.get('reasons', [])) or 'no decision'}"
-            )
-        name, version = registered["name"], str(registered["version"])
-        try:
-            entry, appended = self.mlflow_hook.transition(
-                name,
-                self.alias,
-                to_version=version,
-                expected_from=gate.get("champion_version"),
-                action=PROMOTE,
-                triggered_by=airflow_lineage(context),
-                gate=gate,
-            )
-        except LedgerConflict as err:
-            raise PromotionConflictError(str(err)) from err
-        verb = "promoted" if appended else "was already promoted (retry)"
+            reasons = "; ".join(infra.get("reasons", [])) or "no decision"
+            raise PromotionConflictError(f"{name} v{version} did not pass infra validation: {reasons}")
+        entry, appended = self.transition(
+            name, context, to_version=version, expected_from=gate.get("champion_version"), action=PROMOTE, gate=gate
+        )
         self.log.info(
             "%s v%s %s to %s (from %s), ledger #%d",
             name,
             version,
-            verb,
+            "promoted" if appended else "was already promoted (retry)",
             self.alias,
             entry.from_version or "none",
             entry.seq,
         )
-        return _finish(self, context, entry, name)
+        return self.finish(context, entry, name)
 
 
-class RollbackModelOperator(BaseOperator):
+class RollbackModelOperator(_RegistryOperator):
     """Restore the previous champion in one step (or a named version), recorded in the promotion ledger.
 
     "Previous" replays the ledger: promotions push a version, rollbacks pop one, so rolling back twice goes
     two champions back. Compare-and-set like a promotion: a concurrent move makes it fail, never interleave.
+    A retry finds its own ledger entry and does not roll back twice. Emits the ``model_promoted`` Asset event.
+
+    Arguments: those of ``MlopsBaseOperator`` (``mlflow_conn_id``), and:
 
     :param registered_model_name: the model (templated).
-    :param to_version: a version to restore instead of the previous champion (templated; empty = previous).
+    :param to_version: a version to restore instead of the previous champion (templated; empty or None:
+        the previous one).
     :param reason: why, for the ledger (templated).
     :param alias: the alias to move back; default ``champion``.
-    :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
     :return: (XCom) the ledger entry.
     :raises PromotionConflictError: nothing to roll back to, or a concurrent move.
     """
@@ -215,7 +243,6 @@ class RollbackModelOperator(BaseOperator):
         to_version: str | int | None = None,
         reason: str | None = None,
         alias: str = "champion",
-        mlflow_conn_id: str = MlflowHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [MODEL_PROMOTED])
@@ -224,31 +251,20 @@ class RollbackModelOperator(BaseOperator):
         self.to_version = to_version
         self.reason = reason
         self.alias = alias
-        self.mlflow_conn_id = mlflow_conn_id
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_mlops.core.ledger import ROLLBACK, LedgerConflict
+        from airflow_mlops.core.ledger import ROLLBACK
 
-        target = str(self.to_version).strip() if self.to_version not in (None, "") else ""
-        target = None if target in ("", "None") else target
         name = self.registered_model_name
-        try:
-            entry, _ = self.mlflow_hook.transition(
-                name,
-                self.alias,
-                to_version=target,
-                expected_from=None,
-                action=ROLLBACK,
-                triggered_by=airflow_lineage(context),
-                reason=self.reason or "rollback",
-                check_expected=False,
-            )
-        except LedgerConflict as err:
-            raise PromotionConflictError(str(err)) from err
+        entry, _ = self.transition(
+            name,
+            context,
+            to_version=None if is_blank(self.to_version) else str(self.to_version).strip(),
+            expected_from=None,
+            action=ROLLBACK,
+            reason=self.reason or "rollback",
+            check_expected=False,
+        )
         self.log.info(
             "%s@%s rolled back from v%s to v%s (ledger #%d): %s",
             name,
@@ -258,22 +274,4 @@ class RollbackModelOperator(BaseOperator):
             entry.seq,
             entry.reason,
         )
-        return _finish(self, context, entry, name)
-
-
-def _finish(op: Any, context: Context, entry: Any, name: str) -> dict[str, Any]:
-    context["ti"].xcom_push(
-        key=MODEL_VERSION_URL_XCOM_KEY, value=op.mlflow_hook.model_version_url(name, entry.to_version)
-    )
-    events = context.get("outlet_events")
-    if events is not None:
-        for outlet in getattr(op, "outlets", None) or []:  # the use case's model_promoted Asset
-            events[outlet].extra = {
-                "model": name,
-                "alias": entry.alias,
-                "action": entry.action,
-                "from_version": entry.from_version,
-                "to_version": entry.to_version,
-                "ledger_seq": entry.seq,
-            }
-    return entry.to_dict()
+        return self.finish(context, entry, name)

@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.assets import RETRAIN_REQUESTED
-from airflow_mlops.operators.monitoring_base import (
-    POLICY_ZONE,
-    MonitoringBaseOperator,
-    parse_json_arg,
-)
+from airflow_mlops.operators.monitoring_base import POLICY_ZONE, MonitoringBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,16 +33,18 @@ class RetrainingPolicyOperator(MonitoringBaseOperator):
 
     Arguments: those of ``MonitoringBaseOperator``, and:
 
-    :param drift: the XCom of ``DriftCheckOperator`` (templated).
-    :param performance: the XCom of ``PerformanceCheckOperator`` (templated; may be empty).
+    :param drift: the XCom of ``DriftCheckOperator`` (templated: pass ``drift_check.output``, resolved to its dict);
+        None when the check was skipped.
+    :param performance: the XCom of ``PerformanceCheckOperator`` (templated, like ``drift``); may be None.
     :return: (XCom) the decision (retrain, reasons, triggers, suppressed_by, interval, model, champion_version).
     :raises AirflowSkipException: the policy does not ask for a retrain (decision recorded first).
+    :raises AirflowFailException: ``drift`` or ``performance`` is not a summary (a dict), or the policy is invalid.
     """
 
     template_fields = ("drift", "performance", "month", "registered_model_name", "config_path")
     ui_color = "#fce8e6"
 
-    def __init__(self, *, drift: dict | str | None, performance: dict | str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, drift: dict | None, performance: dict | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [RETRAIN_REQUESTED])
         super().__init__(**kwargs)
         self.drift = drift
@@ -57,10 +54,9 @@ class RetrainingPolicyOperator(MonitoringBaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_mlops.core import retraining_policy as rp
-        from airflow_mlops.operators.training import airflow_lineage
+        from airflow_mlops.core.tracking import airflow_lineage
 
-        drift_summary = parse_json_arg(self.drift) or None
-        perf_summary = parse_json_arg(self.performance) or None
+        drift_summary, perf_summary = self._summary("drift"), self._summary("performance")
         policy = self.checked(rp.RetrainingPolicy.from_dict, self.config.get("policy") or {})
         source = drift_summary or perf_summary
         if not isinstance(source, dict) or not source.get("interval_start"):
@@ -96,12 +92,20 @@ class RetrainingPolicyOperator(MonitoringBaseOperator):
             log("  - %s", line)
 
     def _tag_champion(self, decision: PolicyDecision, period: str) -> None:
-        if not decision.champion_version:
-            return
-        verdict = {"retrain": decision.retrain, "suppressed_by": decision.suppressed_by, "reasons": decision.reasons}
-        self.mlflow_hook.client.set_model_version_tag(
-            decision.model, decision.champion_version, f"mlops.policy.{period}", json.dumps(verdict)[:4000]
-        )
+        if decision.champion_version:
+            verdict = {
+                "retrain": decision.retrain,
+                "suppressed_by": decision.suppressed_by,
+                "reasons": decision.reasons,
+            }
+            self.mlflow_hook.tag_version(decision.model, decision.champion_version, f"mlops.policy.{period}", verdict)
+
+    def _summary(self, name: str) -> dict[str, Any] | None:
+        """The check's summary passed as ``name`` (an XComArg resolves to the dict); None or empty: none."""
+        value = getattr(self, name)
+        if value is not None and not isinstance(value, dict):
+            self.fail(f"{name} must be the check's XCom, a dict (pass the task's .output), not {type(value).__name__}")
+        return value or None
 
     def _without_summaries(self, context: Context) -> dict[str, Any]:
         """The checks were skipped: with no champion, the bootstrap case for the month; otherwise skip."""

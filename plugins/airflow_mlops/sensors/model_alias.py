@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 
-from airflow_mlops.hooks.mlflow_registry import MlflowHook
 from airflow_mlops.links_mlflow import MODEL_VERSION_URL_XCOM_KEY, MlflowModelVersionLink
+from airflow_mlops.operators.base import MlopsBaseOperator
+from airflow_mlops.templating import is_blank
 from airflow_mlops.triggers.model_alias import ModelAliasTrigger
 
 if TYPE_CHECKING:
@@ -19,19 +19,23 @@ if TYPE_CHECKING:
 BASELINE_XCOM_KEY = "alias_baseline"
 
 
-class ModelAliasSensor(BaseSensorOperator):
+class ModelAliasSensor(MlopsBaseOperator, BaseSensorOperator):
     """Succeed once ``registered_model_name@alias`` points at a version other than ``from_version``.
 
     With ``from_version`` empty the baseline is wherever the alias pointed when the sensor first ran, so the
     sensor waits for the *next* move (a missing alias counts as "nowhere": its creation is a move). Deferrable
     by default: the wait happens in the triggerer and holds no worker slot.
 
+    Arguments: those of ``BaseSensorOperator`` (``poke_interval``, ``timeout``, ``mode``, ...) and of
+    ``MlopsBaseOperator`` (``mlflow_conn_id``: the MLflow connection, whose hook is ``mlflow_hook``), and:
+
     :param registered_model_name: the model (templated).
     :param alias: the alias to watch, default ``champion`` (templated).
     :param from_version: the version to move away from (templated); empty: the alias's version at start.
     :param deferrable: wait in the triggerer (default) instead of poking from a worker.
-    :param mlflow_conn_id: MLflow connection; see ``MlflowHook``.
-    :return: (XCom) name, alias, version (the new one), from_version.
+    :return: (XCom) name, alias, version (the new one), from_version. The version's MLflow URL is pushed under
+        ``mlflow_model_version_url``; the baseline under ``alias_baseline`` (kept across reschedules).
+    :raises AirflowException: the trigger reported anything but a move.
     """
 
     template_fields = ("registered_model_name", "alias", "from_version")
@@ -45,7 +49,6 @@ class ModelAliasSensor(BaseSensorOperator):
         alias: str = "champion",
         from_version: str | int | None = None,
         deferrable: bool = True,
-        mlflow_conn_id: str = MlflowHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,15 +56,10 @@ class ModelAliasSensor(BaseSensorOperator):
         self.alias = alias
         self.from_version = from_version
         self.deferrable = deferrable
-        self.mlflow_conn_id = mlflow_conn_id
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(mlflow_conn_id=self.mlflow_conn_id)
 
     def _baseline(self, context: Context) -> str | None:
-        if self.from_version not in (None, "", "None"):
-            return str(self.from_version)
+        if not is_blank(self.from_version):
+            return str(self.from_version).strip()
         ti = context["ti"]
         stored = ti.xcom_pull(task_ids=ti.task_id, key=BASELINE_XCOM_KEY)
         if stored is not None:
