@@ -161,7 +161,8 @@ def test_retraining_from_recorded_lineage_reproduces_metrics_exactly(champion, s
 
     from airflow_mlops.core import evaluation as ev
     from airflow_mlops.core import training as core
-    from airflow_mlops.operators.training import CONFIG_ARTIFACT, ResolveTrainingSetOperator
+    from airflow_mlops.core.tracking import CONFIG_ARTIFACT
+    from airflow_mlops.operators.training_set import ResolveTrainingSetOperator
 
     h = hook()
     h.activate()
