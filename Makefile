@@ -25,17 +25,18 @@ help:
 	@echo "make lock       re-resolve requirements.txt from requirements.in"
 	@echo "make clean      stop everything and delete MLOPS_HOME ($(MLOPS_HOME))"
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml devtools/pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	$(UV) pip install --quiet --python $(PY) -r requirements.txt
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	$(UV) pip install --quiet --python $(PY) --no-deps -e devtools
 	@touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m airflow_mlops.demo --usecase examples/$(EXAMPLE) $(DEMO_ARGS)
+	$(PY) -m airflow_mlops_dev.demo --usecase examples/$(EXAMPLE) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -50,18 +51,18 @@ test-production: install
 	$(PY) -m pytest -m production $(PYTEST_ARGS)
 
 up: install
-	$(PY) -m airflow_mlops.devstack up
-	$(PY) -m airflow_mlops.serving_process up
+	$(PY) -m airflow_mlops_dev.devstack up
+	$(PY) -m airflow_mlops_dev.serving up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m airflow_mlops.serving_process down; $(PY) -m airflow_mlops.devstack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m airflow_mlops_dev.serving down; $(PY) -m airflow_mlops_dev.devstack down; fi
 
 status: install
-	$(PY) -m airflow_mlops.devstack status; $(PY) -m airflow_mlops.serving_process status
+	$(PY) -m airflow_mlops_dev.devstack status; $(PY) -m airflow_mlops_dev.serving status
 
 lint: install
-	$(VENV)/bin/ruff check dags plugins include examples tests benchmarks
-	$(VENV)/bin/ruff format --check dags plugins include examples tests benchmarks
+	$(VENV)/bin/ruff check dags plugins devtools include examples tests benchmarks
+	$(VENV)/bin/ruff format --check dags plugins devtools include examples tests benchmarks
 
 bench: install
 	$(PY) benchmarks/run_all.py

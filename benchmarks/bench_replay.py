@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_replay.py [--usecase examples/flight_delay] [--periods 2013-01:2013-12] [--keep]
 
-Runs ``python -m airflow_mlops.demo`` in a fresh temporary MLOPS_HOME on free ports (the embedded Airflow, the
+Runs ``python -m airflow_mlops_dev.demo`` in a fresh temporary MLOPS_HOME on free ports (the embedded Airflow, the
 use case's serving process, everything real), then prints the wall time, the seconds per stage summed over the
 periods, and the peak resident memory of Airflow + serving + the driver, against the targets (<= 10 minutes,
 <= 4 GiB, set for the flights year). Without ``--periods``: the demo's default (the use case's schedule; a window of
@@ -51,9 +51,9 @@ def main() -> int:
         MLOPS_AIRFLOW_PORT=str(_free_port()),
         **{f"MLOPS_SERVING_PORT__{usecase.name.upper()}": str(_free_port())},
     )
-    from airflow_mlops import demo
-    from airflow_mlops.devstack import Stack
-    from airflow_mlops.serving_process import embedded
+    from airflow_mlops_dev import demo
+    from airflow_mlops_dev.devstack import Stack
+    from airflow_mlops_dev.serving import embedded
 
     started = time.perf_counter()
     status = 1

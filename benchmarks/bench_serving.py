@@ -156,7 +156,7 @@ def main() -> int:
     )
     import serving_fixtures as sf
 
-    from airflow_mlops.serving_process import ServingProcess, free_port
+    from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
 
     print(f"building the stack under {home} (features for 2013-01, champion v1) ...", flush=True)
     started = time.perf_counter()

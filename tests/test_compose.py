@@ -339,7 +339,7 @@ def serving_usecase_problems(compose: dict[str, Any], root: Path) -> list[str]:
     """``serving`` runs the generic service for a use case of the mounted projects folder, writes its inference log
     into that use case's lake root, and the Airflow services' deploy step reaches it, with its admin token, at
     ``MLOPS_SERVING_URL__<NAME>``."""
-    from airflow_mlops.serving_process import SERVICE
+    from airflow_mlops.hooks.bentoml_process import SERVICE
     from airflow_mlops.usecase import config
 
     serving = services(compose).get("serving") or {}

@@ -38,7 +38,7 @@ def usecase():
 def serving_endpoint(usecase, monkeypatch):
     """deploy_model starts the use case's embedded server when none answers: give it a free port (its per-use-case
     variables) and stop it afterwards (it serves from this test's MLflow store)."""
-    from airflow_mlops import serving_process
+    from airflow_mlops.hooks import bentoml_process as serving_process
 
     port = serving_process.free_port()
     key = usecase.name.upper()
@@ -47,7 +47,7 @@ def serving_endpoint(usecase, monkeypatch):
     try:
         yield port
     finally:
-        server = serving_process.embedded(usecase=usecase.folder, port=port)
+        server = serving_process.ServingProcess(usecase=usecase.folder, port=port)
         server.stop()
         assert not server.pidfile.exists()
         assert not serving_process._port_in_use("127.0.0.1", port)

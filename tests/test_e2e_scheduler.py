@@ -16,11 +16,11 @@ import warnings
 import httpx
 import pytest
 import yaml
+from airflow_mlops_dev import replay
+from airflow_mlops_dev.devstack import COMPONENTS, AirflowClient, Stack
 
-from airflow_mlops import replay
-from airflow_mlops.devstack import COMPONENTS, AirflowClient, Stack
+from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.hooks.lake import LakeHook
-from airflow_mlops.serving_process import free_port
 
 from conftest import ROOT
 
@@ -136,7 +136,7 @@ def test_the_embedded_metadata_db_waits_for_locks_and_lets_readers_run(stack):
     import sys
     from contextlib import closing
 
-    from airflow_mlops.devstack import SQLITE_CONNECT_ARGS
+    from airflow_mlops_dev.devstack import SQLITE_CONNECT_ARGS
 
     with closing(sqlite3.connect(stack.sqlite_db)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_mlops.serving_process import free_port
+from airflow_mlops.hooks.bentoml_process import free_port
 
 from training_fixtures import build_frame, run_pipeline, write_configs, write_snapshot
 

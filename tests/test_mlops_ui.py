@@ -554,8 +554,9 @@ def test_rollback_is_refused_without_a_use_case_a_right_or_a_reason(api, seeded)
 # -- e2e: the embedded Airflow with the factory's DAGs ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from airflow_mlops.devstack import Stack
-    from airflow_mlops.serving_process import free_port
+    from airflow_mlops_dev.devstack import Stack
+
+    from airflow_mlops.hooks.bentoml_process import free_port
 
     if not (ROOT / "dags" / "mlops.py").is_file():
         pytest.skip("dags/ does not build the use cases' DAGs with the factory yet (dags/mlops.py)")
@@ -591,7 +592,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(stack):
-    from airflow_mlops.devstack import AirflowClient
+    from airflow_mlops_dev.devstack import AirflowClient
 
     client = AirflowClient(stack["stack"].url, "admin", stack["stack"].admin_password())
     # SQLite behind a busy 2-core machine: an API call may wait on a task's write for a while.
@@ -807,9 +808,8 @@ def test_ui_mlops_page_in_the_airflow_nav(stack, client, browser):
 @E2E
 @pytest.mark.ui
 def test_ui_data_docs_extra_link_of_a_validate_task(stack, client, browser):
+    from airflow_mlops_dev import replay
     from selenium.webdriver.common.by import By
-
-    from airflow_mlops import replay
 
     flights, airflow = stack["flights"], stack["stack"]
     ingest = flights.dag_id("ingest_validate")

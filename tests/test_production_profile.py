@@ -12,7 +12,7 @@ is ``<MLOPS_LAKE>/flight_delay`` and its Assets are named ``flight_delay.<kind>`
 the module's runs deterministic and bounded: no schedule (runs come from the landing flag and the REST API only)
 and a looser infra-validation latency budget.
 
-* ``test_months_through_the_loop``: January, then February, land with ``airflow_mlops.replay``; the landing flag,
+* ``test_months_through_the_loop``: January, then February, land with ``airflow_mlops_dev.replay``; the landing flag,
   the scheduler and the Celery worker take them through ingest → validation → features → training, and the first
   model becomes champion.
 * ``test_killed_worker``: the worker is SIGKILLed (its whole process group) while a features task and the
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from airflow_mlops_dev import replay
+from airflow_mlops_dev.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
 
-from airflow_mlops import replay
-from airflow_mlops.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
-from airflow_mlops.serving_process import free_port
+from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.usecase import config
 
 from conftest import ROOT
@@ -189,7 +189,7 @@ def stack(tmp_path_factory, usecase):
                 patch.setenv(name, value)
             yield stack
         finally:
-            from airflow_mlops import serving_process
+            from airflow_mlops_dev import serving as serving_process
 
             try:
                 if stack is not None:
@@ -339,9 +339,9 @@ def test_native_profile_matches_compose(tmp_path, monkeypatch):
         "mlflow-server",
     )
 
-    # Serving: the generic service natively (serving_process, started by the deploy step) and in compose, for the
+    # Serving: the generic service natively (ServingProcess, started by the deploy step) and in compose, for the
     # flights example; the deploy step finds it through the use case's serving URL variable in both.
-    from airflow_mlops.serving_process import SERVICE
+    from airflow_mlops.hooks.bentoml_process import SERVICE
 
     serving = services["serving"]
     assert f"bentoml serve {SERVICE} " in " ".join(serving["command"])
@@ -559,16 +559,16 @@ def test_killed_worker(stack, client, usecase):
 @pytest.mark.production
 def test_a_served_month_is_monitored(stack, client, usecase):
     """The rest of the loop on the production profile: live traffic, outcomes, monitoring, the policy."""
-    from airflow_mlops import traffic
+    from airflow_mlops_dev import replay_source, traffic
+    from airflow_mlops_dev.replay_loop import batch_outcome, event_covers
+    from airflow_mlops_dev.serving import embedded, embedded_token
+
     from airflow_mlops.assets import assets_for
-    from airflow_mlops.core import replay_source
     from airflow_mlops.core.batches import batch_hash
     from airflow_mlops.core.inference_log import read_inference_log
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
     from airflow_mlops.operators.features import read_validated
-    from airflow_mlops.replay_loop import batch_outcome, event_covers
-    from airflow_mlops.serving_process import embedded, embedded_token
 
     name = usecase.registered_model_name
     champion = MlflowHook().alias_version(name, "champion")

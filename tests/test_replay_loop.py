@@ -1,6 +1,6 @@
 """The main job in CI: a 3-month replay of the flight_delay use case through the real scheduler and the real services.
 
-``python -m airflow_mlops.demo --usecase <copy of examples/flight_delay> --periods 2013-01:2013-03 --corrupt
+``python -m airflow_mlops_dev.demo --usecase <copy of examples/flight_delay> --periods 2013-01:2013-03 --corrupt
 2013-02:null_column`` in a fresh MLOPS_HOME, the copy being the only use case of MLOPS_PROJECTS (its schedule cut to
 one month, which keeps the ingest catch-up short; everything else is the shipped example). The embedded Airflow (API
 server, scheduler, DAG processor, triggerer) runs the DAG factory's ``flight_delay_*`` DAGs and the serving process
@@ -19,7 +19,7 @@ import warnings
 import pytest
 import yaml
 
-from airflow_mlops.serving_process import free_port
+from airflow_mlops.hooks.bentoml_process import free_port
 
 from conftest import ROOT
 
@@ -39,9 +39,10 @@ def _month_rows() -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
-    from airflow_mlops import demo
-    from airflow_mlops.devstack import Stack
-    from airflow_mlops.serving_process import embedded
+    from airflow_mlops_dev import demo
+    from airflow_mlops_dev.devstack import Stack
+    from airflow_mlops_dev.serving import embedded
+
     from airflow_mlops.usecase import config
 
     home = tmp_path_factory.mktemp("replay-home")

@@ -29,7 +29,7 @@ USECASE = str(sf.USECASE)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from airflow_mlops.serving_process import free_port
+    from airflow_mlops.hooks.bentoml_process import free_port
 
     home = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as mp:
@@ -45,8 +45,9 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(stack):
     """The embedded server, started by DeployModelOperator (nothing answers yet → it starts one)."""
+    from airflow_mlops_dev.serving import embedded
+
     from airflow_mlops.operators.serving import DeployModelOperator
-    from airflow_mlops.serving_process import embedded
 
     process = embedded(USECASE, stack["port"])
     try:
@@ -147,8 +148,9 @@ def test_admin_reload_needs_the_token(http):
 
 
 def test_admin_flush_commits_the_inference_log_now(http, stack):
-    from airflow_mlops import traffic
-    from airflow_mlops.serving_process import admin_token
+    from airflow_mlops_dev import traffic
+
+    from airflow_mlops.hooks.bentoml_process import admin_token
 
     assert http.post("/admin/flush_log", json={}).status_code == 403
     one = http.post("/predict", json=sf.canned()["single"][0])
@@ -259,10 +261,10 @@ def test_a_server_up_without_a_model_is_loaded_by_the_deploy(stack, monkeypatch)
     loads the model into it instead of failing or starting another one."""
     import time
 
+    from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
     from airflow_mlops.hooks.bentoml_serving import BentoServingHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
     from airflow_mlops.operators.serving import DeployModelOperator, mlflow_env
-    from airflow_mlops.serving_process import ServingProcess, free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

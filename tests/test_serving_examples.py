@@ -18,7 +18,7 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if (p / "mlops.yaml")
 
 @pytest.mark.parametrize("folder", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_a_bad_request_to_an_example_endpoint_is_a_4xx_naming_the_field(folder, tmp_path, monkeypatch):
-    from airflow_mlops.serving_process import ServingProcess, free_port
+    from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
     from airflow_mlops.usecase import config
 
     usecase = config.load(folder)

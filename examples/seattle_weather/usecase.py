@@ -76,7 +76,7 @@ VIEW_FIELDS = {
 DEFAULT_STATION = "SEA"
 #: The days the packaged data holds: what ``make demo`` replays by default (the source has no schedule: batches
 #: arrive when they land). A daily replay lands the first days at once (enough for the first model), then goes on
-#: a week at a time (``airflow_mlops.core.replay_source``).
+#: a week at a time (``airflow_mlops_dev.replay_source``).
 DEMO_PERIODS = ("2012-01-01", "2015-12-31")
 #: The ways :func:`corrupt` can break a day's batch (the demo's and the tests' broken batches), each with what
 #: happened upstream.
@@ -412,7 +412,7 @@ def _corruption(kind: str) -> Callable[[dict[str, bytes], dict[str, pd.DataFrame
     return rewrite
 
 
-#: Broken deliveries for the demo (``airflow_mlops.core.replay_source``): kind → ``fn(files, frames)`` that rewrites
+#: Broken deliveries for the demo (``airflow_mlops_dev.replay_source``): kind → ``fn(files, frames)`` that rewrites
 #: ``files`` (file name → bytes) from the good batch's ``frames`` (file name → DataFrame). The first is the demo's
 #: default: a day the suite quarantines, then re-sent corrected.
 CORRUPTIONS: dict[str, Callable[[dict[str, bytes], dict[str, pd.DataFrame]], None]] = {

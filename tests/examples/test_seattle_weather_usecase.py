@@ -385,7 +385,7 @@ def test_every_corruption_has_a_signature():
 def test_corruptions_follow_the_demo_contract():
     """``CORRUPTIONS[kind](files, frames)`` rewrites the batch file's bytes from the good frame, as ``corrupt``
     breaks it; the replay source accepts the mapping (first kind: the demo's default)."""
-    from airflow_mlops.core import replay_source
+    from airflow_mlops_dev import replay_source
 
     assert list(replay_source.corruptions(USECASE)) == list(M.CORRUPTION_KINDS)
     good = M.demo_batches("2013-07-04")
@@ -401,8 +401,8 @@ def test_corruptions_follow_the_demo_contract():
 def test_demo_requests_ask_for_each_day_of_the_batch_and_pass_the_request_schema(winter):
     """One request per day (the schema has no other dimension: one station), for the day itself; the request's
     keys are the label row's, so monitoring joins it with the day's outcome."""
-    from airflow_mlops import traffic
-    from airflow_mlops.core import replay_source
+    from airflow_mlops_dev import replay_source, traffic
+
     from airflow_mlops.core.request_schema import request_frame, request_model
 
     requests = replay_source.demo_requests(USECASE, "2014-02-10", winter["2014-02-10"])
@@ -419,8 +419,7 @@ def test_demo_requests_ask_for_each_day_of_the_batch_and_pass_the_request_schema
 def test_the_default_demo_backfills_the_first_models_days_then_steps_a_week():
     """``make demo EXAMPLE=seattle_weather``: the days the policy's first model needs land at once (the check of
     the last of them asks for it), then weekly live steps; the broken day falls in a live step."""
-    from airflow_mlops import demo
-    from airflow_mlops.core import replay_source
+    from airflow_mlops_dev import demo, replay_source
 
     plan = demo.plan(demo.parser().parse_args(["--usecase", str(FOLDER)]))
     bootstrap = USECASE.monitoring["policy"]["bootstrap"]["min_periods"]

@@ -1,4 +1,5 @@
-"""A use case's BentoML serving endpoint: where it is, and the calls the suite makes to it (info, reload, predict).
+"""A use case's BentoML serving endpoint: where it is, the calls the suite makes to it (info, reload, predict), and
+the two serving steps over it: validate a candidate in a pinned server of its own, deploy a version with no downtime.
 
 Named ``bentoml_serving`` (not ``bentoml``): the plugin loader registers plugin files under their bare names.
 """
@@ -12,10 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from airflow_mlops.hooks.bentoml_process import ServingError, ServingProcess, embedded_token, free_port
+
 if TYPE_CHECKING:
     import httpx
 
+    from airflow_mlops.core.infra_validation import InfraDecision
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
     from airflow_mlops.usecase.config import UseCase
+
+
+def mlflow_env(hook: MlflowHook) -> dict[str, str]:
+    """The MLflow location a serving process needs (resolved here: it cannot read Airflow connections).
+
+    :param hook: the MLflow hook of the task (its connection's tracking and registry URIs, artifact root).
+    """
+    env = {"MLFLOW_TRACKING_URI": hook.tracking_uri, "MLFLOW_REGISTRY_URI": hook.registry_uri}
+    if hook.artifact_root:
+        env["MLOPS_MLFLOW_ARTIFACTS"] = hook.artifact_root
+    return env
 
 
 class BentoServingHook(BaseHook):
@@ -28,6 +44,10 @@ class BentoServingHook(BaseHook):
     The admin token: the connection's password, else the embedded server's (loopback: ``MLOPS_SERVING_TOKEN`` or
     the token file under ``MLOPS_HOME/run``), else ``MLOPS_SERVING_TOKEN``.
 
+    The serving steps: ``deploy`` (make the endpoint serve a version, starting the embedded server if it is down)
+    and ``validate_candidate`` (a pinned server of its own, checked and stopped); the suite's serving processes are
+    ``airflow_mlops.hooks.bentoml_process.ServingProcess``.
+
     :param usecase: the use-case folder (holding ``mlops.yaml``).
     :param bentoml_conn_id: the connection of the serving endpoint; default ``bentoml_default``.
     :param url: an explicit URL (overrides the connection), e.g. a validation server on a free port.
@@ -36,7 +56,7 @@ class BentoServingHook(BaseHook):
 
     conn_name_attr = "bentoml_conn_id"
     default_conn_name = "bentoml_default"
-    conn_type = "http"
+    conn_type = "bentoml"
     hook_name = "BentoML serving"
 
     def __init__(
@@ -93,8 +113,6 @@ class BentoServingHook(BaseHook):
         if self._conn is not None and self._conn.password:
             return self._conn.password
         if self.is_embedded:
-            from airflow_mlops.serving_process import embedded_token
-
             return embedded_token()
         return os.environ.get("MLOPS_SERVING_TOKEN") or None
 
@@ -131,7 +149,10 @@ class BentoServingHook(BaseHook):
             return response.json()
 
     def reload(self, version: str | None = None, timeout: float = 300.0) -> dict[str, Any]:
-        """Ask the server to load ``version`` (default: its alias's), check it, and swap. Raises on refusal."""
+        """Ask the server to load ``version`` (default: its alias's), check it, and swap.
+
+        :raises ServingError: the server refused (its answer is in the message).
+        """
         with self.client(timeout=timeout) as http:
             response = http.post(
                 "/admin/reload",
@@ -139,7 +160,7 @@ class BentoServingHook(BaseHook):
                 headers={"X-MLOPS-Token": self.token or ""},
             )
         if response.status_code != 200:
-            raise RuntimeError(
+            raise ServingError(
                 f"{self.url} refused to load version {version}: HTTP {response.status_code} {response.text[:500]}"
             )
         return response.json()
@@ -150,3 +171,124 @@ class BentoServingHook(BaseHook):
             response = http.post("/predict", json=request)
             response.raise_for_status()
             return response.json()
+
+    # -- the serving steps -----------------------------------------------------------------------------------
+    def deploy(
+        self, version: str, *, env: dict[str, str], start_if_down: bool = True, readiness_timeout_s: float = 120.0
+    ) -> dict[str, Any]:
+        """Make this endpoint serve ``version`` with no failed request.
+
+        Ready: swap the version in (``reload``; requests being answered finish on the old model), unless it is
+        served already. Alive without a model (started before the first champion): load it. Down and embedded (on
+        loopback): start the use case's serving process (``ServingProcess``) with ``env``. Then ``/info`` must
+        report ``version``.
+
+        :param version: the model version to serve.
+        :param env: the started server's environment (``mlflow_env``, the model name and alias).
+        :param start_if_down: start the embedded server when nothing answers.
+        :param readiness_timeout_s: how long a started server may take to be ready.
+        :return: ``action`` (unchanged, swapped, loaded or started) and, as they apply, ``from_version``,
+            ``load_seconds`` and ``pid``.
+        :raises ServingError: the endpoint cannot be started, refuses the model, or serves another version.
+        """
+        target = str(version)
+        if self.is_ready():
+            if str(self.info().get("model_version")) == target:
+                outcome: dict[str, Any] = {"action": "unchanged"}
+            else:
+                swapped = self.reload(target)
+                outcome = {"action": "swapped", "from_version": swapped.get("from_version")}
+                outcome["load_seconds"] = swapped.get("load_seconds")
+        elif self.is_alive():
+            outcome = {"action": "loaded", "load_seconds": self.reload(target).get("load_seconds")}
+        elif self.is_embedded and start_if_down:
+            outcome = self._start(target, env, readiness_timeout_s)
+        else:
+            raise ServingError(f"the serving endpoint {self.url} of {self.config.name} does not answer /livez")
+        served = self.info().get("model_version")
+        if str(served) != target:
+            raise ServingError(f"{self.url} serves version {served}, not {target}")
+        return outcome
+
+    def _start(self, target: str, env: dict[str, str], timeout: float) -> dict[str, Any]:
+        """Start the embedded server on this endpoint's port, wait for it, make it serve ``target``."""
+        process = ServingProcess(usecase=self.config.folder, port=int(self.url.rsplit(":", 1)[1]), env=env)
+        try:
+            process.start()
+            load_seconds = round(process.wait_ready(timeout), 2)
+        except ServingError:
+            process.stop()
+            raise
+        outcome = {"action": "started", "load_seconds": load_seconds, "pid": process.pid()}
+        if str(self.info().get("model_version")) != target:
+            # The alias moved between the lookup and the start, or a version other than the alias's was asked.
+            self.reload(target)
+        return outcome
+
+    def validate_candidate(
+        self,
+        name: str,
+        version: str,
+        *,
+        canned: dict[str, Any],
+        env: dict[str, str],
+        readiness_timeout_s: float,
+        latency_budget_ms: float,
+        latency_requests: int = 50,
+        task: str = "classification",
+    ) -> InfraDecision:
+        """Serve ``name`` v``version`` pinned, in a server of its own on a free loopback port (no inference log),
+        run ``core.infra_validation``'s checks against it, and stop it (always).
+
+        :param canned: the use case's canned requests for infrastructure validation.
+        :param env: the server's environment (``mlflow_env``); the model name and version are pinned on top.
+        :param readiness_timeout_s: not ready within it: rejected.
+        :param latency_budget_ms: the p95 budget of ``latency_requests`` single requests.
+        :param task: the model's task (how a prediction is checked).
+        :return: the decision (approved or not, with the reason of each failed check).
+        """
+        import httpx
+
+        from airflow_mlops.core import infra_validation as iv
+
+        port = free_port()
+        pinned = {
+            **env,
+            "MLOPS_SERVING_MODEL_NAME": name,
+            "MLOPS_SERVING_MODEL_VERSION": str(version),
+            "MLOPS_INFERENCE_LOG": "off",
+        }
+        process_name = f"serving-validate-{self.config.name}-v{version}-{port}"
+        process = ServingProcess(usecase=self.config.folder, port=port, name=process_name, env=pinned)
+        try:
+            process.start()
+            self.log.info("validating %s v%s on %s (log %s)", name, version, process.url, process.logfile)
+            try:
+                waited = process.wait_ready(readiness_timeout_s, on_poll=_give_up_on_load_error)
+            except ServingError as err:
+                return iv.not_ready(name, version, f"not ready: {str(err).strip()[:1500]}")
+            with httpx.Client(base_url=process.url, timeout=30.0) as http:
+                return iv.validate_endpoint(
+                    http,
+                    model_name=name,
+                    version=version,
+                    canned=canned,
+                    task=task,
+                    latency_budget_ms=latency_budget_ms,
+                    latency_requests=latency_requests,
+                    ready_seconds=round(waited, 2),
+                )
+        finally:
+            process.stop()
+
+
+def _give_up_on_load_error(http: httpx.Client) -> None:
+    """Between readiness polls: a server that reports a load error will never be ready (stop waiting)."""
+    import httpx
+
+    try:
+        state = http.post("/info", json={})
+    except httpx.HTTPError:
+        return
+    if state.status_code == 200 and state.json().get("load_error"):
+        raise ServingError(state.json()["load_error"])

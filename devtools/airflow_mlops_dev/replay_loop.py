@@ -401,7 +401,7 @@ class Replay:
         :param row: the step's row (filled in: rows, batch, validation, quarantined, data docs).
         :param hold_features: pause the features DAG first (released by :meth:`_features`).
         """
-        from airflow_mlops import replay
+        from airflow_mlops_dev import replay
 
         periods, ingest = row.covered, self.dags["ingest_validate"]
         single = len(periods) == 1
@@ -549,10 +549,9 @@ class Replay:
         a champion serves."""
         import pandas as pd
 
-        from airflow_mlops import traffic
-        from airflow_mlops.core import replay_source
+        from airflow_mlops.hooks.bentoml_process import embedded_token
         from airflow_mlops.operators.features import read_validated
-        from airflow_mlops.serving_process import embedded_token
+        from airflow_mlops_dev import replay_source, traffic
 
         started = time.monotonic()
         validated = validated or row.covered
@@ -674,7 +673,7 @@ class Replay:
         """The use case's embedded endpoint, if it runs and is ready (a champion is loaded)."""
         import httpx
 
-        from airflow_mlops.serving_process import embedded
+        from airflow_mlops_dev.serving import embedded
 
         process = embedded(self.usecase.folder)
         if process.pid() is None:

@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from airflow_mlops.replay_loop import METRIC_LABELS, STAGES, PeriodRow
+from airflow_mlops_dev.replay_loop import METRIC_LABELS, STAGES, PeriodRow
 
 #: Columns of the table after the period: header and width.
 COLUMNS = (
@@ -280,7 +280,7 @@ def write_outputs(lake: Any, rows: list[PeriodRow], meta: dict[str, Any]) -> dic
     :param rows: the replayed periods.
     :param meta: see :func:`summary_html`.
     """
-    from airflow_mlops.replay_loop import REPLAY_ZONE
+    from airflow_mlops_dev.replay_loop import REPLAY_ZONE
 
     metric = metric_of(rows, meta.get("metric"))
     summary = {

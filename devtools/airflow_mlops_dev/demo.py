@@ -1,10 +1,10 @@
 """The main job: replay a use case period by period through the whole MLOps loop (embedded profile by default;
 ``MLOPS_PROFILE=production`` runs it on the production profile's native services).
 
-    python -m airflow_mlops.demo --usecase examples/<name>                    # its schedule (daily: a window)
-    python -m airflow_mlops.demo --usecase examples/<name> --periods 2013-01:2013-03 --corrupt   # no broken batch
-    python -m airflow_mlops.demo --usecase examples/<name> --corrupt 2013-07:out_of_range       # that one instead
-    python -m airflow_mlops.demo --usecase examples/<name> --fresh         # forget an earlier replay, start over
+    python -m airflow_mlops_dev.demo --usecase examples/<name>                    # its schedule (daily: a window)
+    python -m airflow_mlops_dev.demo --usecase examples/<name> --periods 2013-01:2013-03 --corrupt   # no broken batch
+    python -m airflow_mlops_dev.demo --usecase examples/<name> --corrupt 2013-07:out_of_range       # that one instead
+    python -m airflow_mlops_dev.demo --usecase examples/<name> --fresh         # forget an earlier replay, start over
 
 ``make demo`` replays the reference example (the Makefile's ``EXAMPLE``); ``make demo EXAMPLE=<name>`` the example
 ``examples/<name>``. Without ``--usecase``: ``MLOPS_USECASE``, else the first use case of the projects folder.
@@ -23,7 +23,7 @@ N`` periods (default 7 days, or 1 month): land them, ring once, wait for feature
 their outcomes in one event, wait for monitoring and any retrain.
 
 It starts the embedded Airflow (and leaves it running for you to explore; ``make down`` stops it), unpauses the
-use case's DAGs (``<name>_ingest_validate``, ...) and replays the steps (see ``airflow_mlops.replay_loop``). It
+use case's DAGs (``<name>_ingest_validate``, ...) and replays the steps (see ``airflow_mlops_dev.replay_loop``). It
 prints a step-by-step table with the task's live metric (classification: ROC AUC, regression: RMSE) and writes
 ``reports/replay/`` in the use case's lake: ``summary.json``, ``replay.png`` and ``index.html`` (linking every
 report). Re-running continues an interrupted replay, or prints the finished one.
@@ -59,14 +59,14 @@ class DemoPlan:
     @property
     def steps(self) -> list[list[str]]:
         """The periods of each step, in order (``replay_source.plan_steps``)."""
-        from airflow_mlops.core import replay_source
+        from airflow_mlops_dev import replay_source
 
         return replay_source.plan_steps(self.periods, self.backfill, self.step)
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m airflow_mlops.demo``."""
-    out = argparse.ArgumentParser(prog="python -m airflow_mlops.demo", description=__doc__.split("\n")[0])
+    """The command line of ``python -m airflow_mlops_dev.demo``."""
+    out = argparse.ArgumentParser(prog="python -m airflow_mlops_dev.demo", description=__doc__.split("\n")[0])
     out.add_argument("--usecase", help="the use-case folder (default: MLOPS_USECASE, else the first use case)")
     out.add_argument(
         "--periods",
@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PERIOD[:KIND]",
         help="periods that first land broken (quarantined, then re-sent corrected); none with an empty list. "
-        "Kinds: python -m airflow_mlops.replay corruptions --usecase <folder>",
+        "Kinds: python -m airflow_mlops_dev.replay corruptions --usecase <folder>",
     )
     out.add_argument(
         "--backfill",
@@ -110,7 +110,7 @@ def plan(args: argparse.Namespace) -> DemoPlan:
     :param args: parsed by :func:`parser`.
     :raises ValueError: a bad use case, period or corruption (the message says which).
     """
-    from airflow_mlops.core import replay_source
+    from airflow_mlops_dev import replay_source
 
     usecase = replay_source.load_usecase(args.usecase)
     kind = usecase.source.period
@@ -149,7 +149,7 @@ def remaining_steps(demo: DemoPlan, done: list[str]) -> list[list[str]]:
 
 
 def _previous(lake: Any) -> dict | None:
-    from airflow_mlops.replay_loop import REPLAY_ZONE
+    from airflow_mlops_dev.replay_loop import REPLAY_ZONE
 
     path = lake.path(REPLAY_ZONE, "summary.json")
     return json.loads(path.read_bytes()) if path.exists() else None
@@ -188,8 +188,8 @@ def _projects_env(usecase: UseCase) -> None:
 
 def _stop_serving() -> None:
     """Stop the embedded serving process of every use case under the projects folder."""
-    from airflow_mlops.serving_process import embedded
     from airflow_mlops.usecase import config
+    from airflow_mlops_dev.serving import embedded
 
     for folder in config.discover():
         try:
@@ -201,12 +201,12 @@ def _stop_serving() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the replay (see the module's docstring); returns the exit status."""
     from airflow_mlops import settings
-    from airflow_mlops.devstack import ADMIN_USER, AirflowClient, Stack, profile_env
     from airflow_mlops.hooks.lake import LakeHook
-    from airflow_mlops.replay_loop import MemorySampler, PeriodRow, Replay, ReplayError, span
-    from airflow_mlops.replay_report import metric_label, stage_totals, table_lines, write_outputs
-    from airflow_mlops.serving_process import embedded
     from airflow_mlops.usecase import config
+    from airflow_mlops_dev.devstack import ADMIN_USER, AirflowClient, Stack, profile_env
+    from airflow_mlops_dev.replay_loop import MemorySampler, PeriodRow, Replay, ReplayError, span
+    from airflow_mlops_dev.replay_report import metric_label, stage_totals, table_lines, write_outputs
+    from airflow_mlops_dev.serving import embedded
 
     args = parser().parse_args(argv)
     try:

@@ -1,8 +1,8 @@
 """The native Airflow of both profiles: start, stop and talk to it.
 
-    python -m airflow_mlops.devstack up      # API server + UI on 127.0.0.1:8080, scheduler, DAG processor, triggerer
-    python -m airflow_mlops.devstack status
-    python -m airflow_mlops.devstack down
+    python -m airflow_mlops_dev.devstack up      # API server + UI on 127.0.0.1:8080, scheduler, DAG processor, triggerer
+    python -m airflow_mlops_dev.devstack status
+    python -m airflow_mlops_dev.devstack down
 
 ``MLOPS_PROFILE`` picks the profile (configuration only; the DAGs and operators are the same):
 
@@ -204,7 +204,7 @@ class Stack:
         path = self.home / "run" / "ports.json"
         ports = json.loads(path.read_text()) if path.exists() else {}
         if name not in ports:
-            from airflow_mlops.serving_process import free_port
+            from airflow_mlops.hooks.bentoml_process import free_port
 
             ports[name] = free_port()
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -568,7 +568,7 @@ class AirflowClient:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.devstack", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops_dev.devstack", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
     stack = Stack.from_env()

@@ -1,6 +1,6 @@
 """Live traffic for the demo: request rows sent to a use case's serving endpoint, as its callers would.
 
-    python -m airflow_mlops.traffic <use-case folder> <requests.csv|.parquet> [--url URL] [--concurrency 2]
+    python -m airflow_mlops_dev.traffic <use-case folder> <requests.csv|.parquet> [--url URL] [--concurrency 2]
         [--batch-size 250] [--period LABEL]
 
 A frame whose columns are the use case's request fields (``serving.request.fields``; other columns are ignored)
@@ -217,7 +217,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     from airflow_mlops.usecase import config
 
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.traffic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops_dev.traffic", description=__doc__.split("\n")[0])
     parser.add_argument("usecase", help="the use-case folder (holding mlops.yaml)")
     parser.add_argument("requests", help="a .csv or .parquet file of request rows")
     parser.add_argument("--url", default=None, help="serving URL (default: the use case's serving_url)")

@@ -1,22 +1,18 @@
-"""The embedded serving processes: per use case, ``bentoml serve airflow_mlops.serving_service:MlopsService`` on
-127.0.0.1 (``MLOPS_USECASE`` = its folder), managed by the suite.
+"""The suite's own serving processes: ``bentoml serve airflow_mlops.serving_service:MlopsService`` of one use case
+on 127.0.0.1 (``MLOPS_USECASE`` = its folder), known by a pid file under ``MLOPS_HOME``.
 
-    python -m airflow_mlops.serving_process up [USECASE_FOLDER] [--port 3000]   # start (if not running), wait
-    python -m airflow_mlops.serving_process status [USECASE_FOLDER]
-    python -m airflow_mlops.serving_process down [USECASE_FOLDER]
+State under ``MLOPS_HOME``: ``run/<name>.pid`` (``serving-<use case>`` for the embedded server), ``run/serving.token``
+(the admin token, 0600, shared by the use cases) and ``logs/<name>.log``. The server runs in its own process group,
+so ``stop`` stops its workers too; SIGTERM first (BentoML runs the service's shutdown hook: the inference log is
+flushed), SIGKILL after a grace period.
 
-Without a folder: ``MLOPS_USECASE`` if set, else every use case under ``MLOPS_PROJECTS`` (each on the port of
-``airflow_mlops.usecase.config.serving_url``). State under ``MLOPS_HOME``: ``run/<name>.pid`` (``serving-<use
-case>`` for the embedded server), ``run/serving.token`` (the admin token, 0600, shared by the use cases) and
-``logs/<name>.log``. The server runs in its own process group, so ``down`` stops its workers too; SIGTERM first
-(BentoML runs the service's shutdown hook: the inference log is flushed), SIGKILL after a grace period.
-Used by ``DeployModelOperator``, ``InfraValidateOperator`` (a second, pinned server on a free port), the tests
-and the benchmarks.
+Runtime code: ``DeployModelOperator`` starts the embedded server when nothing answers, ``InfraValidateOperator`` a
+second, pinned one on a free port (both through ``BentoServingHook``). The developer command line
+(``python -m airflow_mlops_dev.serving up|down|status``) lives in the ``airflow-mlops-dev`` distribution.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import signal
@@ -129,10 +125,9 @@ class ServingProcess:
         return int(parts[1]) if len(parts) > 1 else None
 
     def environment(self) -> dict[str, str]:
-        from airflow_mlops.devstack import profile_env
-
-        # The profile's services (production: the MLflow server, Feast on Redis) as Airflow's components see them.
-        env = {**os.environ, **profile_env()}
+        # The profile's services (production: the MLflow server, Feast on Redis) come with this process's
+        # environment (an Airflow component's) or with ``env`` (the developer command line passes them).
+        env = dict(os.environ)
         # Started from an Airflow task, the environment carries the task runner's DB block
         # ("airflow-db-not-allowed:///"), which Airflow refuses at import; the server never touches Airflow's DB.
         for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN"):
@@ -238,120 +233,3 @@ def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-class _NoChampion(Exception):
-    pass
-
-
-def _stop_waiting_without_champion(http: object) -> None:
-    import httpx
-
-    try:
-        state = http.post("/info", json={})  # type: ignore[attr-defined]
-    except httpx.HTTPError:
-        return
-    if state.status_code == 200 and "does not exist yet" in (state.json().get("load_error") or ""):
-        raise _NoChampion(state.json()["load_error"])
-
-
-def usecase_folders(usecase: str | Path | None = None) -> list[Path]:
-    """The use cases meant: ``usecase`` if given, else ``MLOPS_USECASE``, else every one under ``MLOPS_PROJECTS``."""
-    from airflow_mlops.usecase import config
-
-    chosen = usecase or os.environ.get("MLOPS_USECASE")
-    if chosen:
-        return [Path(chosen).resolve()]
-    return config.discover()
-
-
-def embedded(usecase: str | Path | None = None, port: int | None = None) -> ServingProcess:
-    """The embedded server of a use case under ``MLOPS_HOME`` (port: argument, else the port of the use case's
-    loopback ``serving_url`` — ``MLOPS_SERVING_URL__<NAME>``, ``MLOPS_SERVING_PORT__<NAME>``,
-    ``serving.server.port`` —, else the pid file's, else 3000).
-
-    :param usecase: the use-case folder; None: the only one ``usecase_folders`` finds.
-    :raises ValueError: no use case given and not exactly one found.
-    """
-    from urllib.parse import urlsplit
-
-    from airflow_mlops.usecase import config
-
-    if usecase is None:
-        found = usecase_folders()
-        if len(found) != 1:
-            raise ValueError(
-                f"{len(found)} use cases found ({', '.join(p.name for p in found) or 'none'}): name the use-case "
-                "folder (or set MLOPS_USECASE)"
-            )
-        usecase = found[0]
-    process = ServingProcess(usecase=usecase, home=settings.mlops_home())
-    parts = urlsplit(config.serving_url(process.config))
-    configured = parts.port if parts.hostname in ("127.0.0.1", "localhost") else None
-    process.port = int(port or configured or process.recorded_port() or 3000)
-    return process
-
-
-def _example_request(process: ServingProcess) -> str:
-    """A canned request of the use case as JSON, for the ``curl`` hint (empty if there is none)."""
-    import json
-
-    from airflow_mlops.core.serving_schemas import ServingSettings
-
-    try:
-        return json.dumps(ServingSettings.from_usecase(process.config).canned()["single"][0])
-    except (ValueError, KeyError):
-        return ""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.serving_process", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("usecase", nargs="?", default=None, help="the use-case folder (default: every use case)")
-    parser.add_argument("--port", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=180.0)
-    args = parser.parse_args(argv)
-    folders = usecase_folders(args.usecase)
-    if not folders:
-        print("no use case to serve: name its folder, set MLOPS_USECASE or MLOPS_PROJECTS", file=sys.stderr)
-        return 1
-    if args.port is not None and len(folders) > 1:
-        print("--port needs one use case: name its folder", file=sys.stderr)
-        return 1
-    code = 0
-    for folder in folders:
-        code = max(code, _command(args.command, embedded(folder, args.port), args.timeout))
-    return code
-
-
-def _command(command: str, process: ServingProcess, timeout: float) -> int:
-    label = process.config.name
-    if command == "up":
-        pid = process.start()
-        print(f"serving {label} (pid {pid}) on {process.url}, log: {process.logfile}", flush=True)
-        try:
-            waited = process.wait_ready(timeout, on_poll=_stop_waiting_without_champion)
-        except _NoChampion as err:
-            print(
-                f"up, not ready: {err} (the training DAG's deploy step, or `up` again once a champion exists, loads it)"
-            )
-            return 0
-        except ServingError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        example = _example_request(process)
-        print(f"ready after {waited:.1f} s.")
-        if example:
-            print(f"Try:\n  curl -s -X POST {process.url}/predict -H 'Content-Type: application/json' -d '{example}'")
-    elif command == "down":
-        print(f"stopped serving {label}" if process.stop() else f"serving {label} was not running")
-    else:
-        pid = process.pid()
-        state = f"running, pid {pid}, {process.url}" if pid else "stopped"
-        print(f"serving {label:<16} {state}")
-        return 0 if pid else 3
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

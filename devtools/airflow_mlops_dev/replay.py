@@ -1,11 +1,11 @@
 """Land a use case's demo batches period by period, as an upstream system would.
 
-    python -m airflow_mlops.replay land 2013-03 --usecase examples/<name>        # a good batch
-    python -m airflow_mlops.replay land 2013-04 --usecase examples/<name> --corrupt <kind>
-    python -m airflow_mlops.replay corruptions --usecase examples/<name>         # the use case's broken batches
-    python -m airflow_mlops.replay land 2012-01-02 --no-ring ...; python -m airflow_mlops.replay ring ...  # one run
+    python -m airflow_mlops_dev.replay land 2013-03 --usecase examples/<name>        # a good batch
+    python -m airflow_mlops_dev.replay land 2013-04 --usecase examples/<name> --corrupt <kind>
+    python -m airflow_mlops_dev.replay corruptions --usecase examples/<name>         # the use case's broken batches
+    python -m airflow_mlops_dev.replay land 2012-01-02 --no-ring ...; python -m airflow_mlops_dev.replay ring ...  # one run
 
-The batch is the use case's ``demo_batches(period)`` (``airflow_mlops.core.replay_source``). It lands in the use
+The batch is the use case's ``demo_batches(period)`` (``airflow_mlops_dev.replay_source``). It lands in the use
 case's lake as ``<lake>/<name>/landing/<period>/<file>`` for every file of ``source.files``, then its ``_SUCCESS``
 marker (with the sha256 and rows of each file), then the ``landing/_READY`` flag that rings the use case's landing
 watcher (which starts ``<name>_ingest_validate``; it takes every batch waiting, so several periods landed with
@@ -43,9 +43,9 @@ def land(
     :param usecase: the use case or its folder (default ``replay_source.default_usecase``).
     :raises ValueError: a bad period, a period outside the demo data, an unknown corruption.
     """
-    from airflow_mlops.core import replay_source
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.usecase import config
+    from airflow_mlops_dev import replay_source
 
     uc = replay_source.load_usecase(usecase)
     period = replay_source.check_period(uc, period)
@@ -76,9 +76,9 @@ def ring_flag(usecase: UseCase | str | Path | None = None, lake_root: str | None
     :param note: the flag's content (the watcher logs it), e.g. the periods landed.
     """
     from airflow_mlops.assets import LANDING_FLAG
-    from airflow_mlops.core import replay_source
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.usecase import config
+    from airflow_mlops_dev import replay_source
 
     uc = replay_source.load_usecase(usecase)
     lake = LakeHook(root_url=lake_root or config.lake_url(uc))
@@ -89,9 +89,9 @@ def ring_flag(usecase: UseCase | str | Path | None = None, lake_root: str | None
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module's docstring); returns the exit status."""
-    from airflow_mlops.core import replay_source
+    from airflow_mlops_dev import replay_source
 
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.replay", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops_dev.replay", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     land_cmd = sub.add_parser("land", help="land one period of a use case's demo data in its lake's landing zone")
     land_cmd.add_argument("period", help="YYYY-MM (monthly use case) or YYYY-MM-DD (daily)")
