@@ -418,7 +418,9 @@ def test_alias_sensor_defers_and_its_trigger_fires_on_a_move(champion):
     h = hook()
     v1, v2 = _versions(h, name, champion["trained"]["model_uri"], 2)
     h.client.set_registered_model_alias(name, "champion", v1)
+    # [START howto_sensor_model_alias]
     sensor = ModelAliasSensor(task_id="wait", registered_model_name=name, poke_interval=0.2, timeout=60)
+    # [END howto_sensor_model_alias]
     ctx = task_context("wait")
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(ctx)

@@ -121,7 +121,10 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
         tags=["mlops", usecase.name, "ingest", "validation"],
         doc_md=_doc(usecase, INGEST_DOC),
     ) as dag:
+        # [START howto_operator_ingest_batch]
         ingest = IngestBatchOperator(task_id="ingest_batch", period="{{ params.period or '' }}", **_common(usecase))
+        # [END howto_operator_ingest_batch]
+        # [START howto_operator_validate_batch]
         ValidateBatchOperator.partial(
             task_id="validate_batch",
             files=list(source.files),
@@ -136,6 +139,7 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
             outlets=[assets.validated_batch],
             lake_root=usecase_config.lake_url(usecase),
         ).expand(batch=ingest.output)
+        # [END howto_operator_validate_batch]
     return dag
 
 
@@ -167,8 +171,13 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
         tags=["mlops", usecase.name, "features", "feast"],
         doc_md=_doc(usecase, FEATURES_DOC),
     ) as dag:
+        # [START howto_operator_build_features]
         build = BuildFeaturesOperator(task_id="build_features", period="{{ params.period or '' }}", **_common(usecase))
+        # [END howto_operator_build_features]
+        # [START howto_operator_feast_apply]
         apply = ApplyFeatureRepoOperator(task_id="apply_feature_repo", **_common(usecase))
+        # [END howto_operator_feast_apply]
+        # [START howto_operator_feast_materialize]
         materialize = MaterializeFeaturesOperator(
             task_id="materialize_features",
             interval_start="{{ ti.xcom_pull(task_ids='build_features')['interval_start'] }}",
@@ -177,6 +186,8 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
             outlets=[assets.features],
             **_common(usecase),
         )
+        # [END howto_operator_feast_materialize]
+        # [START howto_operator_feast_training_set]
         training_set = TrainingSetOperator(
             task_id="training_set",
             end_period="{{ ti.xcom_pull(task_ids='build_features')['period'] }}",
@@ -184,6 +195,7 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
             outlets=[assets.training_set],
             **_common(usecase),
         )
+        # [END howto_operator_feast_training_set]
         [build, apply] >> materialize >> training_set
     return dag
 
@@ -208,8 +220,13 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
         doc_md=_doc(usecase, MONITORING_DOC),
     ) as dag:
         period = "{{ params.period or '' }}"
+        # [START howto_operator_drift_check]
         drift = DriftCheckOperator(task_id="drift_check", month=period, **_common(usecase))
+        # [END howto_operator_drift_check]
+        # [START howto_operator_performance_check]
         performance = PerformanceCheckOperator(task_id="performance_check", month=period, **_common(usecase))
+        # [END howto_operator_performance_check]
+        # [START howto_operator_retraining_policy]
         policy = RetrainingPolicyOperator(
             task_id="retraining_policy",
             drift=drift.output,
@@ -220,6 +237,7 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
             trigger_rule="none_failed",
             **_common(usecase),
         )
+        # [END howto_operator_retraining_policy]
         drift >> performance >> policy
     return dag
 
@@ -274,11 +292,18 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
         tags=["mlops", usecase.name, "training", "mlflow"],
         doc_md=_doc(usecase, TRAINING_DOC),
     ) as dag:
+        # [START howto_operator_resolve_training_set]
         training_set = ResolveTrainingSetOperator(
             task_id="training_set", training_set="{{ params.training_set_uri or '' }}", lake_root=common["lake_root"]
         )
+        # [END howto_operator_resolve_training_set]
+        # [START howto_operator_train_model]
         trained = TrainModelOperator(task_id="train_model", training_set=training_set.output, **common)
+        # [END howto_operator_train_model]
+        # [START howto_operator_evaluate_challenger]
         evaluated = EvaluateChallengerOperator(task_id="evaluate_challenger", trained=trained.output, **common)
+        # [END howto_operator_evaluate_challenger]
+        # [START howto_operator_model_gate]
         gate = ModelGateOperator(
             task_id="model_gate",
             evaluation=evaluated.output,
@@ -286,16 +311,25 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
             force_bless_reason="{{ params.force_bless_reason or '' }}",
             usecase=common["usecase"],
         )
+        # [END howto_operator_model_gate]
+        # [START howto_operator_mlflow_register_model]
         registered = RegisterModelOperator(task_id="register_model", gate=gate.output)
+        # [END howto_operator_mlflow_register_model]
         # A candidate must answer correctly in the real serving stack before it may become champion.
+        # [START howto_operator_bentoml_infra_validate]
         validated = InfraValidateOperator(
             task_id="infra_validate", registered=registered.output, usecase=common["usecase"]
         )
+        # [END howto_operator_bentoml_infra_validate]
         # Promotion is compare-and-set on the ledger: a retry finds its own entry and never promotes twice.
+        # [START howto_operator_mlflow_promote_model]
         promoted = PromoteModelOperator(
             task_id="promote_model", registered=validated.output, outlets=[assets.model_promoted]
         )
+        # [END howto_operator_mlflow_promote_model]
+        # [START howto_operator_bentoml_deploy]
         DeployModelOperator(task_id="deploy_model", version=promoted.output, usecase=common["usecase"])
+        # [END howto_operator_bentoml_deploy]
     return dag
 
 
@@ -325,6 +359,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
         tags=["mlops", usecase.name, "registry", "rollback", "mlflow"],
         doc_md=_doc(usecase, ROLLBACK_DOC),
     ) as dag:
+        # [START howto_operator_mlflow_rollback_model]
         rollback = RollbackModelOperator(
             task_id="rollback_model",
             registered_model_name=usecase.registered_model_name,
@@ -332,6 +367,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
             reason="{{ params.reason }}",
             outlets=[assets.model_promoted],
         )
+        # [END howto_operator_mlflow_rollback_model]
         DeployModelOperator(task_id="deploy_model", version=rollback.output, usecase=str(usecase.folder))
     return dag
 
