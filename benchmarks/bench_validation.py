@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from airflow_mlops_dev import replay_source
 
 from airflow_mlops.core import validation
 from airflow_mlops.core.batches import batch_hash, sha256_bytes
 from airflow_mlops.usecase import config, load_function
+from airflow_mlops_dev import replay_source
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The GX-to-pandas ratio each case is judged against; None: reported only (the month's target is retired, issue 20).

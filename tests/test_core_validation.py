@@ -10,11 +10,11 @@ import gc
 import json
 
 import pytest
-from airflow_mlops_dev import replay_source
 
 from airflow_mlops import settings
 from airflow_mlops.core import validation
 from airflow_mlops.usecase import load_function
+from airflow_mlops_dev import replay_source
 
 SUITES = ("flights", "weather", "planes")
 #: The reference use case's module: its prepare_validation derives the columns the flights suite checks.

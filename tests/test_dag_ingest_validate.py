@@ -7,6 +7,7 @@ import json
 from functools import cache
 
 import pytest
+
 from airflow_mlops_dev import replay
 
 from conftest import FLIGHTS, asset_event_extras, load_dag, task_states

@@ -16,11 +16,11 @@ import warnings
 import httpx
 import pytest
 import yaml
-from airflow_mlops_dev import replay
-from airflow_mlops_dev.devstack import COMPONENTS, AirflowClient, Stack
 
 from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.hooks.lake import LakeHook
+from airflow_mlops_dev import replay
+from airflow_mlops_dev.devstack import COMPONENTS, AirflowClient, Stack
 
 from conftest import ROOT
 

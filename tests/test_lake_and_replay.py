@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from airflow_mlops_dev import replay
-from airflow_mlops_dev.replay_source import CORRUPTIONS
 
 from airflow_mlops.core.batches import MANIFEST, SUCCESS_MARKER, sha256_bytes
+from airflow_mlops_dev import replay
+from airflow_mlops_dev.replay_source import CORRUPTIONS
 
 
 def test_write_file_records_hash_rows_and_leaves_no_temp_files(lake):

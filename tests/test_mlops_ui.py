@@ -554,9 +554,8 @@ def test_rollback_is_refused_without_a_use_case_a_right_or_a_reason(api, seeded)
 # -- e2e: the embedded Airflow with the factory's DAGs ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from airflow_mlops_dev.devstack import Stack
-
     from airflow_mlops.hooks.bentoml_process import free_port
+    from airflow_mlops_dev.devstack import Stack
 
     if not (ROOT / "dags" / "mlops.py").is_file():
         pytest.skip("dags/ does not build the use cases' DAGs with the factory yet (dags/mlops.py)")
@@ -808,8 +807,9 @@ def test_ui_mlops_page_in_the_airflow_nav(stack, client, browser):
 @E2E
 @pytest.mark.ui
 def test_ui_data_docs_extra_link_of_a_validate_task(stack, client, browser):
-    from airflow_mlops_dev import replay
     from selenium.webdriver.common.by import By
+
+    from airflow_mlops_dev import replay
 
     flights, airflow = stack["flights"], stack["stack"]
     ingest = flights.dag_id("ingest_validate")

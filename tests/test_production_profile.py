@@ -38,11 +38,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from airflow_mlops_dev import replay
-from airflow_mlops_dev.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
 
 from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.usecase import config
+from airflow_mlops_dev import replay
+from airflow_mlops_dev.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
 
 from conftest import ROOT
 
@@ -559,16 +559,15 @@ def test_killed_worker(stack, client, usecase):
 @pytest.mark.production
 def test_a_served_month_is_monitored(stack, client, usecase):
     """The rest of the loop on the production profile: live traffic, outcomes, monitoring, the policy."""
-    from airflow_mlops_dev import replay_source, traffic
-    from airflow_mlops_dev.replay_loop import batch_outcome, event_covers
-    from airflow_mlops_dev.serving import embedded, embedded_token
-
     from airflow_mlops.assets import assets_for
     from airflow_mlops.core.batches import batch_hash
     from airflow_mlops.core.inference_log import read_inference_log
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
     from airflow_mlops.operators.features import read_validated
+    from airflow_mlops_dev import replay_source, traffic
+    from airflow_mlops_dev.replay_loop import batch_outcome, event_covers
+    from airflow_mlops_dev.serving import embedded, embedded_token
 
     name = usecase.registered_model_name
     champion = MlflowHook().alias_version(name, "champion")

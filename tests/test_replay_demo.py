@@ -13,14 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from airflow_mlops_dev import demo, replay
-from airflow_mlops_dev import replay_source as rs
-from airflow_mlops_dev.replay_loop import PeriodRow, batch_outcome, event_covers, live_metric
-from airflow_mlops_dev.replay_report import table_lines, write_outputs
 
 from airflow_mlops.core.batches import SUCCESS_MARKER, batch_hash, count_rows, sha256_bytes
 from airflow_mlops.hooks.lake import LakeHook
 from airflow_mlops.usecase import config
+from airflow_mlops_dev import demo, replay
+from airflow_mlops_dev import replay_source as rs
+from airflow_mlops_dev.replay_loop import PeriodRow, batch_outcome, event_covers, live_metric
+from airflow_mlops_dev.replay_report import table_lines, write_outputs
 
 from conftest import ROOT
 
@@ -375,10 +375,9 @@ def _validated_month(month: str) -> dict[str, pd.DataFrame]:
 
 
 def test_the_flights_traffic_is_every_scheduled_flight_and_passes_the_request_schema():
-    from airflow_mlops_dev import traffic
-
     from airflow_mlops.core.request_schema import request_frame, request_model
     from airflow_mlops.usecase import FeatureContext, load_function
+    from airflow_mlops_dev import traffic
 
     usecase = config.load(FLIGHTS)
     frames = _validated_month("2013-03")
@@ -558,9 +557,8 @@ def _uris(condition: object) -> set[str]:
 
 @pytest.mark.parametrize("stage", list(READ_TASKS))
 def test_the_replay_drives_the_factorys_dags_and_assets(stage):
-    from airflow_mlops_dev.replay_loop import DAG_STAGES, Replay
-
     from airflow_mlops.usecase import factory
+    from airflow_mlops_dev.replay_loop import DAG_STAGES, Replay
 
     usecase = config.load(FLIGHTS)
     driver = Replay(None, None, usecase, airflow_url="http://127.0.0.1:8080")

@@ -39,11 +39,10 @@ def _month_rows() -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
+    from airflow_mlops.usecase import config
     from airflow_mlops_dev import demo
     from airflow_mlops_dev.devstack import Stack
     from airflow_mlops_dev.serving import embedded
-
-    from airflow_mlops.usecase import config
 
     home = tmp_path_factory.mktemp("replay-home")
     folder = home / "projects" / "flight_delay"

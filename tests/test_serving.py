@@ -45,9 +45,8 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(stack):
     """The embedded server, started by DeployModelOperator (nothing answers yet → it starts one)."""
-    from airflow_mlops_dev.serving import embedded
-
     from airflow_mlops.operators.serving import DeployModelOperator
+    from airflow_mlops_dev.serving import embedded
 
     process = embedded(USECASE, stack["port"])
     try:
@@ -148,9 +147,8 @@ def test_admin_reload_needs_the_token(http):
 
 
 def test_admin_flush_commits_the_inference_log_now(http, stack):
-    from airflow_mlops_dev import traffic
-
     from airflow_mlops.hooks.bentoml_process import admin_token
+    from airflow_mlops_dev import traffic
 
     assert http.post("/admin/flush_log", json={}).status_code == 403
     one = http.post("/predict", json=sf.canned()["single"][0])

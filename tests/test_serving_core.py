@@ -133,6 +133,7 @@ def test_missing_canned_requests_name_the_file(usecase):
 def test_traffic_bodies_from_a_frame_of_request_fields(usecase, model):
     import numpy as np
     import pandas as pd
+
     from airflow_mlops_dev.traffic import requests_from_frame
 
     frame = pd.DataFrame(

@@ -401,9 +401,8 @@ def test_corruptions_follow_the_demo_contract():
 def test_demo_requests_ask_for_each_day_of_the_batch_and_pass_the_request_schema(winter):
     """One request per day (the schema has no other dimension: one station), for the day itself; the request's
     keys are the label row's, so monitoring joins it with the day's outcome."""
-    from airflow_mlops_dev import replay_source, traffic
-
     from airflow_mlops.core.request_schema import request_frame, request_model
+    from airflow_mlops_dev import replay_source, traffic
 
     requests = replay_source.demo_requests(USECASE, "2014-02-10", winter["2014-02-10"])
     assert requests.to_dict("records") == [{"date": "2014-02-10", "station": "SEA"}]
