@@ -16,12 +16,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, task_states
+from loop_fixtures import dag as _dag
+from loop_fixtures import days as _days
+from loop_fixtures import loop_environment, stop_serving
+from loop_fixtures import state as _state
+from loop_fixtures import xcom as _xcom
 
 pytestmark = pytest.mark.slow
 
@@ -46,34 +51,10 @@ def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
     )
 
 
-def _dag(dag_id: str):
-    """The DAG as the DAG processor parses ``dags/`` now (afresh per run: ``dag.test`` keeps the conf in params)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
-
-
-def _state(run) -> str:
-    return str(getattr(run.state, "value", run.state))
-
-
-def _xcom(run, task_id: str, key: str = "return_value"):
-    return run.get_task_instance(task_id).xcom_pull(task_ids=task_id, key=key)
-
-
-def _days(first: str, count: int) -> list[str]:
-    start = date.fromisoformat(first)
-    return [(start + timedelta(days=i)).isoformat() for i in range(count)]
-
-
 @pytest.fixture
 def project(tmp_path, airflow_db, mlflow_store, monkeypatch):
     """``new`` + ``check`` in a temporary projects folder; the environment pointed at temporary state (projects,
     MLOPS_HOME, lake, Feast, MLflow, a free serving port); the serving processes stopped afterwards."""
-    from airflow_mlops import serving_process
-
     projects = tmp_path / "projects"
     created = _cli("airflow_mlops", "new", NAME, "--into", str(projects), cwd=tmp_path)
     assert created.returncode == 0, created.stdout + created.stderr
@@ -82,33 +63,11 @@ def project(tmp_path, airflow_db, mlflow_store, monkeypatch):
     checked = _cli("airflow_mlops", "check", str(folder), cwd=tmp_path)
     assert (checked.returncode, checked.stdout.strip()) == (0, f"ok {NAME}"), checked.stdout + checked.stderr
 
-    port = serving_process.free_port()
-    for key, value in {
-        "MLOPS_PROJECTS": str(projects),
-        "MLOPS_HOME": str(tmp_path / "home"),
-        "MLOPS_LAKE": (tmp_path / "lake").as_uri(),
-        "MLOPS_FEAST_HOME": str(tmp_path / "feast"),
-        f"MLOPS_SERVING_PORT__{NAME.upper()}": str(port),
-        "FEAST_USAGE": "False",
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in (
-        "MLOPS_USECASE",
-        f"MLOPS_SERVING_URL__{NAME.upper()}",
-        "MLOPS_SERVING_TOKEN",
-        "MLOPS_SERVING_MODEL_NAME",
-    ):
-        monkeypatch.delenv(key, raising=False)
+    port = loop_environment(monkeypatch, tmp_path, projects, NAME)
     try:
         yield folder
     finally:
-        server = serving_process.embedded(usecase=folder, port=port)
-        server.stop()
-        assert not server.pidfile.exists()
-        assert not serving_process._port_in_use("127.0.0.1", port)
-        run_dir = tmp_path / "home" / "run"
-        leftovers = sorted(p.name for p in run_dir.glob("*.pid")) if run_dir.exists() else []
-        assert leftovers == [], f"serving processes left running: {leftovers}"
+        stop_serving(folder, port, tmp_path / "home")
 
 
 def test_a_new_use_case_goes_through_the_whole_loop(project, tmp_path):
@@ -116,13 +75,13 @@ def test_a_new_use_case_goes_through_the_whole_loop(project, tmp_path):
     import mlflow
     import pandas as pd
 
-    from airflow_mlops import replay, traffic
     from airflow_mlops.core import training
-    from airflow_mlops.core.replay_source import demo_frames
+    from airflow_mlops.hooks.bentoml_process import embedded_token
     from airflow_mlops.hooks.lake import LakeHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.serving_process import embedded_token
     from airflow_mlops.usecase import config
+    from airflow_mlops_dev import replay, traffic
+    from airflow_mlops_dev.replay_source import demo_frames
 
     uc = config.load(project)
     assert uc.name == NAME and uc.source.period == "day"
@@ -150,7 +109,7 @@ def test_a_new_use_case_goes_through_the_whole_loop(project, tmp_path):
     (landing / "sales.csv").write_bytes(batches[days[0]].to_csv(index=False).encode())
     (landing / "_SUCCESS").write_bytes(b"")
     # 2. with the replay's command line (the template's demo_batches), as the tutorial shows.
-    landed = _cli("airflow_mlops.replay", "land", days[1], "--usecase", str(project), "--no-ring", cwd=tmp_path)
+    landed = _cli("airflow_mlops_dev.replay", "land", days[1], "--usecase", str(project), "--no-ring", cwd=tmp_path)
     assert landed.returncode == 0, landed.stdout + landed.stderr
     assert f"rows={len(batches[days[1]])}" in landed.stdout
     # 3. the others with the same function.
