@@ -154,9 +154,9 @@ def main() -> int:
     os.environ.update(
         {"MLOPS_HOME": str(home), "PYTHONWARNINGS": "ignore", "GX_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     )
-    import serving_fixtures as sf
-
     from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
+
+    import serving_fixtures as sf
 
     print(f"building the stack under {home} (features for 2013-01, champion v1) ...", flush=True)
     started = time.perf_counter()

@@ -604,14 +604,14 @@ def ensure_champion(name: str, version: str, run_id: str) -> list[Any]:
     """Put ``name``'s champion on ``version`` with a promotion (as the training DAG records one) unless it is there;
     returns the ledger after."""
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.registry import PromoteModelOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator
 
     hook = MlflowHook()
     current = hook.alias_version(name, "champion")
     if current != version:
         gate = {"approved": True, "champion_version": current}
         registered = {"name": name, "version": version, "run_id": "ui-test", "gate": gate}
-        PromoteModelOperator(task_id="promote_model", registered=registered).execute(
+        MlflowPromoteModelOperator(task_id="promote_model", registered=registered).execute(
             task_context("promote_model", run_id, dag_id="ui_test_setup")
         )
     return hook.read_ledger(name)

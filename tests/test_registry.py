@@ -217,18 +217,18 @@ def test_missing_policy_rejects_and_registration_skips(champion, store, tmp_path
     from airflow.sdk.exceptions import AirflowSkipException
 
     from airflow_mlops.operators.gate import ModelGateOperator
-    from airflow_mlops.operators.registry import RegisterModelOperator
+    from airflow_mlops.operators.registry import MlflowRegisterModelOperator
 
     decision = ModelGateOperator(
         task_id="model_gate", evaluation=champion["evaluated"], policy_path=str(tmp_path / "no_policy.yaml")
     ).execute(task_context("model_gate", "manual__nopolicy"))
     assert not decision["approved"] and "no gate policy" in decision["reasons"][0]
     with pytest.raises(AirflowSkipException, match="no gate policy"):
-        RegisterModelOperator(task_id="register_model", gate=decision).execute(task_context("register_model"))
+        MlflowRegisterModelOperator(task_id="register_model", gate=decision).execute(task_context("register_model"))
 
 
 def test_retried_register_creates_no_second_version(champion, store):
-    from airflow_mlops.operators.registry import RegisterModelOperator
+    from airflow_mlops.operators.registry import MlflowRegisterModelOperator
 
     name = "flight_delay_register_retry"
     gate = {**champion["gate"], "registered_model_name": name}
@@ -237,7 +237,7 @@ def test_retried_register_creates_no_second_version(champion, store):
     version, created = h.register(name, gate["model_uri"], gate["run_id"])
     assert created and h.alias_version(name, "challenger") is None
     for attempt in (2, 3):
-        out = RegisterModelOperator(task_id="register_model", gate=gate).execute(
+        out = MlflowRegisterModelOperator(task_id="register_model", gate=gate).execute(
             task_context("register_model", try_number=attempt)
         )
         assert out["version"] == version and out["created"] is False
@@ -254,7 +254,7 @@ def _versions(h, name: str, source_uri: str, count: int) -> list[str]:
 
 def test_promotion_is_compare_and_set(champion):
     from airflow_mlops.exceptions import PromotionConflictError
-    from airflow_mlops.operators.registry import PromoteModelOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator
 
     name = "flight_delay_cas"
     h = hook()
@@ -267,7 +267,7 @@ def test_promotion_is_compare_and_set(champion):
             "run_id": "r",
             "gate": {"approved": True, "champion_version": expected},
         }
-        return PromoteModelOperator(task_id="promote_model", registered=registered).execute(
+        return MlflowPromoteModelOperator(task_id="promote_model", registered=registered).execute(
             task_context("promote_model", run_id, try_number=try_number)
         )
 
@@ -326,7 +326,7 @@ def test_two_processes_racing_leave_one_winner_and_a_consistent_ledger(champion)
 
 def test_rollback_restores_the_previous_champion(champion, store):
     from airflow_mlops.exceptions import PromotionConflictError
-    from airflow_mlops.operators.registry import PromoteModelOperator, RollbackModelOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator, MlflowRollbackModelOperator
 
     name = "flight_delay_rollback"
     h = hook()
@@ -339,13 +339,13 @@ def test_rollback_restores_the_previous_champion(champion, store):
             "run_id": "r",
             "gate": {"approved": True, "champion_version": expected},
         }
-        PromoteModelOperator(task_id="promote_model", registered=registered).execute(
+        MlflowPromoteModelOperator(task_id="promote_model", registered=registered).execute(
             task_context("promote_model", f"p{i}")
         )
         expected = version
 
     def rollback(run_id, to_version=None):
-        return RollbackModelOperator(
+        return MlflowRollbackModelOperator(
             task_id="rollback_model", registered_model_name=name, to_version=to_version, reason="bad canary"
         ).execute(task_context("rollback_model", run_id, dag_id="flight_delay_rollback"))
 
@@ -365,16 +365,18 @@ def test_force_bless_overrides_a_rejection_and_is_audited(champion, store):
     from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_mlops.operators.gate import ModelGateOperator
-    from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator, MlflowRegisterModelOperator
     from airflow_mlops.operators.training import EvaluateChallengerOperator, TrainModelOperator
 
     name = "flight_delay_forced"
     paths = write_configs(store["root"] / "forced", config=TEST_CONFIG_YAML.replace(MODEL, name))
     # Champion of this model: the first model's run, registered under the new name.
-    first = RegisterModelOperator(task_id="register_model", gate=champion["gate"], registered_model_name=name).execute(
-        task_context("register_model", "forced0")
+    first = MlflowRegisterModelOperator(
+        task_id="register_model", gate=champion["gate"], registered_model_name=name
+    ).execute(task_context("register_model", "forced0"))
+    MlflowPromoteModelOperator(task_id="promote_model", registered=first).execute(
+        task_context("promote_model", "forced0")
     )
-    PromoteModelOperator(task_id="promote_model", registered=first).execute(task_context("promote_model", "forced0"))
 
     trained = TrainModelOperator(
         task_id="train_model", training_set=store["bad"][0], config_path=paths["config"]
@@ -395,10 +397,10 @@ def test_force_bless_overrides_a_rejection_and_is_audited(champion, store):
     decision = gate_op.execute(task_context("model_gate", "forced1"))
     assert decision["approved"] and decision["forced"]
     assert any("below the floor" in r or "worse by" in r for r in decision["reasons"])  # what was overridden
-    registered = RegisterModelOperator(task_id="register_model", gate=decision).execute(
+    registered = MlflowRegisterModelOperator(task_id="register_model", gate=decision).execute(
         task_context("register_model", "forced1")
     )
-    entry = PromoteModelOperator(task_id="promote_model", registered=registered).execute(
+    entry = MlflowPromoteModelOperator(task_id="promote_model", registered=registered).execute(
         task_context("promote_model", "forced1")
     )
     assert entry["gate"]["forced"] and "incident 42" in entry["gate"]["force_reason"]
@@ -411,7 +413,7 @@ def test_force_bless_overrides_a_rejection_and_is_audited(champion, store):
 def test_alias_sensor_defers_and_its_trigger_fires_on_a_move(champion):
     from airflow.sdk.exceptions import TaskDeferred
 
-    from airflow_mlops.sensors.model_alias import ModelAliasSensor
+    from airflow_mlops.sensors.model_alias import MlflowModelAliasSensor
     from airflow_mlops.triggers.model_alias import ModelAliasTrigger
 
     name = "flight_delay_sensor"
@@ -419,7 +421,7 @@ def test_alias_sensor_defers_and_its_trigger_fires_on_a_move(champion):
     v1, v2 = _versions(h, name, champion["trained"]["model_uri"], 2)
     h.client.set_registered_model_alias(name, "champion", v1)
     # [START howto_sensor_model_alias]
-    sensor = ModelAliasSensor(task_id="wait", registered_model_name=name, poke_interval=0.2, timeout=60)
+    sensor = MlflowModelAliasSensor(task_id="wait", registered_model_name=name, poke_interval=0.2, timeout=60)
     # [END howto_sensor_model_alias]
     ctx = task_context("wait")
     with pytest.raises(TaskDeferred) as deferred:
@@ -443,7 +445,7 @@ def test_alias_sensor_defers_and_its_trigger_fires_on_a_move(champion):
     result = sensor.execute_complete(ctx, event=payload)
     assert result["version"] == v2
     # Poke mode: the baseline recorded at the first poke is kept; it succeeds once the alias moves again.
-    poker = ModelAliasSensor(task_id="wait", registered_model_name=name, deferrable=False, poke_interval=0.1)
+    poker = MlflowModelAliasSensor(task_id="wait", registered_model_name=name, deferrable=False, poke_interval=0.1)
     pctx = task_context("wait")
     assert poker.poke(pctx) is False
     h.client.set_registered_model_alias(name, "champion", v1)

@@ -1,7 +1,7 @@
 """Real HTTP to a real ``bentoml serve`` of the generic service, serving the flights example: predictions, bad
 input, infra validation, a swap under load, the inference log.
 
-One server for the module (started by ``DeployModelOperator`` as the DAG would), on a free loopback port in a
+One server for the module (started by ``BentoMLDeployOperator`` as the DAG would), on a free loopback port in a
 temporary MLOPS stack (serving_fixtures). Candidates for infra validation each get their own pinned server.
 Every answered request id is collected; the last test stops the server and compares them with the log under the
 use case's lake root.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import serving_fixtures as sf
 
+import serving_fixtures as sf
 from training_fixtures import task_context
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,13 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(stack):
-    """The embedded server, started by DeployModelOperator (nothing answers yet → it starts one)."""
-    from airflow_mlops.operators.serving import DeployModelOperator
+    """The embedded server, started by BentoMLDeployOperator (nothing answers yet → it starts one)."""
+    from airflow_mlops.operators.serving import BentoMLDeployOperator
     from airflow_mlops_dev.serving import embedded
 
     process = embedded(USECASE, stack["port"])
     try:
-        out = DeployModelOperator(task_id="deploy", usecase=USECASE, registered_model_name=sf.MODEL).execute(
+        out = BentoMLDeployOperator(task_id="deploy", usecase=USECASE, registered_model_name=sf.MODEL).execute(
             task_context("deploy")
         )
         assert out["action"] == "started" and out["version"] == "1" and out["usecase"] == "flight_delay", out
@@ -174,14 +174,14 @@ def _registered(version: str) -> dict:
 @pytest.mark.parametrize("kind", ["unloadable", "wrong"])
 def test_infra_validation_rejects_a_bad_candidate_and_champion_stays(server, versions, kind):
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.serving import InfraValidateOperator, InfraValidationError
+    from airflow_mlops.operators.serving import BentoMLInfraValidateOperator, InfraValidationError
 
     version = versions[kind]
     context = task_context("infra_validate")
     with pytest.raises(InfraValidationError, match="failed infrastructure validation"):
-        InfraValidateOperator(task_id="infra_validate", usecase=USECASE, registered=_registered(version)).execute(
-            context
-        )
+        BentoMLInfraValidateOperator(
+            task_id="infra_validate", usecase=USECASE, registered=_registered(version)
+        ).execute(context)
     decision = context["ti"].xcom["infra_validation"]
     assert not decision["approved"] and decision["checks"]["ready"] is False
     assert "cannot serve" in decision["reasons"][0]
@@ -192,19 +192,19 @@ def test_infra_validation_rejects_a_bad_candidate_and_champion_stays(server, ver
 
 
 def test_infra_validation_approves_a_good_candidate(server, versions):
-    from airflow_mlops.operators.serving import InfraValidateOperator
+    from airflow_mlops.operators.serving import BentoMLInfraValidateOperator
 
-    out = InfraValidateOperator(
+    out = BentoMLInfraValidateOperator(
         task_id="infra_validate", usecase=USECASE, registered=_registered(versions["good"])
     ).execute(task_context("infra_validate"))
     decision = out["infra_validation"]
     assert decision["approved"], decision["reasons"]
     assert all(decision["checks"].values()) and decision["latency_ms"]["p95"] <= decision["latency_ms"]["budget_p95"]
-    assert out["version"] == versions["good"] and out["gate"]["approved"]  # what PromoteModelOperator takes
+    assert out["version"] == versions["good"] and out["gate"]["approved"]  # what MlflowPromoteModelOperator takes
 
 
 def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
-    from airflow_mlops.operators.serving import DeployModelOperator
+    from airflow_mlops.operators.serving import BentoMLDeployOperator
 
     stop, out = tmp_path / "stop", tmp_path / "results.json"
     code = f"import serving_fixtures as s; s.client_loop({stack['url']!r}, {str(stop)!r}, {str(out)!r}, threads=4)"
@@ -216,7 +216,7 @@ def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
             time.sleep(0.2)
         assert ready.exists(), "the client process never got an answer"
         time.sleep(1.0)
-        deployed = DeployModelOperator(
+        deployed = BentoMLDeployOperator(
             task_id="deploy", usecase=USECASE, version=versions["good"], registered_model_name=sf.MODEL
         ).execute(task_context("deploy"))
         time.sleep(3.0)
@@ -231,7 +231,7 @@ def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
     assert set(seen) == {"1", versions["good"]}, set(seen)
     assert seen.index(versions["good"]) > 0  # requests were answered by v1 before the swap
     stack["answered"].update(r["request_id"] for r in results)
-    again = DeployModelOperator(
+    again = BentoMLDeployOperator(
         task_id="deploy", usecase=USECASE, version=versions["good"], registered_model_name=sf.MODEL
     ).execute(task_context("deploy"))
     assert again["action"] == "unchanged"
@@ -262,7 +262,7 @@ def test_a_server_up_without_a_model_is_loaded_by_the_deploy(stack, monkeypatch)
     from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
     from airflow_mlops.hooks.bentoml_serving import BentoServingHook
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.serving import DeployModelOperator, mlflow_env
+    from airflow_mlops.operators.serving import BentoMLDeployOperator, mlflow_env
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -280,7 +280,7 @@ def test_a_server_up_without_a_model_is_loaded_by_the_deploy(stack, monkeypatch)
             time.sleep(0.5)  # polling a condition (the server's liveness), bounded by the deadline
         assert not serving.is_ready()  # no canary yet: up, waiting for a model
         hook.client.set_registered_model_alias(sf.MODEL, "canary", "1")
-        out = DeployModelOperator(
+        out = BentoMLDeployOperator(
             task_id="deploy", usecase=USECASE, registered_model_name=sf.MODEL, alias="canary", start_if_down=False
         ).execute(task_context("deploy"))
         assert out["action"] == "loaded" and out["version"] == "1", out

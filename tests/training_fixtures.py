@@ -277,7 +277,7 @@ def run_pipeline(
     from airflow.sdk.exceptions import AirflowSkipException
 
     from airflow_mlops.operators.gate import ModelGateOperator
-    from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator, MlflowRegisterModelOperator
     from airflow_mlops.operators.training import EvaluateChallengerOperator, TrainModelOperator
 
     out: dict[str, Any] = {}
@@ -295,7 +295,7 @@ def run_pipeline(
         force_bless_reason=force_bless_reason,
     ).execute(task_context("model_gate", run_id))
     try:
-        out["registered"] = RegisterModelOperator(task_id="register_model", gate=out["gate"]).execute(
+        out["registered"] = MlflowRegisterModelOperator(task_id="register_model", gate=out["gate"]).execute(
             task_context("register_model", run_id)
         )
     except AirflowSkipException:
@@ -306,7 +306,7 @@ def run_pipeline(
         out["promoted"] = "skipped"
         return out
     try:
-        out["promoted"] = PromoteModelOperator(task_id="promote_model", registered=out["registered"]).execute(
+        out["promoted"] = MlflowPromoteModelOperator(task_id="promote_model", registered=out["registered"]).execute(
             task_context("promote_model", run_id)
         )
     except AirflowSkipException:
@@ -318,7 +318,7 @@ def race_worker(name: str, versions: list[str], barrier: Any, results: Any, work
     """One racer: per round, read the champion, wait for the other racer, then try to promote its version."""
     from airflow_mlops.exceptions import PromotionConflictError
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.operators.registry import PromoteModelOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator
 
     hook = MlflowHook()
     for round_no, version in enumerate(versions):
@@ -332,7 +332,7 @@ def race_worker(name: str, versions: list[str], barrier: Any, results: Any, work
             "gate": {"approved": True, "champion_version": expected},
         }
         try:
-            entry = PromoteModelOperator(task_id="promote_model", registered=registered).execute(
+            entry = MlflowPromoteModelOperator(task_id="promote_model", registered=registered).execute(
                 task_context("promote_model", run_id=f"race-{worker}-{round_no}")
             )
             results.put((round_no, worker, "won", entry["to_version"], entry["seq"]))

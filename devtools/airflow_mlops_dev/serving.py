@@ -7,7 +7,7 @@
 
 Without a folder: ``MLOPS_USECASE`` if set, else every use case under ``MLOPS_PROJECTS`` (each on the port of
 ``airflow_mlops.usecase.config.serving_url``). The state (pid, token and log files under ``MLOPS_HOME``) is the
-provider's: a server started here is the one ``DeployModelOperator`` finds, swaps and restarts.
+provider's: a server started here is the one ``BentoMLDeployOperator`` finds, swaps and restarts.
 """
 
 from __future__ import annotations

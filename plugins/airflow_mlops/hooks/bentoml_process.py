@@ -6,7 +6,7 @@ State under ``MLOPS_HOME``: ``run/<name>.pid`` (``serving-<use case>`` for the e
 so ``stop`` stops its workers too; SIGTERM first (BentoML runs the service's shutdown hook: the inference log is
 flushed), SIGKILL after a grace period.
 
-Runtime code: ``DeployModelOperator`` starts the embedded server when nothing answers, ``InfraValidateOperator`` a
+Runtime code: ``BentoMLDeployOperator`` starts the embedded server when nothing answers, ``BentoMLInfraValidateOperator`` a
 second, pinned one on a free port (both through ``BentoServingHook``). The developer command line
 (``python -m airflow_mlops_dev.serving up|down|status``) lives in the ``airflow-mlops-dev`` distribution.
 """

@@ -24,7 +24,7 @@ class ModelGateOperator(MlopsBaseOperator):
     (absolute thresholds; regression limits against the champion overall and per slice; minimum slice size;
     ``core.gate``) and records the ``GateDecision`` on the run (tags, ``gate/decision.json``, metric
     ``gate_approved``). It fails closed: no policy, no evaluation, or any metric the policy needs being missing,
-    rejects. The task succeeds either way; ``RegisterModelOperator`` and ``PromoteModelOperator`` skip a rejected
+    rejects. The task succeeds either way; ``MlflowRegisterModelOperator`` and ``MlflowPromoteModelOperator`` skip a rejected
     model.
 
     ``force_bless`` overrides a rejection; it requires ``force_bless_reason`` and is recorded for audit (who,

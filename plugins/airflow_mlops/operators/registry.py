@@ -87,7 +87,7 @@ class _RegistryOperator(MlopsBaseOperator):
         return entry.to_dict()
 
 
-class RegisterModelOperator(_RegistryOperator):
+class MlflowRegisterModelOperator(_RegistryOperator):
     """Register an approved model as a version and point ``challenger`` at it. Idempotent.
 
     The version is looked up by its source run first: a retry (or a re-run of the same training run) reuses
@@ -159,7 +159,7 @@ class RegisterModelOperator(_RegistryOperator):
         }
 
 
-class PromoteModelOperator(_RegistryOperator):
+class MlflowPromoteModelOperator(_RegistryOperator):
     """Move ``champion`` to the registered version, only if it still points where the gate compared against.
 
     Compare-and-set through the promotion ledger; a retry of the same task does not append twice. Skips a
@@ -168,7 +168,7 @@ class PromoteModelOperator(_RegistryOperator):
 
     Arguments: those of ``MlopsBaseOperator`` (``mlflow_conn_id``), and:
 
-    :param registered: the XCom of ``RegisterModelOperator`` (or of ``InfraValidateOperator``, which adds
+    :param registered: the XCom of ``MlflowRegisterModelOperator`` (or of ``BentoMLInfraValidateOperator``, which adds
         ``infra_validation``), a dict (templated: pass its ``.output``).
     :param alias: the alias to move; default ``champion``.
     :return: (XCom) the ledger entry: seq, action, model, alias, from/to version, triggered_by, gate, timestamp.
@@ -214,7 +214,7 @@ class PromoteModelOperator(_RegistryOperator):
         return self.finish(context, entry, name)
 
 
-class RollbackModelOperator(_RegistryOperator):
+class MlflowRollbackModelOperator(_RegistryOperator):
     """Restore the previous champion in one step (or a named version), recorded in the promotion ledger.
 
     "Previous" replays the ledger: promotions push a version, rollbacks pop one, so rolling back twice goes

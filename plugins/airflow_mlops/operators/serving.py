@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INFRA_XCOM_KEY",
-    "DeployModelOperator",
-    "InfraValidateOperator",
+    "BentoMLDeployOperator",
+    "BentoMLInfraValidateOperator",
     "InfraValidationError",
     "ServingDeployError",
     "mlflow_env",
@@ -47,7 +47,7 @@ class _ServingOperator(MlopsBaseOperator):
         return self.checked(ServingSettings.from_usecase, self.require_usecase())
 
 
-class InfraValidateOperator(_ServingOperator):
+class BentoMLInfraValidateOperator(_ServingOperator):
     """Run the registered candidate in its own ``bentoml serve`` of the use case's service on a free loopback port,
     pinned to its version, and check it (``BentoServingHook.validate_candidate``).
 
@@ -57,11 +57,11 @@ class InfraValidateOperator(_ServingOperator):
     (``mlops.infra_validation.*``) and pushed to XCom key ``infra_validation``; the server is always stopped.
 
     :param usecase: the use-case folder (holding ``mlops.yaml``).
-    :param registered: the XCom of ``RegisterModelOperator``, a dict (templated).
+    :param registered: the XCom of ``MlflowRegisterModelOperator``, a dict (templated).
     :param readiness_timeout_s: overrides ``serving.infra_validation.readiness_timeout_s``.
     :param latency_budget_ms: overrides ``serving.infra_validation.latency_budget_ms``.
     :param mlflow_conn_id: MLflow connection (see ``MlopsBaseOperator``); the other arguments of the base too.
-    :return: (XCom) ``registered`` plus ``infra_validation`` (the decision): what ``PromoteModelOperator`` takes.
+    :return: (XCom) ``registered`` plus ``infra_validation`` (the decision): what ``MlflowPromoteModelOperator`` takes.
     :raises AirflowSkipException: the candidate was not approved by the gate.
     :raises AirflowFailException: ``registered`` is not a dict, or the use case's serving section is invalid.
     :raises InfraValidationError: the candidate failed a check (after the decision was recorded).
@@ -89,7 +89,7 @@ class InfraValidateOperator(_ServingOperator):
 
         registered = self.registered
         if not isinstance(registered, dict):
-            self.fail(f"registered must be RegisterModelOperator's XCom (a dict), not {str(registered)[:200]!r}")
+            self.fail(f"registered must be MlflowRegisterModelOperator's XCom (a dict), not {str(registered)[:200]!r}")
         if not (registered.get("gate") or {}).get("approved"):
             raise AirflowSkipException(
                 f"infrastructure validation skipped: version {registered.get('version')} is not approved"
@@ -120,7 +120,7 @@ class InfraValidateOperator(_ServingOperator):
         return {**registered, "infra_validation": decision.to_dict()}
 
 
-class DeployModelOperator(_ServingOperator):
+class BentoMLDeployOperator(_ServingOperator):
     """Make the use case's serving endpoint answer with ``version`` (default: the alias's), with no failed request.
 
     If the endpoint answers, it is asked to load the version, check it with canned requests and swap it in
@@ -129,8 +129,8 @@ class DeployModelOperator(_ServingOperator):
     must report the version (``BentoServingHook.deploy``).
 
     :param usecase: the use-case folder (holding ``mlops.yaml``).
-    :param version: the version to serve (templated): the XCom of ``PromoteModelOperator`` /
-        ``RollbackModelOperator`` (a dict: its ``to_version`` and ``model``), a number, or empty (None, ``""``, or
+    :param version: the version to serve (templated): the XCom of ``MlflowPromoteModelOperator`` /
+        ``MlflowRollbackModelOperator`` (a dict: its ``to_version`` and ``model``), a number, or empty (None, ``""``, or
         ``"None"`` as a template renders it) for the alias's current version.
     :param registered_model_name: the model (templated); default the XCom's ``model``, else ``serving.model.name``,
         else the use case's ``model.registered_model_name``.
@@ -194,7 +194,7 @@ class DeployModelOperator(_ServingOperator):
 
 
 def _requested(value: Any) -> tuple[str | None, str | None]:
-    """The version and model ``DeployModelOperator`` was given: a promotion / rollback XCom (``to_version`` or
+    """The version and model ``BentoMLDeployOperator`` was given: a promotion / rollback XCom (``to_version`` or
     ``version``, ``model`` or ``name``), else a version as is; empty (None, ``""``, a rendered ``"None"``) is None."""
     model = None
     if isinstance(value, dict):

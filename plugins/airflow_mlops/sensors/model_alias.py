@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 BASELINE_XCOM_KEY = "alias_baseline"
 
 
-class ModelAliasSensor(MlopsBaseOperator, BaseSensorOperator):
+class MlflowModelAliasSensor(MlopsBaseOperator, BaseSensorOperator):
     """Succeed once ``registered_model_name@alias`` points at a version other than ``from_version``.
 
     With ``from_version`` empty the baseline is wherever the alias pointed when the sensor first ran, so the

@@ -246,8 +246,8 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow.timetables.trigger import CronTriggerTimetable
 
     from airflow_mlops.operators.gate import ModelGateOperator
-    from airflow_mlops.operators.registry import PromoteModelOperator, RegisterModelOperator
-    from airflow_mlops.operators.serving import DeployModelOperator, InfraValidateOperator
+    from airflow_mlops.operators.registry import MlflowPromoteModelOperator, MlflowRegisterModelOperator
+    from airflow_mlops.operators.serving import BentoMLDeployOperator, BentoMLInfraValidateOperator
     from airflow_mlops.operators.training import (
         EvaluateChallengerOperator,
         ResolveTrainingSetOperator,
@@ -313,29 +313,29 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
         )
         # [END howto_operator_model_gate]
         # [START howto_operator_mlflow_register_model]
-        registered = RegisterModelOperator(task_id="register_model", gate=gate.output)
+        registered = MlflowRegisterModelOperator(task_id="register_model", gate=gate.output)
         # [END howto_operator_mlflow_register_model]
         # A candidate must answer correctly in the real serving stack before it may become champion.
         # [START howto_operator_bentoml_infra_validate]
-        validated = InfraValidateOperator(
+        validated = BentoMLInfraValidateOperator(
             task_id="infra_validate", registered=registered.output, usecase=common["usecase"]
         )
         # [END howto_operator_bentoml_infra_validate]
         # Promotion is compare-and-set on the ledger: a retry finds its own entry and never promotes twice.
         # [START howto_operator_mlflow_promote_model]
-        promoted = PromoteModelOperator(
+        promoted = MlflowPromoteModelOperator(
             task_id="promote_model", registered=validated.output, outlets=[assets.model_promoted]
         )
         # [END howto_operator_mlflow_promote_model]
         # [START howto_operator_bentoml_deploy]
-        DeployModelOperator(task_id="deploy_model", version=promoted.output, usecase=common["usecase"])
+        BentoMLDeployOperator(task_id="deploy_model", version=promoted.output, usecase=common["usecase"])
         # [END howto_operator_bentoml_deploy]
     return dag
 
 
 def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
-    from airflow_mlops.operators.registry import RollbackModelOperator
-    from airflow_mlops.operators.serving import DeployModelOperator
+    from airflow_mlops.operators.registry import MlflowRollbackModelOperator
+    from airflow_mlops.operators.serving import BentoMLDeployOperator
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
     with DAG(
@@ -360,7 +360,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
         doc_md=_doc(usecase, ROLLBACK_DOC),
     ) as dag:
         # [START howto_operator_mlflow_rollback_model]
-        rollback = RollbackModelOperator(
+        rollback = MlflowRollbackModelOperator(
             task_id="rollback_model",
             registered_model_name=usecase.registered_model_name,
             to_version="{{ params.to_version or '' }}",
@@ -368,7 +368,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
             outlets=[assets.model_promoted],
         )
         # [END howto_operator_mlflow_rollback_model]
-        DeployModelOperator(task_id="deploy_model", version=rollback.output, usecase=str(usecase.folder))
+        BentoMLDeployOperator(task_id="deploy_model", version=rollback.output, usecase=str(usecase.folder))
     return dag
 
 
