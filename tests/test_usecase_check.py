@@ -578,3 +578,17 @@ def test_template_training_set_trains_a_model_its_gate_approves(template_run: di
     decision = gate.decide(evaluated, None, gate.GatePolicy.from_dict(usecase.gate))
 
     assert decision.approved, decision.reasons
+
+
+@pytest.mark.parametrize(
+    "text, message", [("name: [unclosed", "cannot parse it"), ("- a\n- b\n", "must hold a mapping")]
+)
+def test_every_config_file_is_read_by_one_reader_that_names_the_file(tmp_path, text, message):
+    from airflow_mlops.core import gate, retraining_policy, training
+
+    for loader in (usecase_config.load, gate.load_policy, retraining_policy.load_policy, training.load_config):
+        target = tmp_path / "mlops.yaml"
+        target.write_text(text)
+        with pytest.raises(ValueError, match=message) as raised:
+            loader(target)
+        assert str(target) in str(raised.value), loader

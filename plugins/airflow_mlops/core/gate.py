@@ -81,18 +81,10 @@ def _known(metric: str) -> str:
 
 def load_policy(path: str | Path) -> GatePolicy | None:
     """The policy in a YAML file; ``None`` if there is no such file (the gate then rejects)."""
-    import yaml
+    from airflow_mlops.core.yaml_files import read_mapping
 
-    target = Path(path)
-    if not target.is_file():
-        return None
-    try:
-        data = yaml.safe_load(target.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"cannot parse the gate policy {target}: {err}") from err
-    if data is None:
-        return None
-    return GatePolicy.from_dict(data)
+    data = read_mapping(path, "a mapping (the gate policy: thresholds, regression, slices, ...)", missing_ok=True)
+    return None if data is None else GatePolicy.from_dict(data)
 
 
 @dataclass(frozen=True)

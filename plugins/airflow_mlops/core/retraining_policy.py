@@ -124,15 +124,11 @@ def _int_or_none(value: Any) -> int | None:
 
 def load_policy(path: str | Path) -> RetrainingPolicy:
     """The ``policy`` section of the monitoring config."""
-    import yaml
+    from airflow_mlops.core.yaml_files import read_mapping
 
-    target = Path(path)
-    try:
-        data = yaml.safe_load(target.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read the monitoring config {target}: {err}") from err
+    data = read_mapping(path, "a mapping (the monitoring config: reference, drift, performance, policy, ...)")
     if not isinstance(data, dict) or not isinstance(data.get("policy"), dict):
-        raise ValueError(f"{target} has no 'policy' section")
+        raise ValueError(f"{path} has no 'policy' section")
     return RetrainingPolicy.from_dict(data["policy"])
 
 

@@ -184,13 +184,11 @@ def model_config_from_run(client: Any, run_id: str) -> TrainingConfig:
     import tempfile
     from pathlib import Path
 
-    import yaml
-
-    from airflow_mlops.core.training import TrainingConfig
+    from airflow_mlops.core.training import config_from_yaml
 
     with tempfile.TemporaryDirectory(prefix="serving-config-") as tmp:
         path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
-        return TrainingConfig.from_dict(yaml.safe_load(Path(path).read_text()))
+        return config_from_yaml(Path(path).read_text(), f"{CONFIG_ARTIFACT} of run {run_id}")
 
 
 def load_version(client: Any, name: str, version: str, threshold: float | None = None) -> LoadedModel:

@@ -215,15 +215,27 @@ class TrainingConfig:
 
 def load_config(path: str | Path) -> TrainingConfig:
     """Read a training config YAML file."""
-    import yaml
+    from airflow_mlops.core.yaml_files import read_mapping
 
-    target = Path(path)
-    try:
-        data = yaml.load(target.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read the training config {target}: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{target} must hold a mapping (features, model, holdout, evaluation)")
+    data = read_mapping(path, TRAINING_CONFIG_SHAPE)
+    if data is None:
+        raise ValueError(f"{path} is empty: it must hold {TRAINING_CONFIG_SHAPE}")
+    return TrainingConfig.from_dict(data)
+
+
+TRAINING_CONFIG_SHAPE = "a mapping (features, model, holdout, evaluation)"
+
+
+def config_from_yaml(text: str, where: str) -> TrainingConfig:
+    """A training config from YAML text (e.g. the config artifact a training run logged).
+
+    :raises ValueError: not YAML, empty, or not a valid config; names ``where``.
+    """
+    from airflow_mlops.core.yaml_files import parse_mapping
+
+    data = parse_mapping(text, where, TRAINING_CONFIG_SHAPE)
+    if data is None:
+        raise ValueError(f"{where} is empty: it must hold {TRAINING_CONFIG_SHAPE}")
     return TrainingConfig.from_dict(data)
 
 

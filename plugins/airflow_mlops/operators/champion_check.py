@@ -84,16 +84,14 @@ class ChampionCheckOperator(MonitoringBaseOperator):
     def _run_config(self, run_id: str) -> TrainingConfig:
         """The training config logged on the champion's run, else (a run logged before configs were artifacts)
         the use case's."""
-        import yaml
-
         from airflow_mlops.core.tracking import CONFIG_ARTIFACT
-        from airflow_mlops.core.training import TrainingConfig
+        from airflow_mlops.core.training import config_from_yaml
 
         text = self.mlflow_hook.run_artifact_text(run_id, CONFIG_ARTIFACT)
         try:
             if text is not None:
-                return TrainingConfig.from_dict(yaml.safe_load(text))
-        except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as err:
+                return config_from_yaml(text, f"{CONFIG_ARTIFACT} of run {run_id}")
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             self.log.warning("unusable training config on run %s (%s)", run_id, err)
         self.log.warning("no training config on run %s: using the local one", run_id)
         return self.local_training_config()

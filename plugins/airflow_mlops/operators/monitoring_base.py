@@ -49,15 +49,11 @@ def load_config(path: str) -> dict[str, Any]:
     :param path: the YAML file.
     :raises ValueError: unreadable, or not a mapping.
     """
-    import yaml
+    from airflow_mlops.core.yaml_files import read_mapping
 
-    try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read the monitoring config {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping (reference, drift, performance, policy, ...)")
+    data = read_mapping(path, "a mapping (reference, drift, performance, policy, ...)")
+    if data is None:
+        raise ValueError(f"{path} is empty: it must hold a mapping (reference, drift, performance, policy, ...)")
     return data
 
 

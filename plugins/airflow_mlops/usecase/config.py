@@ -215,12 +215,12 @@ def load(folder: str | Path) -> UseCase:
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    import yaml
+    from airflow_mlops.core.yaml_files import read_mapping
 
     try:
-        raw = yaml.load(config_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError) as err:
-        raise UseCaseConfigError(f"{config_file}: cannot read it: {err}") from err
+        raw = read_mapping(config_file, "a mapping (name, source, features, model, ...)")
+    except ValueError as err:
+        raise UseCaseConfigError(str(err)) from err
     usecase = parse(raw, config_file)
     with _LOCK:
         _CACHE[key] = usecase
