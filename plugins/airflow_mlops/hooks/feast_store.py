@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
     from airflow_mlops.core.features import FeatureSpec
-    from airflow_mlops.hooks.feast_online import OnlineFeatureReader
+    from airflow_mlops.hooks.feast_online import OnlineFeatureReader, SqliteOnlineAdapter
     from airflow_mlops.hooks.lake import LakeHook
 
 
@@ -43,24 +43,34 @@ class FeastHook(BaseHook):
     per declared view reading ``features/*/<view>.parquet`` of the lake. The registry and the SQLite online store
     live under ``MLOPS_FEAST_HOME/<project>/`` (default ``$MLOPS_HOME/feast``); the offline store is DuckDB. The
     online store is SQLite unless the configuration says otherwise, in this order: the Airflow Connection
-    ``feast_conn_id`` (conn type ``redis``: host, port, password, extra ``db``; or extra ``{"online_store":
-    {...}}``), then ``MLOPS_FEAST_ONLINE_STORE=redis`` with ``MLOPS_FEAST_REDIS``.
+    ``feast_conn_id`` (conn type ``feast``: Redis host, port, password, extra ``db``; or extra ``{"online_store":
+    {...}}``), then ``MLOPS_FEAST_ONLINE_STORE=redis`` with ``MLOPS_FEAST_REDIS``. Online writes and reads go
+    through Feast's public API, or through ``feast_online.SqliteOnlineAdapter`` on the Feast series and the SQLite
+    store it was written for (see ``feast_online``).
 
     :param usecase: the use-case folder, or a :class:`FeatureSpec` already built from it.
     :param feast_conn_id: Airflow Connection with the online store; default ``MLOPS_FEAST_CONN_ID`` (none: env).
     :param lake_root: lake root URL whose ``features/`` partitions are the offline sources; default ``MLOPS_LAKE``.
+    :param use_adapter: False: always Feast's public API; default True unless ``MLOPS_FEAST_ADAPTER=off``.
     """
 
     conn_name_attr = "feast_conn_id"
     default_conn_name = "feast_default"
-    conn_type = "redis"
+    conn_type = "feast"
     hook_name = "MLOps Feast store"
 
     def __init__(
-        self, usecase: str | Path | FeatureSpec, feast_conn_id: str | None = None, lake_root: str | None = None
+        self,
+        usecase: str | Path | FeatureSpec,
+        feast_conn_id: str | None = None,
+        lake_root: str | None = None,
+        use_adapter: bool | None = None,
     ) -> None:
         super().__init__()
         self.usecase = usecase
+        if use_adapter is None:
+            use_adapter = os.environ.get("MLOPS_FEAST_ADAPTER", "").strip().lower() not in ("off", "0", "false", "no")
+        self.use_adapter = use_adapter
         self.feast_conn_id = feast_conn_id or os.environ.get("MLOPS_FEAST_CONN_ID") or None
         self.lake_root = (lake_root or settings.lake_url()).rstrip("/")
 
@@ -218,34 +228,29 @@ class FeastHook(BaseHook):
         }
 
     # -- materialize ---------------------------------------------------------------------------------------
+    @cached_property
+    def adapter(self) -> SqliteOnlineAdapter | None:
+        """The fast SQLite adapter where it applies (Feast series and store checked), else None: the public API."""
+        from airflow_mlops.hooks.feast_online import SqliteOnlineAdapter
+
+        return SqliteOnlineAdapter.for_store(self.store, enabled=self.use_adapter)
+
     def interval_rows(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict[str, int]:
         """Per view, how many entities have rows in ``[start, end]``: what a materialization writes online."""
-        import duckdb
+        from airflow_mlops.hooks.feast_online import interval_counts
 
-        counts = {}
-        for fv in self.store.list_feature_views():
-            if views and fv.name not in views:
-                continue
-            key = fv.entity_columns[0].name
-            ts = fv.batch_source.timestamp_field
-            query = (
-                f"SELECT count(DISTINCT {key}) FROM read_parquet('{fv.batch_source.path}') "
-                f"WHERE {ts} >= ?::TIMESTAMPTZ AND {ts} <= ?::TIMESTAMPTZ"
-            )
-            with duckdb.connect() as con:
-                con.execute("SET TimeZone='UTC'")
-                counts[fv.name] = int(con.execute(query, [start.isoformat(), end.isoformat()]).fetchone()[0])
-        return counts
+        return interval_counts(self.store, start, end, views)
 
     def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict[str, int]:
-        """Write the latest row per entity with a timestamp in ``[start, end]`` to the online store.
+        """Write the latest row per entity with a timestamp in ``[start, end]`` to the online store
+        (``FeatureStore.materialize``, or the same state through :attr:`adapter`). Returns the entities written
+        per view.
 
-        The online state of ``FeatureStore.materialize`` (Feast's own path, 3-4x slower on a month: see
-        ``feast_online``), written in bulk. Returns the entity rows written per view.
+        :raises ValueError: ``start`` after ``end``, or an unknown view.
         """
         from airflow_mlops.hooks.feast_online import materialize_latest
 
-        return materialize_latest(self.store, start, end, views)
+        return materialize_latest(self.store, start, end, views, adapter=self.adapter)
 
     # -- reads ---------------------------------------------------------------------------------------------
     def historical_features(
@@ -286,14 +291,14 @@ class FeastHook(BaseHook):
 
     @cached_property
     def online_reader(self) -> OnlineFeatureReader:
-        """Prepared reads of every model feature a view serves. Views keyed by the row's own id change with every
-        row and are read each time; the others (time-slot keyed, slow-moving) are cached until a commit."""
+        """Reads of every model feature a view serves. Through the adapter, views keyed by the row's own id are read
+        each time and the others (time-slot keyed, slow-moving) cached until a commit."""
         from airflow_mlops.hooks.feast_online import OnlineFeatureReader
 
         refs = self.spec.feature_refs()
         per_row = {view.name for view in self.spec.views if view.key == self.spec.id_column}
         views = {ref.split(":", 1)[0] for ref in refs}
-        return OnlineFeatureReader(self.store, refs, cache_views=views - per_row)
+        return OnlineFeatureReader(self.store, refs, cache_views=views - per_row, adapter=self.adapter)
 
     def online_features(self, keys: pd.DataFrame) -> list[dict[str, Any]]:
         """Online feature rows for request rows' entity keys (``entity_keys``' output): defaults where a key is
