@@ -36,9 +36,9 @@ def features_dag():
 
     from airflow_mlops.assets import assets_for
     from airflow_mlops.operators.feature_store import (
-        ApplyFeatureRepoOperator,
-        MaterializeFeaturesOperator,
-        TrainingSetOperator,
+        FeastApplyOperator,
+        FeastMaterializeOperator,
+        FeastTrainingSetOperator,
     )
     from airflow_mlops.operators.features import BuildFeaturesOperator
     from airflow_mlops.usecase.config import lake_url
@@ -56,8 +56,8 @@ def features_dag():
         default_args={"retries": 0, "retry_delay": timedelta(seconds=1)},
     ) as dag:
         build = BuildFeaturesOperator(task_id="build_features", period="{{ params.period or '' }}", **common)
-        apply = ApplyFeatureRepoOperator(task_id="apply_feature_repo", **common)
-        materialize = MaterializeFeaturesOperator(
+        apply = FeastApplyOperator(task_id="apply_feature_repo", **common)
+        materialize = FeastMaterializeOperator(
             task_id="materialize_features",
             interval_start="{{ " + BUILT + "['interval_start'] }}",
             interval_end="{{ " + BUILT + "['interval_end'] }}",
@@ -65,7 +65,7 @@ def features_dag():
             outlets=[assets.features],
             **common,
         )
-        training_set = TrainingSetOperator(
+        training_set = FeastTrainingSetOperator(
             task_id="training_set",
             end_period="{{ " + BUILT + "['period'] }}",
             window="{{ params.window or '' }}",

@@ -48,7 +48,7 @@ def build_training_set(
         raise AirflowFailException(str(err)) from err
 
 
-class ApplyFeatureRepoOperator(MlopsBaseOperator):
+class FeastApplyOperator(MlopsBaseOperator):
     """``feast apply`` the use case's feature repository (derived from its declared views) against this lake:
     idempotent.
 
@@ -68,7 +68,7 @@ class ApplyFeatureRepoOperator(MlopsBaseOperator):
         return self.checked(self.feast.apply)
 
 
-class MaterializeFeaturesOperator(MlopsBaseOperator):
+class FeastMaterializeOperator(MlopsBaseOperator):
     """Materialize exactly ``[interval_start, interval_end)`` into the online store.
 
     Writes, per entity, the latest feature row stamped inside the interval (Feast's semantics), so a retry or a
@@ -139,7 +139,7 @@ class MaterializeFeaturesOperator(MlopsBaseOperator):
         return result
 
 
-class TrainingSetOperator(MlopsBaseOperator):
+class FeastTrainingSetOperator(MlopsBaseOperator):
     """Extract a point-in-time correct training set for the label rows of a window of periods, validate, commit.
 
     Label rows (``features/<period>/labels.parquet``) of the trailing ``window`` periods up to ``end_period`` are

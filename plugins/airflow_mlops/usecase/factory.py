@@ -145,9 +145,9 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
 
 def features_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow_mlops.operators.feature_store import (
-        ApplyFeatureRepoOperator,
-        MaterializeFeaturesOperator,
-        TrainingSetOperator,
+        FeastApplyOperator,
+        FeastMaterializeOperator,
+        FeastTrainingSetOperator,
     )
     from airflow_mlops.operators.features import BuildFeaturesOperator
 
@@ -175,10 +175,10 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
         build = BuildFeaturesOperator(task_id="build_features", period="{{ params.period or '' }}", **_common(usecase))
         # [END howto_operator_build_features]
         # [START howto_operator_feast_apply]
-        apply = ApplyFeatureRepoOperator(task_id="apply_feature_repo", **_common(usecase))
+        apply = FeastApplyOperator(task_id="apply_feature_repo", **_common(usecase))
         # [END howto_operator_feast_apply]
         # [START howto_operator_feast_materialize]
-        materialize = MaterializeFeaturesOperator(
+        materialize = FeastMaterializeOperator(
             task_id="materialize_features",
             interval_start="{{ ti.xcom_pull(task_ids='build_features')['interval_start'] }}",
             interval_end="{{ ti.xcom_pull(task_ids='build_features')['interval_end'] }}",
@@ -188,7 +188,7 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
         )
         # [END howto_operator_feast_materialize]
         # [START howto_operator_feast_training_set]
-        training_set = TrainingSetOperator(
+        training_set = FeastTrainingSetOperator(
             task_id="training_set",
             end_period="{{ ti.xcom_pull(task_ids='build_features')['period'] }}",
             window="{{ params.window or '' }}",
