@@ -25,7 +25,6 @@ from features_fixtures import (
 pytestmark = pytest.mark.slow
 SPEC = load_spec(FLIGHTS)
 TASKS = ("build_features", "apply_feature_repo", "materialize_features", "training_set")
-BUILT = "ti.xcom_pull(task_ids='build_features')"
 
 
 def features_dag():
@@ -44,33 +43,36 @@ def features_dag():
     from airflow_mlops.usecase.config import lake_url
 
     usecase = load_usecase(FLIGHTS)
-    common = {"usecase": str(usecase.folder), "lake_root": lake_url(usecase)}
+    folder = str(usecase.folder)
     assets = assets_for(usecase.name, lake_url(usecase))
     with DAG(
         dag_id=f"test_{usecase.dag_id('features')}",
         schedule=None,
+        render_template_as_native_obj=True,
         params={
             "period": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$"),
             "window": Param(None, type=["null", "integer"], minimum=1),
         },
         default_args={"retries": 0, "retry_delay": timedelta(seconds=1)},
     ) as dag:
-        build = BuildFeaturesOperator(task_id="build_features", period="{{ params.period or '' }}", **common)
-        apply = FeastApplyOperator(task_id="apply_feature_repo", **common)
+        build = BuildFeaturesOperator(
+            task_id="build_features", usecase=folder, period="{{ params.period }}", multiple_outputs=True
+        )
+        apply = FeastApplyOperator(task_id="apply_feature_repo", usecase=folder)
         materialize = FeastMaterializeOperator(
             task_id="materialize_features",
-            interval_start="{{ " + BUILT + "['interval_start'] }}",
-            interval_end="{{ " + BUILT + "['interval_end'] }}",
-            periods="{{ " + BUILT + "['periods'] | tojson }}",
+            usecase=folder,
+            interval_start=build.output["interval_start"],
+            interval_end=build.output["interval_end"],
+            periods=build.output["periods"],
             outlets=[assets.features],
-            **common,
         )
         training_set = FeastTrainingSetOperator(
             task_id="training_set",
-            end_period="{{ " + BUILT + "['period'] }}",
-            window="{{ params.window or '' }}",
+            usecase=folder,
+            end_period=build.output["period"],
+            window="{{ params.window }}",
             outlets=[assets.training_set],
-            **common,
         )
         [build, apply] >> materialize >> training_set
     return dag
@@ -129,6 +131,13 @@ def _asset_extras(run, name: str) -> list[dict]:
         return [dict(e.extra) for e in rows]
 
 
+def _wired(value):
+    """An argument as wired: an XComArg by the task and key it reads, anything else as is."""
+    from airflow.sdk.definitions.xcom_arg import PlainXComArg
+
+    return (value.operator.task_id, value.key) if isinstance(value, PlainXComArg) else value
+
+
 def test_the_dag_here_is_wired_as_the_factory_wires_it():
     """What this file runs is what the use-case factory builds (same tasks, dependencies, templates, outlets)."""
     from airflow_mlops.usecase.factory import features_dag as factory_dag
@@ -140,8 +149,8 @@ def test_the_dag_here_is_wired_as_the_factory_wires_it():
         assert type(mine) is type(built), task_id
         assert mine.upstream_task_ids == built.upstream_task_ids, task_id
         assert [a.name for a in mine.outlets] == [a.name for a in built.outlets], task_id
-        for name in (*type(mine).template_fields, "usecase", "lake_root"):
-            assert getattr(mine, name) == getattr(built, name), (task_id, name)
+        for name in (*type(mine).template_fields, "usecase", "lake_root", "multiple_outputs"):
+            assert _wired(getattr(mine, name)) == _wired(getattr(built, name)), (task_id, name)
 
 
 def test_month_to_online_store_and_training_set(airflow_db, usecase_lake, feast_home):

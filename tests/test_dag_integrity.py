@@ -37,6 +37,17 @@ def kwarg(task, name):
     return None if value is None else str(value)
 
 
+def lake_of(task):
+    # what MlopsBaseOperator.lake_url resolves: lake_root, else the use case's own lake
+    root = kwarg(task, "lake_root")
+    folder = kwarg(task, "usecase")
+    if root or not folder:
+        return root
+    from airflow_mlops.usecase import config
+
+    return config.lake_url(config.load(folder))
+
+
 def assets(condition):
     if condition is None:
         return []
@@ -58,7 +69,7 @@ for dag_id, dag in bag.dags.items():
                 "owner": t.owner,
                 "retries": t.retries,
                 "outlets": sorted(getattr(o, "name", str(o)) for o in (t.outlets or [])),
-                "lake_root": kwarg(t, "lake_root"),
+                "lake_root": lake_of(t),
                 "usecase": kwarg(t, "usecase"),
             }
             for t in dag.tasks

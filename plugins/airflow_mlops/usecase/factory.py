@@ -78,8 +78,10 @@ def dags_for(usecase: usecase_config.UseCase) -> dict[str, DAG]:
     return {dag.dag_id: dag for dag in (build(usecase) for build in builders)}
 
 
-def _common(usecase: usecase_config.UseCase) -> dict[str, Any]:
-    return {"usecase": str(usecase.folder), "lake_root": usecase_config.lake_url(usecase)}
+# Every DAG renders its templates to native objects (render_template_as_native_obj): "{{ params.period }}" reaches
+# an operator as None or the period, "{{ params.force_bless }}" as a bool; XCom dicts travel as XComArgs
+# (task.output). Each operator takes the use-case folder and finds the rest (lake, Feast project, model, endpoint)
+# in its config.
 
 
 def _doc(usecase: usecase_config.UseCase, text: str) -> str:
@@ -94,6 +96,7 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow_mlops.operators.validation import ValidateBatchOperator
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
+    folder = str(usecase.folder)
     source = usecase.source
     schedule: Any = assets.landing
     start = None
@@ -110,6 +113,7 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
         )
         start = starts[0]
     with DAG(
+        render_template_as_native_obj=True,
         dag_id=usecase.dag_id("ingest_validate"),
         description=f"{usecase.name}: land → raw → Great Expectations → validated or quarantine",
         schedule=schedule,
@@ -122,7 +126,7 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
         doc_md=_doc(usecase, INGEST_DOC),
     ) as dag:
         # [START howto_operator_ingest_batch]
-        ingest = IngestBatchOperator(task_id="ingest_batch", period="{{ params.period or '' }}", **_common(usecase))
+        ingest = IngestBatchOperator(task_id="ingest_batch", usecase=folder, period="{{ params.period }}")
         # [END howto_operator_ingest_batch]
         # [START howto_operator_validate_batch]
         ValidateBatchOperator.partial(
@@ -137,7 +141,7 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
             module_file=str(usecase.module_file),
             validated_asset=assets.validated_batch,
             outlets=[assets.validated_batch],
-            lake_root=usecase_config.lake_url(usecase),
+            usecase=folder,
         ).expand(batch=ingest.output)
         # [END howto_operator_validate_batch]
     return dag
@@ -152,7 +156,9 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow_mlops.operators.features import BuildFeaturesOperator
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
+    folder = str(usecase.folder)
     with DAG(
+        render_template_as_native_obj=True,
         dag_id=usecase.dag_id("features"),
         description=f"{usecase.name}: validated batch → features (lake) → Feast apply → materialize → PIT training set",
         schedule=[assets.validated_batch],
@@ -172,28 +178,30 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
         doc_md=_doc(usecase, FEATURES_DOC),
     ) as dag:
         # [START howto_operator_build_features]
-        build = BuildFeaturesOperator(task_id="build_features", period="{{ params.period or '' }}", **_common(usecase))
+        build = BuildFeaturesOperator(
+            task_id="build_features", usecase=folder, period="{{ params.period }}", multiple_outputs=True
+        )
         # [END howto_operator_build_features]
         # [START howto_operator_feast_apply]
-        apply = FeastApplyOperator(task_id="apply_feature_repo", **_common(usecase))
+        apply = FeastApplyOperator(task_id="apply_feature_repo", usecase=folder)
         # [END howto_operator_feast_apply]
         # [START howto_operator_feast_materialize]
         materialize = FeastMaterializeOperator(
             task_id="materialize_features",
-            interval_start="{{ ti.xcom_pull(task_ids='build_features')['interval_start'] }}",
-            interval_end="{{ ti.xcom_pull(task_ids='build_features')['interval_end'] }}",
-            periods="{{ ti.xcom_pull(task_ids='build_features')['periods'] | tojson }}",
+            usecase=folder,
+            interval_start=build.output["interval_start"],
+            interval_end=build.output["interval_end"],
+            periods=build.output["periods"],
             outlets=[assets.features],
-            **_common(usecase),
         )
         # [END howto_operator_feast_materialize]
         # [START howto_operator_feast_training_set]
         training_set = FeastTrainingSetOperator(
             task_id="training_set",
-            end_period="{{ ti.xcom_pull(task_ids='build_features')['period'] }}",
-            window="{{ params.window or '' }}",
+            usecase=folder,
+            end_period=build.output["period"],
+            window="{{ params.window }}",
             outlets=[assets.training_set],
-            **_common(usecase),
         )
         # [END howto_operator_feast_training_set]
         [build, apply] >> materialize >> training_set
@@ -208,7 +216,9 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
     )
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
+    folder = str(usecase.folder)
     with DAG(
+        render_template_as_native_obj=True,
         dag_id=usecase.dag_id("monitoring"),
         description=f"{usecase.name}: champion vs live traffic: drift → performance → retraining policy",
         schedule=(assets.features & assets.outcomes),
@@ -219,12 +229,12 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
         tags=["mlops", usecase.name, "monitoring", "evidently"],
         doc_md=_doc(usecase, MONITORING_DOC),
     ) as dag:
-        period = "{{ params.period or '' }}"
+        period = "{{ params.period }}"
         # [START howto_operator_drift_check]
-        drift = DriftCheckOperator(task_id="drift_check", month=period, **_common(usecase))
+        drift = DriftCheckOperator(task_id="drift_check", usecase=folder, month=period)
         # [END howto_operator_drift_check]
         # [START howto_operator_performance_check]
-        performance = PerformanceCheckOperator(task_id="performance_check", month=period, **_common(usecase))
+        performance = PerformanceCheckOperator(task_id="performance_check", usecase=folder, month=period)
         # [END howto_operator_performance_check]
         # [START howto_operator_retraining_policy]
         policy = RetrainingPolicyOperator(
@@ -235,7 +245,7 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
             outlets=[assets.retrain_requested],
             # Runs when the checks were skipped (no champion yet): the policy's bootstrap rule decides then.
             trigger_rule="none_failed",
-            **_common(usecase),
+            usecase=folder,
         )
         # [END howto_operator_retraining_policy]
         drift >> performance >> policy
@@ -255,14 +265,15 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
     )
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
+    folder = str(usecase.folder)
     cron = usecase.model.get("schedule_cron")
     schedule: Any = (
         AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=assets.retrain_requested)
         if cron
         else assets.retrain_requested
     )
-    common = _common(usecase)
     with DAG(
+        render_template_as_native_obj=True,
         dag_id=usecase.dag_id("training"),
         description=f"{usecase.name}: training set → train → evaluate vs champion → gate → register → "
         "infra-validate → promote → deploy",
@@ -294,22 +305,22 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
     ) as dag:
         # [START howto_operator_resolve_training_set]
         training_set = ResolveTrainingSetOperator(
-            task_id="training_set", training_set="{{ params.training_set_uri or '' }}", lake_root=common["lake_root"]
+            task_id="training_set", usecase=folder, training_set="{{ params.training_set_uri }}"
         )
         # [END howto_operator_resolve_training_set]
         # [START howto_operator_train_model]
-        trained = TrainModelOperator(task_id="train_model", training_set=training_set.output, **common)
+        trained = TrainModelOperator(task_id="train_model", training_set=training_set.output, usecase=folder)
         # [END howto_operator_train_model]
         # [START howto_operator_evaluate_challenger]
-        evaluated = EvaluateChallengerOperator(task_id="evaluate_challenger", trained=trained.output, **common)
+        evaluated = EvaluateChallengerOperator(task_id="evaluate_challenger", trained=trained.output, usecase=folder)
         # [END howto_operator_evaluate_challenger]
         # [START howto_operator_model_gate]
         gate = ModelGateOperator(
             task_id="model_gate",
             evaluation=evaluated.output,
             force_bless="{{ params.force_bless }}",
-            force_bless_reason="{{ params.force_bless_reason or '' }}",
-            usecase=common["usecase"],
+            force_bless_reason="{{ params.force_bless_reason }}",
+            usecase=folder,
         )
         # [END howto_operator_model_gate]
         # [START howto_operator_mlflow_register_model]
@@ -317,9 +328,7 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
         # [END howto_operator_mlflow_register_model]
         # A candidate must answer correctly in the real serving stack before it may become champion.
         # [START howto_operator_bentoml_infra_validate]
-        validated = BentoMLInfraValidateOperator(
-            task_id="infra_validate", registered=registered.output, usecase=common["usecase"]
-        )
+        validated = BentoMLInfraValidateOperator(task_id="infra_validate", registered=registered.output, usecase=folder)
         # [END howto_operator_bentoml_infra_validate]
         # Promotion is compare-and-set on the ledger: a retry finds its own entry and never promotes twice.
         # [START howto_operator_mlflow_promote_model]
@@ -328,7 +337,7 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
         )
         # [END howto_operator_mlflow_promote_model]
         # [START howto_operator_bentoml_deploy]
-        BentoMLDeployOperator(task_id="deploy_model", version=promoted.output, usecase=common["usecase"])
+        BentoMLDeployOperator(task_id="deploy_model", version=promoted.output, usecase=folder)
         # [END howto_operator_bentoml_deploy]
     return dag
 
@@ -338,7 +347,9 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow_mlops.operators.serving import BentoMLDeployOperator
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
+    folder = str(usecase.folder)
     with DAG(
+        render_template_as_native_obj=True,
         dag_id=usecase.dag_id("rollback"),
         description=f"{usecase.name}: restore the previous champion in one step (recorded in the promotion ledger)",
         schedule=None,
@@ -363,12 +374,12 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
         rollback = MlflowRollbackModelOperator(
             task_id="rollback_model",
             registered_model_name=usecase.registered_model_name,
-            to_version="{{ params.to_version or '' }}",
+            to_version="{{ params.to_version }}",
             reason="{{ params.reason }}",
             outlets=[assets.model_promoted],
         )
         # [END howto_operator_mlflow_rollback_model]
-        BentoMLDeployOperator(task_id="deploy_model", version=rollback.output, usecase=str(usecase.folder))
+        BentoMLDeployOperator(task_id="deploy_model", version=rollback.output, usecase=folder)
     return dag
 
 
