@@ -114,70 +114,7 @@ class EvidentlyHook(BaseHook):
         )
 
     @staticmethod
-    def classification_report(
-        reference: pd.DataFrame | None,
-        current: pd.DataFrame,
-        *,
-        target: str,
-        probability: str,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Snapshot:
-        """Binary classification quality of ``probability`` against ``target`` (reference: the hold-out)."""
-        from evidently import BinaryClassification, DataDefinition, Dataset, Report
-        from evidently.presets import ClassificationPreset
-
-        definition = DataDefinition(
-            classification=[BinaryClassification(target=target, prediction_probas=probability, pos_label=1)],
-            numerical_columns=[probability],
-            categorical_columns=[target],
-        )
-        columns = [target, probability]
-        report = Report([ClassificationPreset()], include_tests=False, tags=tags, metadata=metadata or {})
-        ref = None
-        if reference is not None and len(reference) and reference[target].nunique() == 2:
-            ref = Dataset.from_pandas(reference[columns], data_definition=definition)
-        return report.run(
-            current_data=Dataset.from_pandas(current[columns], data_definition=definition), reference_data=ref
-        )
-
-    @staticmethod
-    def regression_report(
-        reference: pd.DataFrame | None,
-        current: pd.DataFrame,
-        *,
-        target: str,
-        prediction: str,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Snapshot:
-        """Regression quality of ``prediction`` against ``target`` (reference: the hold-out).
-
-        :param reference: the hold-out rows with target and prediction, or None.
-        :param current: the live rows joined with their outcomes.
-        :param target: the label column.
-        :param prediction: the predicted value column.
-        :param tags: report tags.
-        :param metadata: report metadata.
-        """
-        from evidently import DataDefinition, Dataset, Regression, Report
-        from evidently.presets import RegressionPreset
-
-        definition = DataDefinition(
-            regression=[Regression(target=target, prediction=prediction)], numerical_columns=[target, prediction]
-        )
-        columns = [target, prediction]
-        report = Report([RegressionPreset()], include_tests=False, tags=tags, metadata=metadata or {})
-        ref = None
-        if reference is not None and len(reference):
-            ref = Dataset.from_pandas(reference[columns], data_definition=definition)
-        return report.run(
-            current_data=Dataset.from_pandas(current[columns], data_definition=definition), reference_data=ref
-        )
-
-    @classmethod
     def performance_report(
-        cls,
         task: str,
         reference: pd.DataFrame | None,
         current: pd.DataFrame,
@@ -187,23 +124,39 @@ class EvidentlyHook(BaseHook):
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Snapshot:
-        """The task's quality report: ``classification_report`` (``prediction``: a probability) or
-        ``regression_report``.
+        """The task's quality report of ``prediction`` against ``target``: Evidently's ``ClassificationPreset``
+        (``prediction`` is the positive class's probability) or ``RegressionPreset``.
 
         :param task: ``classification`` or ``regression``.
-        :param reference: the hold-out rows, or None.
+        :param reference: the hold-out rows with target and prediction, or None (a classification's reference is
+            used only when it holds both classes).
         :param current: the live rows joined with their outcomes.
         :param target: the label column.
         :param prediction: the prediction column.
         :param tags: report tags.
         :param metadata: report metadata.
         """
+        from evidently import BinaryClassification, DataDefinition, Dataset, Regression, Report
+        from evidently.presets import ClassificationPreset, RegressionPreset
+
+        columns = [target, prediction]
         if task == "regression":
-            return cls.regression_report(
-                reference, current, target=target, prediction=prediction, tags=tags, metadata=metadata
+            definition = DataDefinition(
+                regression=[Regression(target=target, prediction=prediction)], numerical_columns=columns
             )
-        return cls.classification_report(
-            reference, current, target=target, probability=prediction, tags=tags, metadata=metadata
+            preset, usable = RegressionPreset(), reference is not None and len(reference) > 0
+        else:
+            definition = DataDefinition(
+                classification=[BinaryClassification(target=target, prediction_probas=prediction, pos_label=1)],
+                numerical_columns=[prediction],
+                categorical_columns=[target],
+            )
+            preset = ClassificationPreset()
+            usable = reference is not None and len(reference) > 0 and reference[target].nunique() == 2
+        ref = Dataset.from_pandas(reference[columns], data_definition=definition) if usable else None
+        report = Report([preset], include_tests=False, tags=tags, metadata=metadata or {})
+        return report.run(
+            current_data=Dataset.from_pandas(current[columns], data_definition=definition), reference_data=ref
         )
 
     @staticmethod
