@@ -67,7 +67,7 @@ def report_url(key: str, lake_root: str | None = None) -> str:
 def lake_report_link(operator: Any, ti_key: Any) -> str:
     """The served URL of the report whose key the task pushed under ``REPORT_XCOM_KEY``; ``""`` without one.
 
-    :param operator: the task's operator (its ``lake_root``, if any, is the root the key is relative to).
+    :param operator: the task's operator (``lake_root_of`` it is the root the key is relative to).
     :param ti_key: the task instance.
     """
     from airflow.sdk.execution_time.xcom import XCom
@@ -75,7 +75,14 @@ def lake_report_link(operator: Any, ti_key: Any) -> str:
     key = XCom.get_value(ti_key=ti_key, key=REPORT_XCOM_KEY)
     if not key:
         return ""
-    return report_url(str(key), getattr(operator, "lake_root", None))
+    return report_url(str(key), lake_root_of(operator))
+
+
+def lake_root_of(operator: Any) -> str | None:
+    """The lake root a task's report keys are relative to: ``MlopsBaseOperator.lake_url`` (its ``lake_root``, else
+    its use case's lake), else a ``lake_root`` attribute; None: ``MLOPS_LAKE``. Links are resolved in the task's
+    process after it ran, on the operator that ran."""
+    return getattr(operator, "lake_url", None) or getattr(operator, "lake_root", None)
 
 
 class DataDocsLink(BaseOperatorLink):
