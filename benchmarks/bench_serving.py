@@ -12,7 +12,13 @@ in Feast/SQLite, a champion in a SQLite MLflow) under a temp MLOPS_HOME, then me
   count (targets: ≤ 2× at c=1, ≤ 4× at c=8, zero 5xx);
 * the online feature lookup inside a prediction, in process (target p99 ≤ 1 ms), next to the use case's
   ``entity_keys`` (request → keys) and the model call;
-* the batch endpoint's rows/s (``{"rows": [...]}``; the shipped ``serving.batch_max_size``).
+* the batch endpoint's rows/s (``{"rows": [...]}``; the shipped ``serving.batch_max_size``);
+* this machine's own ceilings (issue 21), in the same run: an echo server (bare uvicorn + Starlette answering a
+  constant JSON, the HTTP ceiling) at concurrency 1 and 32 against the service at the same concurrency, and the
+  in-process batch rate of the same pipeline on the same rows (features looked up once, ``model.score``) against
+  ``/predict_batch``; the service's peak memory (RSS of its process group) is stated. Issue 21's targets are
+  printed as met / MISSED: throughput at 32 clients >= 0.3x the echo server's, p50 at 1 client <= 5x the echo
+  server's, p99 at 32 clients <= 4x the echo server's, ``/predict_batch`` >= 0.5x the in-process rate.
 """
 
 from __future__ import annotations
@@ -83,6 +89,50 @@ async def readyz(request):
 
 app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", readyz)])
 """
+
+
+ECHO_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+ANSWER = {"request_id": "0", "id": "x", "prediction": 0.5, "label": False, "model_version": "1"}
+
+
+async def predict(request):
+    await request.body()
+    return JSONResponse(ANSWER)
+
+
+async def readyz(request):
+    return JSONResponse({})
+
+app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", readyz)])
+"""
+
+
+def group_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants (the serving process group)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def uvicorn(app_dir: Path, module: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(command, cwd=app_dir, env={**os.environ, "PYTHONPATH": str(app_dir), **env})
 
 
 def load(url: str, bodies: list[dict], concurrency: int, total: int, route: str = "/predict") -> dict:
@@ -208,49 +258,67 @@ def main() -> int:
             generic.append((t4 - t3) * 1000.0)
     km, lk, sc, gen = percentiles(mapping), percentiles(lookups), percentiles(scores), percentiles(generic)
 
+    # The in-process batch rate of the same pipeline on the batch endpoint's rows: features looked up once, then
+    # model.score on the whole frame (the ceiling /predict_batch is measured against).
+    batch_requests = [requests[i % len(requests)] for i in range(args.batch_rows)]
+    batch_keys = entity_keys(request_frame(batch_requests, request_spec), ctx).reset_index(drop=True)
+    batch_rows, _ = lookup_features(features, spec, batch_keys)
+    model.score(batch_rows)
+    repeats, t0 = 20, time.perf_counter()
+    for _ in range(repeats):
+        model.score(batch_rows)
+    in_process_rate = repeats * args.batch_rows / (time.perf_counter() - t0)
+
     # -- servers ---------------------------------------------------------------------------------------------
     bento = ServingProcess(usecase=sf.USECASE, port=free_port(), name="bench-bento", home=home)
     bare_port = free_port()
     app_dir = home / "bare"
     app_dir.mkdir()
     (app_dir / "bare_app.py").write_text(BARE_APP.format(plugins=str(ROOT / "plugins")))
-    bare = None
+    (app_dir / "echo_app.py").write_text(ECHO_APP)
+    echo_port = free_port()
+    bare = echo = None
     results: dict[str, dict] = {}
+    peak_rss = 0
     try:
         bento.start()
-        bare = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bare_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(bare_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=app_dir,
-            env={**os.environ, "PYTHONPATH": str(app_dir), "MLOPS_USECASE": str(usecase.folder)},
-        )
+        bare = uvicorn(app_dir, "bare_app", bare_port, {"MLOPS_USECASE": str(usecase.folder)})
+        echo = uvicorn(app_dir, "echo_app", echo_port, {})
         bento.wait_ready(240)
         wait_ready(f"http://127.0.0.1:{bare_port}", bare)
-        for name, url in (("bentoml", bento.url), ("starlette", f"http://127.0.0.1:{bare_port}")):
+        wait_ready(f"http://127.0.0.1:{echo_port}", echo)
+        sampling = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak_rss
+            while not sampling.is_set():
+                peak_rss = max(peak_rss, group_rss(bento.pid() or 0))
+                sampling.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        servers = (
+            ("bentoml", bento.url, (1, 8, 32)),
+            ("starlette", f"http://127.0.0.1:{bare_port}", (1, 8)),
+            ("echo", f"http://127.0.0.1:{echo_port}", (1, 32)),
+        )
+        for name, url, levels in servers:
             load(url, bodies, 1, 50)  # warm-up
-            for c in (1, 8):
-                results[f"{name} c={c}"] = load(url, bodies, c, args.requests)
+            for c in levels:
+                results[f"{name} c={c}"] = load(url, bodies, c, args.requests if c < 32 else 4 * args.requests)
         batch = {"rows": [bodies[i % len(bodies)] for i in range(args.batch_rows)]}
         calls = 20
         t0 = time.perf_counter()
         batch_result = load(bento.url, [batch], 1, calls, route="/predict_batch")
         batch_wall = time.perf_counter() - t0
+        sampling.set()
+        sampler.join(5)
     finally:
         bento.stop()
-        if bare is not None:
-            bare.terminate()
-            bare.wait(30)
+        for server in (bare, echo):
+            if server is not None:
+                server.terminate()
+                server.wait(30)
 
     print(
         f"\nonline feature lookup (Feast SQLite, 5 views, prepared reader): p50 {lk[0]:.2f} ms  p99 {lk[1]:.2f} ms"
@@ -279,7 +347,24 @@ def main() -> int:
         f"batch endpoint: {args.batch_rows} rows per call, {calls} calls: "
         f"{args.batch_rows * calls / batch_wall:.0f} rows/s (p50 {batch_result['p50']:.1f} ms per call)"
     )
-    print(json.dumps({"lookup_ms": lk, "entity_keys_ms": km, "score_ms": sc, "http": results}, default=float))
+    served_rate = args.batch_rows * calls / batch_wall
+    b1, b32, e1, e32 = (results[k] for k in ("bentoml c=1", "bentoml c=32", "echo c=1", "echo c=32"))
+    print("\nagainst this machine's ceilings (issue 21's targets):")
+    for label, value, target, better in (
+        ("throughput at 32 clients, service / echo server", b32["rps"] / e32["rps"], 0.3, "high"),
+        ("p50 at 1 client, service / echo server", b1["p50"] / e1["p50"], 5.0, "low"),
+        ("p99 at 32 clients, service / echo server", b32["p99"] / e32["p99"], 4.0, "low"),
+        ("/predict_batch rows/s / in-process model.score rows/s", served_rate / in_process_rate, 0.5, "high"),
+    ):
+        ok = value >= target if better == "high" else value <= target
+        sign = ">=" if better == "high" else "<="
+        print(f"  {label:55s} {value:8.3f}x   target {sign} {target}x: {'met' if ok else 'MISSED'}")
+    print(f"  in-process batch rate {in_process_rate:.0f} rows/s; served {served_rate:.0f} rows/s")
+    print(f"  service peak memory (RSS of its process group, sampled every 0.2 s): {peak_rss / 2**20:.0f} MiB")
+    ceilings = {"in_process_rows_s": in_process_rate, "served_rows_s": served_rate, "peak_rss": peak_rss}
+    print(
+        json.dumps({"lookup_ms": lk, "entity_keys_ms": km, "score_ms": sc, "http": results, **ceilings}, default=float)
+    )
     return 0
 
 
