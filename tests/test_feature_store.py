@@ -340,7 +340,7 @@ def test_the_prepared_reader_returns_what_get_online_features_returns(store):
 
 
 @pytest.mark.parametrize("writer", ["other-connection", "same-connection"])
-def test_the_reader_cache_never_serves_values_older_than_the_last_materialization(store, writer):
+def test_the_reader_never_serves_values_older_than_the_last_materialization(store, writer):
     from airflow_mlops.hooks.feast_store import FeastHook
 
     start, end = period_bounds("2013-02")
@@ -348,19 +348,16 @@ def test_the_reader_cache_never_serves_values_older_than_the_last_materializatio
     reading = FeastHook(FLIGHTS, lake_root=store["lake"].root_url)
     writing = reading if writer == "same-connection" else FeastHook(FLIGHTS, lake_root=store["lake"].root_url)
     reader = reading.online_reader
-    assert reader.caching
     _wipe_online(store)
     writing.materialize(start, middle - timedelta(microseconds=1))
     rows = _sample_rows(store, middle + timedelta(hours=3), end)  # flights of the interval not materialized yet
     before = reader.read(rows)
-    misses = reader.misses
-    assert reader.read(rows) == before and reader.misses == misses  # served from the cache, nothing read
     writing.materialize(middle, end - timedelta(microseconds=1))  # a new materialization commits
     after = reader.read(rows)
     fresh = store["hook"].store.get_online_features(features=SPEC.feature_refs(), entity_rows=rows).to_dict()
-    assert after == fresh and reader.misses > misses
+    assert after == fresh
     changed = [n for n in ("carrier_late_rate_7d", "route_flights_30d", "temp") if after[n] != before[n]]
-    assert len(changed) == 3, "the second interval must change the cached views, or this test proves nothing"
+    assert len(changed) == 3, "the second interval must change the views read, or this test proves nothing"
     assert set(before["temp"][:-1]) == {None} and None not in after["temp"][:-1]
 
 

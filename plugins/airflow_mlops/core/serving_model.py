@@ -1,7 +1,7 @@
 """Scoring requests: online features for a request, the loaded model, and its atomic swap. No Airflow, no BentoML.
 
-* ``lookup_features`` reads every view of each request row from the Feast online store (a prepared
-  ``OnlineFeatureReader``: one ``online_read`` per view, slow-moving views cached until the store commits), notes
+* ``lookup_features`` reads every view of each request row from the Feast online store (``FeastHook.online_reader``:
+  ``get_online_features`` for the request rows), notes
   which views did not know the row's entity (Feast answers None), fills the declared defaults, and takes what the
   request itself determines (the use case's ``entity_keys`` output) for row features and for the features of a
   view that did not know the entity.

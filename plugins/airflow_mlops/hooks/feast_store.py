@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
     from airflow_mlops.core.features import FeatureSpec
-    from airflow_mlops.hooks.feast_online import OnlineFeatureReader, SqliteOnlineAdapter
+    from airflow_mlops.hooks.feast_online import OnlineFeatureReader
     from airflow_mlops.hooks.lake import LakeHook
 
 
@@ -45,13 +45,11 @@ class FeastHook(BaseHook):
     online store is SQLite unless the configuration says otherwise, in this order: the Airflow Connection
     ``feast_conn_id`` (conn type ``feast``: Redis host, port, password, extra ``db``; or extra ``{"online_store":
     {...}}``), then ``MLOPS_FEAST_ONLINE_STORE=redis`` with ``MLOPS_FEAST_REDIS``. Online writes and reads go
-    through Feast's public API, or through ``feast_online.SqliteOnlineAdapter`` on the Feast series and the SQLite
-    store it was written for (see ``feast_online``).
+    through Feast's public API (``feast_online``).
 
     :param usecase: the use-case folder, or a :class:`FeatureSpec` already built from it.
     :param feast_conn_id: Airflow Connection with the online store; default ``MLOPS_FEAST_CONN_ID`` (none: env).
     :param lake_root: lake root URL whose ``features/`` partitions are the offline sources; default ``MLOPS_LAKE``.
-    :param use_adapter: False: always Feast's public API; default True unless ``MLOPS_FEAST_ADAPTER=off``.
     """
 
     conn_name_attr = "feast_conn_id"
@@ -64,13 +62,9 @@ class FeastHook(BaseHook):
         usecase: str | Path | FeatureSpec,
         feast_conn_id: str | None = None,
         lake_root: str | None = None,
-        use_adapter: bool | None = None,
     ) -> None:
         super().__init__()
         self.usecase = usecase
-        if use_adapter is None:
-            use_adapter = os.environ.get("MLOPS_FEAST_ADAPTER", "").strip().lower() not in ("off", "0", "false", "no")
-        self.use_adapter = use_adapter
         self.feast_conn_id = feast_conn_id or os.environ.get("MLOPS_FEAST_CONN_ID") or None
         self.lake_root = (lake_root or settings.lake_url()).rstrip("/")
 
@@ -228,13 +222,6 @@ class FeastHook(BaseHook):
         }
 
     # -- materialize ---------------------------------------------------------------------------------------
-    @cached_property
-    def adapter(self) -> SqliteOnlineAdapter | None:
-        """The fast SQLite adapter where it applies (Feast series and store checked), else None: the public API."""
-        from airflow_mlops.hooks.feast_online import SqliteOnlineAdapter
-
-        return SqliteOnlineAdapter.for_store(self.store, enabled=self.use_adapter)
-
     def interval_rows(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict[str, int]:
         """Per view, how many entities have rows in ``[start, end]``: what a materialization writes online."""
         from airflow_mlops.hooks.feast_online import interval_counts
@@ -243,14 +230,13 @@ class FeastHook(BaseHook):
 
     def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict[str, int]:
         """Write the latest row per entity with a timestamp in ``[start, end]`` to the online store
-        (``FeatureStore.materialize``, or the same state through :attr:`adapter`). Returns the entities written
-        per view.
+        (``FeatureStore.materialize``). Returns the entities written per view.
 
         :raises ValueError: ``start`` after ``end``, or an unknown view.
         """
         from airflow_mlops.hooks.feast_online import materialize_latest
 
-        return materialize_latest(self.store, start, end, views, adapter=self.adapter)
+        return materialize_latest(self.store, start, end, views)
 
     # -- reads ---------------------------------------------------------------------------------------------
     def historical_features(
@@ -291,14 +277,10 @@ class FeastHook(BaseHook):
 
     @cached_property
     def online_reader(self) -> OnlineFeatureReader:
-        """Reads of every model feature a view serves. Through the adapter, views keyed by the row's own id are read
-        each time and the others (time-slot keyed, slow-moving) cached until a commit."""
+        """Reads of every model feature a view serves (``get_online_features``)."""
         from airflow_mlops.hooks.feast_online import OnlineFeatureReader
 
-        refs = self.spec.feature_refs()
-        per_row = {view.name for view in self.spec.views if view.key == self.spec.id_column}
-        views = {ref.split(":", 1)[0] for ref in refs}
-        return OnlineFeatureReader(self.store, refs, cache_views=views - per_row, adapter=self.adapter)
+        return OnlineFeatureReader(self.store, self.spec.feature_refs())
 
     def online_features(self, keys: pd.DataFrame) -> list[dict[str, Any]]:
         """Online feature rows for request rows' entity keys (``entity_keys``' output): defaults where a key is
