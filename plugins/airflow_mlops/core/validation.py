@@ -319,7 +319,7 @@ class _GxRuntime:
         parameters: dict[str, Any],
         fingerprint: str | None = None,
     ) -> Any:
-        """Run one suite on one frame in a single validator call (no checkpoint, no stores).
+        """Run one suite on one frame with GX's public ``Batch.validate`` (no checkpoint, no stores).
 
         Pass/fail first (``BOOLEAN_ONLY``: no unexpected-value lists to compute), then only the expectations
         that failed again with ``DETAIL_FORMAT`` for their counts and examples; a passing batch, the common
@@ -328,24 +328,27 @@ class _GxRuntime:
         GX is used as shipped: none of its classes or module settings is changed. With a ``fingerprint`` (the
         batch's sha256 as the lake recorded it), the result's ``batch_markers`` also carry ``batch_sha256``.
         """
+        import great_expectations as gx
         import pandas as pd
-        from great_expectations.validator.v1_validator import Validator
 
-        # The validator GX's own ``Batch.validate`` and ``ValidationDefinition.run`` build, made once per frame
-        # here so that the batch is loaded once for the suite and the re-run of its failed expectations.
-        validator = Validator(
-            self.batch_definition(frame_name), result_format=VERDICT_FORMAT, batch_parameters={"dataframe": frame}
-        )
+        # GX's public path: the batch of this frame, then ``Batch.validate`` (a suite, then each failed expectation).
+        batch = self.batch_definition(frame_name).get_batch(batch_parameters={"dataframe": frame})
         # pandas 3 always copies on write (and deprecates the option).
         cow = pd.option_context("mode.copy_on_write", True) if pd.__version__[0] == "2" else contextlib.nullcontext()
         with cow:
-            result = validator.validate_expectation_suite(self.suite(suite_json), parameters)
-            failed = [i for i, r in enumerate(result.results) if not r.success]
-            if failed:
-                validator.result_format = DETAIL_FORMAT
-                for i in failed:
-                    expectation = result.results[i].expectation_config.to_domain_obj()
-                    result.results[i] = validator.validate_expectation(expectation, parameters)
+            suite = self.suite(suite_json)
+            result = batch.validate(suite, result_format=VERDICT_FORMAT, expectation_parameters=parameters)
+            failed = [i for i, outcome in enumerate(result.results) if not outcome.success]
+            if failed:  # the failed expectations again, as one suite: one more pass over the batch, not one each
+                again = gx.ExpectationSuite(
+                    name=f"{suite.name}.failed",
+                    expectations=[copy.copy(result.results[i].expectation_config.to_domain_obj()) for i in failed],
+                )
+                detail = batch.validate(again, result_format=DETAIL_FORMAT, expectation_parameters=parameters)
+                for i, outcome in zip(failed, detail.results, strict=True):
+                    if outcome.expectation_config.type != result.results[i].expectation_config.type:
+                        raise RuntimeError("Great Expectations reordered a suite's results")  # a bug: fail loudly
+                    result.results[i] = outcome
         if fingerprint is not None:
             result.meta["batch_markers"] = {**(result.meta.get("batch_markers") or {}), "batch_sha256": fingerprint}
         return result
