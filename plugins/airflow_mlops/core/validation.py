@@ -122,6 +122,11 @@ class ValidationReport:
         }
 
 
+def _config_key(config: Any) -> str:
+    """An expectation configuration's identity within one suite: its type and arguments."""
+    return json.dumps([config.type, config.kwargs], sort_keys=True, default=str)
+
+
 def load_suite(path: str | Path) -> dict:
     """Read a GX 1.x expectation suite kept as JSON; fail with the path named if it is not one."""
     path = Path(path)
@@ -345,10 +350,13 @@ class _GxRuntime:
                     expectations=[copy.copy(result.results[i].expectation_config.to_domain_obj()) for i in failed],
                 )
                 detail = batch.validate(again, result_format=DETAIL_FORMAT, expectation_parameters=parameters)
-                for i, outcome in zip(failed, detail.results, strict=True):
-                    if outcome.expectation_config.type != result.results[i].expectation_config.type:
-                        raise RuntimeError("Great Expectations reordered a suite's results")  # a bug: fail loudly
-                    result.results[i] = outcome
+                by_config: dict[str, list[Any]] = {}  # GX does not keep the suite's order: match by configuration
+                for outcome in detail.results:
+                    by_config.setdefault(_config_key(outcome.expectation_config), []).append(outcome)
+                for i in failed:
+                    found = by_config.get(_config_key(result.results[i].expectation_config))
+                    if found:
+                        result.results[i] = found.pop(0)
         if fingerprint is not None:
             result.meta["batch_markers"] = {**(result.meta.get("batch_markers") or {}), "batch_sha256": fingerprint}
         return result
