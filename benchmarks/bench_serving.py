@@ -297,15 +297,18 @@ def main() -> int:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        # The service's /predict takes {"rows": [request]} (BentoML's batchable API); the echo server gets the same
+        # bytes; the bare app parses one request.
+        wrapped = [{"rows": [b]} for b in bodies]
         servers = (
-            ("bentoml", bento.url, (1, 8, 32)),
-            ("starlette", f"http://127.0.0.1:{bare_port}", (1, 8)),
-            ("echo", f"http://127.0.0.1:{echo_port}", (1, 32)),
+            ("bentoml", bento.url, (1, 8, 32), wrapped),
+            ("starlette", f"http://127.0.0.1:{bare_port}", (1, 8), bodies),
+            ("echo", f"http://127.0.0.1:{echo_port}", (1, 32), wrapped),
         )
-        for name, url, levels in servers:
-            load(url, bodies, 1, 50)  # warm-up
+        for name, url, levels, sent in servers:
+            load(url, sent, 1, 50)  # warm-up
             for c in levels:
-                results[f"{name} c={c}"] = load(url, bodies, c, args.requests if c < 32 else 4 * args.requests)
+                results[f"{name} c={c}"] = load(url, sent, c, args.requests if c < 32 else 4 * args.requests)
         batch = {"rows": [bodies[i % len(bodies)] for i in range(args.batch_rows)]}
         calls = 20
         t0 = time.perf_counter()

@@ -202,11 +202,16 @@ def canned() -> dict[str, Any]:
     return json.loads((USECASE / "serving" / "canned_requests.json").read_text())
 
 
-def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_seconds: float = 120.0) -> None:
-    """Clients hammering ``/predict`` from their own process until ``stop_file`` exists (bounded in time).
+def client_loop(
+    url: str, stop_file: str, out_file: str, threads: int = 32, max_seconds: float = 120.0, settle: int = 100
+) -> None:
+    """Clients hammering ``/predict`` (one request per call) from their own process until ``stop_file`` exists
+    (bounded in time).
 
-    Touches ``<out_file>.ready`` at the first answer; writes ``[{status, version, request_id}]`` to ``out_file``. Run: ``python -c 'import serving_fixtures as s;
-    s.client_loop(...)'`` from ``tests/``.
+    Touches ``<out_file>.ready`` once ``settle`` answers arrived (the caller may start the swap), and
+    ``<out_file>.swapped`` once ``settle`` answers came from a version other than the first answer's (the caller may
+    stop); writes ``[{status, version, request_id}]`` to ``out_file``. Run: ``python -c 'import serving_fixtures as
+    s; s.client_loop(...)'`` from ``tests/``.
     """
     import threading
     import time
@@ -217,15 +222,30 @@ def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_s
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
     deadline = time.monotonic() + max_seconds
-    ready = Path(f"{out_file}.ready")  # the first answer arrived: the caller may start the swap
+    ready, swapped = Path(f"{out_file}.ready"), Path(f"{out_file}.swapped")
+    first: list[str] = []
+    after = [0]
+
+    def note(record: dict[str, Any]) -> None:
+        with lock:
+            results.append(record)
+            if record["status"] != 200:
+                return
+            first[:] = first or [record["version"]]
+            if len(results) >= settle and not ready.exists():
+                ready.touch()
+            if record["version"] != first[0]:
+                after[0] += 1
+                if after[0] >= settle and not swapped.exists():
+                    swapped.touch()
 
     def worker(k: int) -> None:
         with httpx.Client(base_url=url, timeout=30.0) as http:
             i = k
             while not os.path.exists(stop_file) and time.monotonic() < deadline:
                 try:
-                    response = http.post("/predict", json=requests[i % len(requests)])
-                    body = response.json() if response.status_code == 200 else {}
+                    response = http.post("/predict", json={"rows": [requests[i % len(requests)]]})
+                    body = response.json()[0] if response.status_code == 200 else {}
                     record = {
                         "status": response.status_code,
                         "version": body.get("model_version"),
@@ -233,10 +253,7 @@ def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_s
                     }
                 except httpx.HTTPError as err:
                     record = {"status": 0, "error": repr(err)}
-                with lock:
-                    results.append(record)
-                    if record["status"] == 200 and not ready.exists():
-                        ready.touch()
+                note(record)
                 i += 1
 
     pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
@@ -245,3 +262,13 @@ def client_loop(url: str, stop_file: str, out_file: str, threads: int = 4, max_s
     for t in pool:
         t.join()
     Path(out_file).write_text(json.dumps(results))
+
+
+def wait_for_file(path: Path, process: Any, seconds: float = 120.0) -> bool:
+    """Wait until ``path`` exists, ``process`` (a ``Popen``) ended or ``seconds`` passed; whether it exists."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.exists()

@@ -220,19 +220,19 @@ def test_the_seattle_weather_example_goes_through_the_whole_loop(project, tmp_pa
     answers = {}
     with httpx.Client(base_url=url, timeout=30.0) as http:
         for day in served:
-            answer = http.post("/predict", json={"date": day, "station": " sea "})
+            answer = http.post("/predict", json={"rows": [{"date": day, "station": " sea "}]})
             assert answer.status_code == 200, answer.text
-            answers[day] = answer.json()
+            (answers[day],) = answer.json()
             compact = day.replace("-", "")
             assert (answers[day]["id"], answers[day]["model_version"]) == (f"SEA@{compact}", "1"), answers[day]
             # A regression: a number, no label, no threshold; the view knew the day's row (the day before's batch).
             assert isinstance(answers[day]["prediction"], float), answers[day]
             assert (answers[day]["label"], answers[day]["threshold"], answers[day]["defaults_used"]) == (None, None, [])
             if day == served[0]:
-                bad = http.post("/predict", json={"date": day, "station": "PDX"})
+                bad = http.post("/predict", json={"rows": [{"date": day, "station": "PDX"}]})
                 assert bad.status_code == 400, bad.text
                 (detail,) = bad.json()["detail"]
-                assert detail["loc"] == ["station"] and "PDX" in detail["msg"], detail
+                assert detail["loc"] == ["rows", 0, "station"] and "PDX" in detail["msg"], detail
                 first_row = _feature_row(lake, module, uc, good[-1], day)
             flushed = http.post("/admin/flush_log", json={}, headers={"X-MLOPS-Token": embedded_token()})
             assert flushed.status_code == 200 and flushed.json()["pending"] == 0, flushed.text

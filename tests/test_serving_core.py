@@ -470,9 +470,13 @@ def _server(version="7", p=0.4, bad_status=400, delay=0.0, task="classification"
             answer.update(label=p >= 0.35 if label is None else label, threshold=0.35)
         else:
             answer.update(label=label, threshold=None)
-        if request.url.path == "/predict":
+        if request.url.path == "/predict":  # {"rows": [request, ...]}, as the batchable API takes
+            rows = body.get("rows") if isinstance(body, dict) else None
+            good = isinstance(rows, list) and all("dest" in one for one in rows)
             return (
-                httpx.Response(200, json=answer) if "dest" in body else httpx.Response(bad_status, json={"error": "x"})
+                httpx.Response(200, json=[answer] * len(rows))
+                if good
+                else httpx.Response(bad_status, json={"error": "x"})
             )
         if request.url.path == "/predict_batch":
             return httpx.Response(200, json={"predictions": [answer] * len(body["rows"])})

@@ -50,9 +50,9 @@ def test_a_bad_request_to_an_example_endpoint_is_a_4xx_naming_the_field(folder, 
                 assert time.monotonic() < deadline, f"{folder.name}'s server never answered /livez"
                 assert process.pid() is not None, f"{folder.name}'s server exited"
                 time.sleep(0.5)  # polling a condition, bounded by the deadline
-            assert http.post("/predict", json=good).status_code != 400  # the good one passes validation
+            assert http.post("/predict", json={"rows": [good]}).status_code != 400  # the good one passes validation
             for field, body in cases.items():
-                response = http.post("/predict", json=body)
+                response = http.post("/predict", json={"rows": [body]})
                 assert 400 <= response.status_code < 500, (field, response.status_code, response.text)
                 assert field in response.text, (field, response.text)
     finally:

@@ -172,9 +172,9 @@ def test_a_new_use_case_goes_through_the_whole_loop(project, tmp_path):
     stores = sorted(batches[serving_day]["store"])
     compact = serving_day.replace("-", "")
     with httpx.Client(base_url=url, timeout=30.0) as http:
-        one = http.post("/predict", json={"store": stores[2].lower(), "date": serving_day})
+        one = http.post("/predict", json={"rows": [{"store": stores[2].lower(), "date": serving_day}]})
         assert one.status_code == 200, one.text
-        body = one.json()
+        (body,) = one.json()
         assert (body["id"], body["model_name"], body["model_version"]) == (f"{stores[2]}@{compact}", model, "1")
         # A regression: no label, no threshold; the view knew the store's row (built from the day before).
         assert (body["label"], body["threshold"], body["defaults_used"]) == (None, None, [])
@@ -189,10 +189,10 @@ def test_a_new_use_case_goes_through_the_whole_loop(project, tmp_path):
         assert [p["id"] for p in predictions] == [f"{s}@{compact}" for s in stores[:3]]
         assert predictions[2]["prediction"] == pytest.approx(body["prediction"])
 
-        bad = http.post("/predict", json={"store": "S 01!", "date": serving_day})
+        bad = http.post("/predict", json={"rows": [{"store": "S 01!", "date": serving_day}]})
         assert bad.status_code == 400, bad.text
         (detail,) = bad.json()["detail"]
-        assert detail["loc"] == ["store"] and uc.serving["request"]["fields"]["store"]["pattern"] in detail["msg"]
+        assert detail["loc"] == ["rows", 0, "store"] and uc.serving["request"]["fields"]["store"]["pattern"] in detail["msg"]
         assert traffic.wait_logged(url, token=embedded_token())["pending"] == 0
     logged = 1 + len(stores) + 3  # predictions of the serving day; the refused one is not logged
 

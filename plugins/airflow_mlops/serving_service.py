@@ -35,7 +35,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from airflow_mlops.core.request_schema import batch_model, request_model
+from airflow_mlops.core.request_schema import batch_model, request_list, request_model
 from airflow_mlops.core.serving_schemas import (
     BatchPrediction,
     ModelInfo,
@@ -60,6 +60,7 @@ USECASE = _usecase()
 SETTINGS = ServingSettings.from_usecase(USECASE)
 #: The generated request models, bound to module-level names: BentoML resolves the APIs' string annotations here.
 Request = request_model(SETTINGS.request, base_dir=USECASE.folder)
+Requests = request_list(Request, SETTINGS.batch_max_size)
 RequestBatch = batch_model(Request, SETTINGS.batch_max_size)
 
 
@@ -345,9 +346,16 @@ class MlopsService:
             )
         return answers
 
-    @bentoml.api(route="/predict")
-    def predict(self, request: Request, /) -> Prediction:
-        return self._answer([request], None)[0]
+    @bentoml.api(
+        route="/predict",
+        batchable=True,
+        max_batch_size=SETTINGS.adaptive_max_batch_size,
+        max_latency_ms=SETTINGS.adaptive_max_latency_ms,
+    )
+    def predict(self, rows: Requests) -> list[Prediction]:
+        """``{"rows": [request, ...]}``, each row its own request. Adaptive batching: BentoML merges the rows of
+        concurrent calls (up to ``serving.batching.max_batch_size``); they are enriched, scored and logged together."""
+        return self._answer(rows, None)
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, batch: RequestBatch, /) -> BatchPrediction:

@@ -85,6 +85,12 @@ def check_prediction(answer: Any, version: str, task: str = "classification") ->
     return problems
 
 
+def predict_body(route: str, body: Any) -> Any:
+    """What is posted for a canned body: ``/predict`` takes ``{"rows": [request, ...]}``, so one request goes as
+    the rows of one and a bad one is refused for its field, not for the body's shape."""
+    return {"rows": [body]} if route == "/predict" and isinstance(body, dict) and "rows" not in body else body
+
+
 def validate_endpoint(
     http: Any,
     *,
@@ -109,12 +115,17 @@ def validate_endpoint(
 
     single_ok = bool(canned.get("single"))
     for i, request in enumerate(canned.get("single") or []):
-        response = http.post("/predict", json=request)
+        response = http.post("/predict", json={"rows": [request]})
         if response.status_code != 200:
             single_ok = False
             reasons.append(f"canned request {i} answered HTTP {response.status_code}: {response.text[:300]}")
             continue
-        problems = check_prediction(response.json(), version, task)
+        answers = response.json()
+        if not isinstance(answers, list) or len(answers) != 1:
+            single_ok = False
+            reasons.append(f"canned request {i}: /predict answered {str(answers)[:200]}, not a list of one answer")
+            continue
+        problems = check_prediction(answers[0], version, task)
         if problems:
             single_ok = False
             reasons.append(f"canned request {i}: {'; '.join(problems)}")
@@ -149,7 +160,7 @@ def validate_endpoint(
 
     bad_ok = bool(canned.get("bad"))
     for case in canned.get("bad") or []:
-        response = http.post(case["route"], json=case["body"])
+        response = http.post(case["route"], json=predict_body(case["route"], case["body"]))
         if not 400 <= response.status_code < 500:
             bad_ok = False
             reasons.append(f"bad request ({case.get('why')}) answered HTTP {response.status_code}, expected 4xx")
@@ -160,10 +171,10 @@ def validate_endpoint(
     timings, failures = [], 0
     if canned.get("single"):
         requests = canned["single"]
-        http.post("/predict", json=requests[0])  # warm the connection
+        http.post("/predict", json={"rows": [requests[0]]})  # warm the connection
         for i in range(latency_requests):
             started = time.perf_counter()
-            response = http.post("/predict", json=requests[i % len(requests)])
+            response = http.post("/predict", json={"rows": [requests[i % len(requests)]]})
             timings.append((time.perf_counter() - started) * 1000.0)
             failures += response.status_code != 200
     if timings:

@@ -567,16 +567,10 @@ def request_model(
     return model
 
 
-@lru_cache(maxsize=64)
-def batch_model(request_model: type[BaseModel], max_size: int) -> type[BaseModel]:
-    """``{"rows": [request, ...]}`` with 1..``max_size`` rows; an oversized batch is refused before its rows are
-    validated. Built once per (model, max_size).
-
-    :param request_model: a model from ``request_model``.
-    :param max_size: the most rows a batch may hold (at least 1).
-    """
+def _sized(max_size: int, what: str) -> Any:
+    """The pydantic type of a list of 1..``max_size`` items, refused before its items are validated when longer."""
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise ValueError(f"batch_model: max_size must be an integer >= 1, got {max_size!r}")
+        raise ValueError(f"{what}: max_size must be an integer >= 1, got {max_size!r}")
 
     def size(value: Any) -> Any:  # before the rows are validated: a huge batch costs no row validation
         if isinstance(value, list) and len(value) > max_size:
@@ -587,12 +581,34 @@ def batch_model(request_model: type[BaseModel], max_size: int) -> type[BaseModel
             )
         return value
 
+    return BeforeValidator(size), Field(min_length=1, max_length=max_size)
+
+
+@lru_cache(maxsize=64)
+def request_list(request_model: type[BaseModel], max_size: int) -> Any:
+    """The type of ``[request, ...]`` with 1..``max_size`` requests: the ``rows`` of ``/predict`` (BentoML's
+    batchable API takes a list and merges the lists of concurrent calls into one batch).
+
+    :param request_model: a model from ``request_model``.
+    :param max_size: the most requests one body may hold (at least 1).
+    """
+    return Annotated[list[request_model], *_sized(max_size, "request_list")]  # type: ignore[valid-type]
+
+
+@lru_cache(maxsize=64)
+def batch_model(request_model: type[BaseModel], max_size: int) -> type[BaseModel]:
+    """``{"rows": [request, ...]}`` with 1..``max_size`` rows; an oversized batch is refused before its rows are
+    validated. Built once per (model, max_size).
+
+    :param request_model: a model from ``request_model``.
+    :param max_size: the most rows a batch may hold (at least 1).
+    """
     return create_model(
         f"{request_model.__name__}Batch",
         __config__=ConfigDict(extra="forbid"),
         __module__=__name__,
         rows=(
-            Annotated[list[request_model], BeforeValidator(size), Field(min_length=1, max_length=max_size)],  # type: ignore[valid-type]
+            Annotated[list[request_model], *_sized(max_size, "batch_model")],  # type: ignore[valid-type]
             Field(description=f"1 to {max_size} requests"),
         ),
     )

@@ -24,6 +24,7 @@ SECTIONS = (
     "model",
     "threshold",
     "batch_max_size",
+    "batching",
     "request",
     "server",
     "inference_log",
@@ -40,6 +41,11 @@ class ServingSettings:
 
     :param request: the ``serving.request`` mapping (the generated request model's spec).
     :param threshold: a classification's decision threshold; None: the one the model was evaluated at.
+    :param adaptive_max_batch_size: ``serving.batching.max_batch_size``: the most requests BentoML's adaptive
+        batching merges into one call of ``/predict``'s scoring.
+    :param adaptive_max_latency_ms: ``serving.batching.max_latency_ms``: BentoML's ``max_latency_ms``, the
+        longest a request may wait for its batch and its scoring (estimated) before it is shed with a 503. The
+        batching window itself adapts to the traffic; this bound is high so a swap's load never sheds requests.
     :param canned_file: the swap check's canned requests (``serving.swap.canned_requests_file``), absolute.
     :param infra_canned_file: infrastructure validation's (``serving.infra_validation.canned_requests_file``;
         default the swap check's).
@@ -54,6 +60,8 @@ class ServingSettings:
     watch_interval_s: float = 0.0
     threshold: float | None = None
     batch_max_size: int = 500
+    adaptive_max_batch_size: int = 64
+    adaptive_max_latency_ms: int = 10000
     workers: int = 1
     threads: int = 2
     timeout_s: int = 30
@@ -88,6 +96,7 @@ class ServingSettings:
         log = _section(raw, "inference_log", where)
         swap = _section(raw, "swap", where)
         infra = _section(raw, "infra_validation", where)
+        batching = _section(raw, "batching", where)
         threshold = raw.get("threshold")
         canned = usecase.folder / str(swap.get("canned_requests_file") or DEFAULT_CANNED)
         try:
@@ -101,6 +110,8 @@ class ServingSettings:
                 watch_interval_s=float(model.get("watch_interval_s") or 0),
                 threshold=None if threshold is None else float(threshold),
                 batch_max_size=int(raw.get("batch_max_size", 500)),
+                adaptive_max_batch_size=int(batching.get("max_batch_size", 64)),
+                adaptive_max_latency_ms=int(batching.get("max_latency_ms", 10000)),
                 workers=int(server.get("workers", 1)),
                 threads=int(server.get("threads", 2)),
                 timeout_s=int(server.get("timeout_s", 30)),
@@ -123,6 +134,8 @@ class ServingSettings:
             raise ValueError(f"{where}.threshold: {settings.threshold} must be in (0, 1) (or null: the model's)")
         if settings.batch_max_size < 1:
             raise ValueError(f"{where}.batch_max_size: must be >= 1")
+        if settings.adaptive_max_batch_size < 1 or settings.adaptive_max_latency_ms < 1:
+            raise ValueError(f"{where}.batching: max_batch_size and max_latency_ms must be >= 1")
         return settings
 
     @property

@@ -166,11 +166,11 @@ class BentoServingHook(BaseHook):
         return response.json()
 
     def predict(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One prediction: ``request`` is a body of the use case's request model."""
+        """One prediction: ``request`` is a body of the use case's request model (``/predict`` takes ``{"rows": [...]}``)."""
         with self.client() as http:
-            response = http.post("/predict", json=request)
+            response = http.post("/predict", json={"rows": [request]})
             response.raise_for_status()
-            return response.json()
+            return response.json()[0]
 
     # -- the serving steps -----------------------------------------------------------------------------------
     def deploy(
