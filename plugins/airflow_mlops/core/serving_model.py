@@ -8,7 +8,8 @@
 * ``enrich_requests`` takes validated requests (the use case's generated request model) through the use case's
   ``entity_keys`` to their feature rows: what the service scores and logs.
 * ``LoadedModel`` is one registry version with the training config it was fitted under (logged with its run),
-  so serving builds exactly the model's input frame; it scores by the config's task (a classification: the
+  so serving builds exactly the model's input; it scores through ``core.lean_scoring`` (the encoding in NumPy, the
+  estimator's exact answers) by the config's task (a classification: the
   probability of the positive class; a regression: the predicted value).
 * ``ModelSlot`` holds the model in use. A swap loads and checks the new one on the side, then replaces the
   reference in one assignment: a request reads the reference once when it starts and finishes on that model.
@@ -49,18 +50,18 @@ def lookup_features(
     missing = [k for k in join_keys if k not in keys.columns]
     if missing:
         raise ValueError(f"entity_keys() returned no {', '.join(missing)}")
-    values = reader.read(keys.loc[:, join_keys].to_dict("records"))
-    defaulted = [F.unknown_views(values, spec, i) for i in range(len(keys))]
-    rows = F.finish_online(values, spec)
-    served = spec.view_of()
-    given = [name for name in spec.feature_columns if name in keys.columns]
     absent = [name for name in spec.row_features() if name not in keys.columns]
     if absent:
         raise ValueError(f"entity_keys() returned no {', '.join(absent)} (model features no view serves)")
-    stated = keys.loc[:, given].to_dict("records") if given else [{} for _ in rows]
-    for row, request, unknown in zip(rows, stated, defaulted, strict=True):
-        for name, value in request.items():
-            view = served.get(name)
+    # Column lists, not DataFrame.to_dict("records"): on a few rows pandas' per-row access costs more than the lookup.
+    key_columns = [keys[k].tolist() for k in join_keys]
+    values = reader.read([dict(zip(join_keys, row, strict=True)) for row in zip(*key_columns, strict=True)])
+    defaulted = [F.unknown_views(values, spec, i) for i in range(len(keys))]
+    rows = F.finish_online(values, spec)
+    served = spec.view_of()
+    for name in (name for name in spec.feature_columns if name in keys.columns):
+        view = served.get(name)
+        for row, value, unknown in zip(rows, keys[name].tolist(), defaulted, strict=True):
             if view is None or view.name in unknown:
                 row[name] = value
     return rows, defaulted
@@ -145,32 +146,30 @@ class LoadedModel:
     threshold: float | None
     run_id: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    _scorer: Any = field(default=None, repr=False, compare=False)
 
     @property
     def task(self) -> str:
         return str(getattr(self.config, "task", None) or "classification")
 
+    @property
+    def scorer(self) -> Any:
+        """The model compiled for scoring (``core.lean_scoring``): its encoding in NumPy, the estimator's own
+        answers; a pipeline it cannot reproduce exactly is run as it is."""
+        if self._scorer is None:
+            from airflow_mlops.core.lean_scoring import compile_pipeline
+
+            self._scorer = compile_pipeline(self.model, self.config)
+        return self._scorer
+
     def score(self, rows: list[dict[str, Any]]) -> list[float]:
         """The model's answer per feature row (a row carries at least the model's features): the probability of the
-        positive class for a classification, the predicted value for a regression.
+        positive class for a classification, the predicted value for a regression (``scorer``: no per-call pandas).
 
         Not ``core.training.predict_scores``: its per-call ``threadpool_limits`` costs ~10 ms, more than scoring one
         row; the service limits the thread pools once, at start.
         """
-        import numpy as np
-        import pandas as pd
-
-        from airflow_mlops.core.training import features_frame
-
-        frame = features_frame(pd.DataFrame.from_records(rows, columns=self.config.features), self.config)
-        if self.task == "classification":
-            values = np.asarray(self.model.predict_proba(frame))[:, 1]
-        else:
-            values = np.asarray(self.model.predict(frame), dtype="float64")
-            if values.size != len(frame):
-                raise ValueError(f"the model predicted an array of shape {values.shape} for {len(frame)} rows")
-            values = values.reshape(len(frame))
-        return [float(v) for v in values]
+        return self.scorer.score_rows(rows).tolist()
 
     def decide(self, value: float) -> bool | None:
         """A classification's label (``value >= threshold``); None for a regression."""
@@ -204,7 +203,7 @@ def load_version(client: Any, name: str, version: str, threshold: float | None =
     config = model_config_from_run(client, found.run_id)
     model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     classification = (getattr(config, "task", None) or "classification") == "classification"
-    return LoadedModel(
+    loaded = LoadedModel(
         name=name,
         version=str(found.version),
         model=model,
@@ -212,6 +211,11 @@ def load_version(client: Any, name: str, version: str, threshold: float | None =
         threshold=float(config.threshold if threshold is None else threshold) if classification else None,
         run_id=found.run_id,
     )
+    from airflow_mlops.core.lean_scoring import compile_pipeline
+
+    # Compiled while loading: a swap compiles on the side, before the model takes traffic.
+    loaded._scorer = compile_pipeline(model, config)
+    return loaded
 
 
 def check_answers(values: list[float], expected: int, task: str = "classification") -> list[str]:
