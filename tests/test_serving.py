@@ -258,7 +258,6 @@ def test_inference_log_holds_exactly_the_answered_requests(server, stack):
 def test_a_server_up_without_a_model_is_loaded_by_the_deploy(stack, monkeypatch):
     """A server started before its first champion (a compose service) answers /livez but not /readyz; the deploy
     loads the model into it instead of failing or starting another one."""
-    import time
 
     from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
     from airflow_mlops.hooks.bentoml_serving import BentoServingHook

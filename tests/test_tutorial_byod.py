@@ -192,7 +192,10 @@ def test_a_new_use_case_goes_through_the_whole_loop(project, tmp_path):
         bad = http.post("/predict", json={"rows": [{"store": "S 01!", "date": serving_day}]})
         assert bad.status_code == 400, bad.text
         (detail,) = bad.json()["detail"]
-        assert detail["loc"] == ["rows", 0, "store"] and uc.serving["request"]["fields"]["store"]["pattern"] in detail["msg"]
+        assert (
+            detail["loc"] == ["rows", 0, "store"]
+            and uc.serving["request"]["fields"]["store"]["pattern"] in detail["msg"]
+        )
         assert traffic.wait_logged(url, token=embedded_token())["pending"] == 0
     logged = 1 + len(stores) + 3  # predictions of the serving day; the refused one is not logged
 

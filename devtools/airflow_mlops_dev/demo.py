@@ -329,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         example = _example_request(usecase)
         print(f"\nThe champion of {usecase.name} answers on {serving.url}")
         if example:
-            print(f"  curl -s -X POST {serving.url}/predict -H 'Content-Type: application/json' -d '{{"rows": [{example}]}}'")
+            print(
+                f"  curl -s -X POST {serving.url}/predict -H 'Content-Type: application/json' -d '{{\"rows\": [{example}]}}'"
+            )
     print(f"Airflow UI: {stack.url}  login {ADMIN_USER} / {stack.admin_password()}   stop everything: make down")
     return status
 

@@ -145,7 +145,9 @@ def _command(command: str, process: ServingProcess, timeout: float) -> int:
         example = _example_request(process)
         print(f"ready after {waited:.1f} s.")
         if example:
-            print(f"Try:\n  curl -s -X POST {process.url}/predict -H 'Content-Type: application/json' -d '{{"rows": [{example}]}}'")
+            print(
+                f"Try:\n  curl -s -X POST {process.url}/predict -H 'Content-Type: application/json' -d '{{\"rows\": [{example}]}}'"
+            )
     elif command == "down":
         print(f"stopped serving {label}" if process.stop() else f"serving {label} was not running")
     else:

@@ -30,10 +30,11 @@ import time
 import uuid
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from bentoml.validators import ContentType
 
 from airflow_mlops.core.request_schema import batch_model, request_list, request_model
 from airflow_mlops.core.serving_schemas import (
@@ -62,6 +63,8 @@ SETTINGS = ServingSettings.from_usecase(USECASE)
 Request = request_model(SETTINGS.request, base_dir=USECASE.folder)
 Requests = request_list(Request, SETTINGS.batch_max_size)
 RequestBatch = batch_model(Request, SETTINGS.batch_max_size)
+# /predict's answer is a list (each call gets its own part of the batch's); its content type stated, BentoML does not
+# derive it from the list's JSON schema on every response.
 
 
 class Forbidden(BentoMLException):
@@ -70,6 +73,18 @@ class Forbidden(BentoMLException):
 
 class SwapRejected(BentoMLException):
     error_code = HTTPStatus.CONFLICT
+
+
+def _settle_heap() -> None:
+    """Collect, then freeze what is alive (the model, the feature store, the libraries) out of the garbage collector's
+    reach (``gc.freeze``): its full collections then scan only what requests allocate. Measured at 32 clients on the
+    flights champion: p99 350 ms -> 90-105 ms (the full collections of a heap this size were the tail). After a swap the
+    heap is unfrozen first, so the old model is freed."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _token() -> str | None:
@@ -85,6 +100,8 @@ def _token() -> str | None:
     workers=SETTINGS.workers,
     threads=SETTINGS.threads,
     traffic={"timeout": SETTINGS.timeout_s},
+    # One line per request is off by default: every answered request is in the inference log, /metrics counts them.
+    logging={"access": {"enabled": SETTINGS.access_log}},
 )
 class MlopsService:
     def __init__(self) -> None:
@@ -164,7 +181,15 @@ class MlopsService:
             return
         self.slot = ModelSlot(loaded)
         self.load_error = None
-        log.info("serving %s v%s (%s, threshold %s)", loaded.name, loaded.version, loaded.task, loaded.threshold)
+        _settle_heap()
+        log.info(
+            "serving %s v%s (%s, threshold %s; %s)",
+            loaded.name,
+            loaded.version,
+            loaded.task,
+            loaded.threshold,
+            "lean scoring" if loaded.scorer.lean else f"scored by the pipeline: {loaded.scorer.reason}",
+        )
 
     def _load(self, version: str) -> Any:
         from airflow_mlops.core.serving_model import load_version
@@ -238,10 +263,13 @@ class MlopsService:
             raise SwapRejected(
                 f"{self.name} v{target} failed its checks, still serving v{old.version}: {'; '.join(problems)}"
             )
-        log.info("swapped %s v%s -> v%s (loaded and checked in %.2f s)", self.name, old.version, new.version, seconds)
+        from_version = old.version
+        del old  # the old model is freed by the collection below, not frozen with the heap
+        _settle_heap()
+        log.info("swapped %s v%s -> v%s (loaded and checked in %.2f s)", self.name, from_version, new.version, seconds)
         return ReloadResult(
             swapped=True,
-            from_version=old.version,
+            from_version=from_version,
             to_version=new.version,
             checks=["canned requests answered"],
             load_seconds=seconds,
@@ -352,7 +380,7 @@ class MlopsService:
         max_batch_size=SETTINGS.adaptive_max_batch_size,
         max_latency_ms=SETTINGS.adaptive_max_latency_ms,
     )
-    def predict(self, rows: Requests) -> list[Prediction]:
+    def predict(self, rows: Requests) -> Annotated[list[Prediction], ContentType("application/json")]:
         """``{"rows": [request, ...]}``, each row its own request. Adaptive batching: BentoML merges the rows of
         concurrent calls (up to ``serving.batching.max_batch_size``); they are enriched, scored and logged together."""
         return self._answer(rows, None)

@@ -159,16 +159,18 @@ def log_records(
     """
     now = datetime.now(UTC)
     inputs = [c for c in frame.columns if c != "event_timestamp"]
-    requests = frame.to_dict("records")
+    # Column lists, not DataFrame.to_dict("records") (pandas' per-row access is the cost on a few rows).
+    columns = {name: [_plain(v) for v in frame[name].tolist()] for name in frame.columns}
+    events = columns.get("event_timestamp") or [None] * len(frame)
     out = []
-    for request, rid, row, answer in zip(requests, ids, rows, answers, strict=True):
+    for i, (rid, row, answer) in enumerate(zip(ids, rows, answers, strict=True)):
         record: dict[str, Any] = {
             "request_id": answer.request_id,
             "batch_id": batch_id or answer.request_id,
             "timestamp": now,
         }
-        record.update({f"input_{name}": _plain(request[name]) for name in inputs})
-        record["event_timestamp"] = _plain(request.get("event_timestamp"))
+        record.update({f"input_{name}": columns[name][i] for name in inputs})
+        record["event_timestamp"] = events[i]
         record[id_column] = rid
         record.update({name: row.get(name) for name in features})
         record.update(
