@@ -78,7 +78,7 @@ class SwapRejected(BentoMLException):
 def _settle_heap() -> None:
     """Collect, then freeze what is alive (the model, the feature store, the libraries) out of the garbage collector's
     reach (``gc.freeze``): its full collections then scan only what requests allocate. Measured at 32 clients on the
-    flights champion: p99 350 ms -> 90-105 ms (the full collections of a heap this size were the tail). After a swap the
+    reference example: p99 350 ms -> 90-105 ms (the full collections of a heap this size were the tail). After a swap the
     heap is unfrozen first, so the old model is freed."""
     import gc
 
