@@ -1,6 +1,6 @@
 """The DAG files import cleanly, read well in the UI, retry, and stay light to parse; every use case of the
-projects folder gets its five DAGs, isolated from the others; a broken use case is one import error naming its
-file and key, and costs the others nothing.
+projects folder gets its DAGs (the five of the loop and batch scoring), isolated from the others; a broken use case
+is one import error naming its file and key, and costs the others nothing.
 
 ``dags/`` is parsed as the DAG processor parses it, in a fresh interpreter (so the modules it loads are its own).
 """
@@ -20,8 +20,8 @@ import pytest
 from conftest import FLIGHTS, ROOT
 
 HEAVY = ("mlflow", "great_expectations", "feast", "bentoml", "evidently", "sklearn", "pandas")
-#: The five DAGs of a use case (the factory's contract): ``<name>_<stage>``.
-STAGES = ("ingest_validate", "features", "monitoring", "training", "rollback")
+#: The DAGs of a use case (the factory's contract): ``<name>_<stage>``, the five of the loop and batch scoring.
+STAGES = ("ingest_validate", "features", "monitoring", "training", "rollback", "scoring")
 
 PARSE_IN_A_FRESH_INTERPRETER = """
 import json, sys
@@ -123,7 +123,7 @@ def test_no_import_errors(parsed):
     assert parsed["dags"], "no DAG found in dags/"
 
 
-def test_every_example_gets_its_five_dags_and_nothing_else(parsed):
+def test_every_example_gets_its_dags_and_nothing_else(parsed):
     names = usecase_names(ROOT / "examples")
     assert "flight_delay" in names
     assert set(parsed["dags"]) == set().union(*(expected_ids(n) for n in names))

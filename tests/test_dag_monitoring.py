@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import FLIGHTS, asset_event_extras, load_dag, task_states
-from training_fixtures import TEST_CONFIG_YAML, build_frame, run_pipeline, write_configs, write_snapshot
+from training_fixtures import build_frame, make_champion
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +78,10 @@ def champion(airflow_db, usecase_lake, mlflow_store, tmp_path, monkeypatch):
 
     monkeypatch.setenv("MLOPS_EVIDENTLY_WORKSPACE", str(tmp_path / "evidently"))
     name = usecase_config.load(FLIGHTS).registered_model_name
-    test_name = "registered_model_name: flight_delay_test"
-    assert test_name in TEST_CONFIG_YAML
-    paths = write_configs(
-        tmp_path / "config", config=TEST_CONFIG_YAML.replace(test_name, f"registered_model_name: {name}")
-    )
     hook = MlflowHook()
     assert hook.alias_version(name, "champion") is None  # a fresh store: this test makes the champion
-    snapshot = write_snapshot(usecase_lake, build_frame((1, 2, 3), sample=0.3, seed=0))
-    made = run_pipeline(snapshot, paths, "manual__monitoring_champion")
-    assert made["promoted"] != "skipped", made["gate"]
+    champion = make_champion(usecase_lake, tmp_path / "config", name, run_id="manual__monitoring_champion")
+    paths, made = champion["paths"], champion["made"]
     version = hook.alias_version(name, "champion")
     assert version == made["promoted"]["to_version"] == "1"
 

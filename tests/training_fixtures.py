@@ -314,6 +314,34 @@ def run_pipeline(
     return out
 
 
+def make_champion(
+    lake: Any,
+    folder: Path,
+    registered_model_name: str,
+    *,
+    seed: int = 0,
+    run_id: str = "manual__champion",
+    force_bless: bool = False,
+) -> dict[str, Any]:
+    """A champion of ``registered_model_name`` in the current MLflow store: ``TEST_CONFIG_YAML``'s small model (the
+    flight_delay example's features) trained on a ``seed``-ed 30 % sample of January–March 2013, through train →
+    evaluate → gate → register → promote; returns the config paths (written to ``folder``) and ``run_pipeline``'s
+    result.
+
+    :param force_bless: approve it whatever the gate says (a second champion need not beat the first).
+    """
+    test_name = "registered_model_name: flight_delay_test"
+    assert test_name in TEST_CONFIG_YAML
+    paths = write_configs(
+        folder, config=TEST_CONFIG_YAML.replace(test_name, f"registered_model_name: {registered_model_name}")
+    )
+    snapshot = write_snapshot(lake, build_frame((1, 2, 3), sample=0.3, seed=seed))
+    reason = "a test's next champion" if force_bless else None
+    made = run_pipeline(snapshot, paths, run_id, force_bless=force_bless, force_bless_reason=reason)
+    assert made["promoted"] != "skipped", made["gate"]
+    return {"paths": paths, "made": made}
+
+
 def race_worker(name: str, versions: list[str], barrier: Any, results: Any, worker: int) -> None:
     """One racer: per round, read the champion, wait for the other racer, then try to promote its version."""
     from airflow_mlops.exceptions import PromotionConflictError

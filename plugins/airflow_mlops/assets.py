@@ -28,7 +28,10 @@ class UseCaseAssets:
     * ``training_set``: a point-in-time training set was committed; extra: uri, sha256, rows, periods, manifest_uri;
     * ``outcomes``: the true outcomes of a period are known (posted by the upstream); extra: ``period``;
     * ``retrain_requested``: retraining was asked for (monitoring, or a REST post); extra: reasons, interval, ...;
-    * ``model_promoted``: the champion alias moved; extra: model, from_version, to_version, ledger_seq, action.
+    * ``model_promoted``: the champion alias moved; extra: model, from_version, to_version, ledger_seq, action;
+    * ``scores``: a period's batch was scored by the champion into the lake's ``scores/<period>/`` (the batch-scoring
+      DAG); extra: period, uri, folder, part, rows, model_name, model_version, batch_sha256, batch_id, written,
+      superseded.
     """
 
     landing: Asset
@@ -38,6 +41,7 @@ class UseCaseAssets:
     outcomes: Asset
     retrain_requested: Asset
     model_promoted: Asset
+    scores: Asset
 
 
 @cache
@@ -67,6 +71,7 @@ def assets_for(name: str, lake_url: str | None = None) -> UseCaseAssets:
         outcomes=asset("outcomes", "upstream/outcomes"),
         retrain_requested=asset("retrain_requested", "mlflow/retrain_requested"),
         model_promoted=asset("model_promoted", "mlflow/model_promoted"),
+        scores=asset("scores", "lake/scores"),
     )
 
 

@@ -66,7 +66,7 @@ def read_validated(lake: LakeHook, period: str, files: tuple[str, ...]) -> dict[
     }
 
 
-def _input_hash(manifest: dict, files: tuple[str, ...]) -> str:
+def input_hash(manifest: dict, files: tuple[str, ...]) -> str:
     names = {f"{name.rsplit('.', 1)[0]}.parquet" for name in files}
     return batch_hash({f: rec["sha256"] for f, rec in manifest["files"].items() if f in names})
 
@@ -86,7 +86,7 @@ def build_partition(lake: LakeHook, period: str, usecase: UseCase, spec: Feature
     for name in F.lookback(period, spec):
         manifest = lake.read_manifest(lake.path("validated", name))
         if manifest is not None:
-            inputs[name] = _input_hash(manifest, files)
+            inputs[name] = input_hash(manifest, files)
     if period not in inputs:
         raise ValidatedPeriodMissing(f"no committed validated/{period}/ to build features from")
     absent = [p for p in F.lookback(period, spec) if p not in inputs]

@@ -117,7 +117,9 @@ class ChampionCheckOperator(MonitoringBaseOperator):
                 window.periods[0],
                 window.periods[-1],
             )
+        scope = {} if self.scope == "online" else {"scope": self.scope}
         return champion, {
+            **scope,
             "month": month,
             "periods": list(window.periods),
             "interval_start": window.start.isoformat(),

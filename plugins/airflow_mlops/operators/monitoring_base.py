@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 REFERENCE_ZONE = "monitoring/reference"
 POLICY_ZONE = "monitoring/policy"
 REPORTS_ZONE = "reports/monitoring"
+#: What a check may be of: the served traffic, or a batch's scores (``MonitoringBaseOperator``'s ``scope``).
+SCOPES = ("online", "batch")
 
 __all__ = [
     "MONITORING_KEY_TAG",
@@ -37,6 +39,7 @@ __all__ = [
     "REFERENCE_ZONE",
     "REPORTS_ZONE",
     "SAMPLE_FILE",
+    "SCOPES",
     "MonitoringBaseOperator",
     "load_config",
     "month_from_context",
@@ -97,6 +100,11 @@ class MonitoringBaseOperator(MlopsBaseOperator):
     :param config_path: a monitoring YAML instead of the use case's ``monitoring`` section (templated), for use
         without a use case. The section's ``window_periods``: how many periods a check covers, ending with the
         period checked (default 1).
+    :param scope: what is checked: ``online`` (the served traffic, the default) or ``batch`` (the batch-scoring
+        DAG's scores). A ``batch`` check publishes apart from the online ones: its kind is prefixed (report
+        ``reports/monitoring/batch_<kind>/...``, version tag ``mlops.monitoring.batch_<kind>.<period>``) and its
+        MLflow runs go to the monitoring experiment's ``-batch`` sibling, so neither the online history (the MLOps
+        page) nor the retraining policy read them.
     """
 
     def __init__(
@@ -106,9 +114,13 @@ class MonitoringBaseOperator(MlopsBaseOperator):
         registered_model_name: str | None = None,
         champion_alias: str = "champion",
         config_path: str | None = None,
+        scope: str = "online",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        self.scope = scope
         self.month = month
         self.registered_model_name = registered_model_name
         self.champion_alias = champion_alias
@@ -186,7 +198,7 @@ class MonitoringBaseOperator(MlopsBaseOperator):
         :param metrics: the metrics logged to MLflow.
         :param summary: the check's summary (its ``month``: the period checked), an MLflow artifact.
         """
-        month = summary["month"]
+        month, kind = summary["month"], self.published_kind(kind)
         key = f"{REPORTS_ZONE}/{kind}/{month}/{champion['name']}-v{champion['version']}.html"
         self.lake.write_file(self.lake.path(key), self.evidently.html(snapshot), rows=0)
         context["ti"].xcom_push(key=REPORT_XCOM_KEY, value=key)
@@ -225,5 +237,16 @@ class MonitoringBaseOperator(MlopsBaseOperator):
             summary=summary,
             report_key=report_key,
             lineage=airflow_lineage(context),
-            experiment=(self.config.get("mlflow") or {}).get("experiment_name") or "mlops-monitoring",
+            experiment=self.experiment_name,
         )
+
+    def published_kind(self, kind: str) -> str:
+        """The name a check of ``kind`` publishes under: ``kind`` online, ``<scope>_<kind>`` otherwise."""
+        return kind if self.scope == "online" else f"{self.scope}_{kind}"
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment of the checks: ``monitoring.mlflow.experiment_name`` (default ``mlops-monitoring``),
+        with ``-<scope>`` appended for a scope other than ``online``."""
+        name = (self.config.get("mlflow") or {}).get("experiment_name") or "mlops-monitoring"
+        return name if self.scope == "online" else f"{name}-{self.scope}"

@@ -1,4 +1,5 @@
-"""The DAG factory: the five DAGs of every use case in the projects folder, ids and Assets prefixed by its name.
+"""The DAG factory: the DAGs of every use case in the projects folder (the five of the loop and batch scoring), ids
+and Assets prefixed by its name.
 
 ``dags/mlops.py`` calls :func:`dags_for_projects`. Light at parse time: each use case is checked as
 ``python -m airflow_mlops check`` does (but for running its ``entity_keys``, which needs pandas), and the operators
@@ -20,7 +21,10 @@ from airflow_mlops.usecase import config as usecase_config
 
 log = logging.getLogger(__name__)
 
+#: The DAGs of the loop (what the demo's replay drives).
 STAGES = ("ingest_validate", "features", "monitoring", "training", "rollback")
+#: The DAGs beside the loop: batch scoring of each validated period.
+BATCH_STAGES = ("scoring",)
 _PERIOD_PATTERNS = {"month": r"^\d{4}-\d{2}$", "day": r"^\d{4}-\d{2}-\d{2}$"}
 
 
@@ -73,8 +77,8 @@ def _period_param(usecase: usecase_config.UseCase, what: str) -> Param:
 
 
 def dags_for(usecase: usecase_config.UseCase) -> dict[str, DAG]:
-    """The five DAGs of one use case."""
-    builders = (ingest_validate_dag, features_dag, monitoring_dag, training_dag, rollback_dag)
+    """The DAGs of one use case: the five of the loop (``STAGES``), then batch scoring (``BATCH_STAGES``)."""
+    builders = (ingest_validate_dag, features_dag, monitoring_dag, training_dag, rollback_dag, scoring_dag)
     return {dag.dag_id: dag for dag in (build(usecase) for build in builders)}
 
 
@@ -383,6 +387,41 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
     return dag
 
 
+def scoring_dag(usecase: usecase_config.UseCase) -> DAG:
+    from airflow_mlops.operators.batch_scoring import BatchScoreOperator
+    from airflow_mlops.operators.monitoring import DriftCheckOperator, PerformanceCheckOperator
+
+    assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
+    folder = str(usecase.folder)
+    with DAG(
+        render_template_as_native_obj=True,
+        dag_id=usecase.dag_id("scoring"),
+        description=f"{usecase.name}: validated batch → champion scores from the offline features → scores/ "
+        "→ drift → performance",
+        schedule=[assets.features],
+        catchup=False,
+        max_active_runs=1,
+        params={"period": _period_param(usecase, "Period to score")},
+        default_args={"owner": "ml-engineering", "retries": 1, "retry_delay": timedelta(seconds=30)},
+        tags=["mlops", usecase.name, "scoring", "monitoring"],
+        doc_md=_doc(usecase, SCORING_DOC),
+    ) as dag:
+        period = "{{ params.period }}"
+        # [START howto_operator_batch_score]
+        score = BatchScoreOperator(task_id="score_batch", usecase=folder, period=period, outlets=[assets.scores])
+        # [END howto_operator_batch_score]
+        # [START howto_batch_scoring_checks]
+        # The checks read the scores as traffic (inference_log_zone) and publish apart from the online ones (scope).
+        # The period is the scored one: with an empty param it comes from the features event, like the scoring's.
+        scored = {"usecase": folder, "month": period, "inference_log_zone": "scores", "scope": "batch"}
+        drift = DriftCheckOperator(task_id="drift_check", **scored)
+        # No outcomes yet is a reported status of the check (its summary), not a failure.
+        performance = PerformanceCheckOperator(task_id="performance_check", **scored)
+        score >> drift >> performance
+        # [END howto_batch_scoring_checks]
+    return dag
+
+
 INGEST_DOC = """
 ### Ingest and validate a batch (stages 1–2)
 
@@ -447,4 +486,19 @@ ROLLBACK_DOC = """
 One step: `champion` returns to the version it held before the current one (the promotion ledger is replayed:
 promotions push, rollbacks pop), or to `to_version`. The move is compare-and-set on the ledger and appended to it
 with who triggered it and why; the served model follows.
+"""
+
+SCORING_DOC = """
+### Score each validated batch (batch inference)
+
+**Runs on** the `features` Asset (a validated period's features are in the offline store), or the UI / REST API
+with `{"period": ...}`.
+
+**Does**: `score_batch` joins the period's rows (the label rows of its feature partition) point-in-time with the
+offline store, scores them with the `champion` in one vectorised call and commits
+`scores/<period>/v<version>-<batch sha12>/` in the inference log's format (model version and batch hash in its
+manifest), emitting `scores`; the same batch and champion give the same part (a retry rewrites nothing), a new
+champion or a re-validated batch replaces the period's older part. `drift_check` and `performance_check` then read
+the scores as they read live traffic, publishing as `batch_drift` / `batch_performance` (not read by the retraining
+policy). No champion yet: skipped. No validated batch or features for the period: fails once, naming what to run.
 """
