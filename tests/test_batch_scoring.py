@@ -218,3 +218,44 @@ def test_the_scores_have_the_inference_logs_columns():
     assert list(frame["label"]) == [False, True] and set(frame["model_version"]) == {"3"}
     assert (frame["timestamp"] == pd.Timestamp(inputs.validated_at)).all()
     assert frame["prediction"].tolist() == [0.2, 0.7]
+
+
+@pytest.mark.slow
+def test_a_run_of_the_clock_scores_the_newest_period_with_features(features):
+    """No period and no asset event (the optional cron, or a bare manual run): the newest featured period, here
+    2013-02; with no champion yet the run is skipped, naming it."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_mlops.operators.batch_scoring import BatchScoreOperator
+
+    operator = BatchScoreOperator(task_id="score_batch", usecase=str(features["usecase"].folder))
+    context = {**task_context("score_batch"), "triggering_asset_events": {}}
+    assert operator.period_to_score(context) == PERIOD
+    with pytest.raises(AirflowSkipException, match=f"{PERIOD} is not scored"):
+        operator.execute(context)
+
+
+def test_the_scoring_dag_runs_on_features_and_on_its_optional_clock(tmp_path):
+    import yaml
+    from airflow.sdk import AssetOrTimeSchedule
+    from test_dag_integrity import copy_usecase
+
+    from airflow_mlops.usecase import config, factory
+
+    plain = factory.scoring_dag(config.load(FLIGHTS))
+    assert not isinstance(plain.timetable, AssetOrTimeSchedule)
+    assert plain.timetable.asset_condition.name == "flight_delay.features"
+    folder = copy_usecase(tmp_path / "flight_delay_clocked", "flight_delay_clocked")
+    raw = yaml.safe_load((folder / "mlops.yaml").read_text())
+    raw["serving"]["batch_scoring"] = {"schedule_cron": "0 5 * * *"}
+    (folder / "mlops.yaml").write_text(yaml.safe_dump(raw))
+    clocked = factory.scoring_dag(config.load(folder))
+    assert isinstance(clocked.timetable, AssetOrTimeSchedule)
+    assert clocked.timetable.timetable.summary == "0 5 * * *"
+    assert clocked.timetable.asset_condition.name == "flight_delay_clocked.features"
+    raw["serving"]["batch_scoring"] = {"schedule_cron": "every day"}
+    (folder / "mlops.yaml").write_text(yaml.safe_dump(raw))
+    from airflow_mlops.core.serving_schemas import ServingSettings
+
+    with pytest.raises(ValueError, match="batch_scoring.schedule_cron: 'every day' is not a five-field cron"):
+        ServingSettings.from_usecase(config.load(folder))

@@ -25,6 +25,7 @@ SECTIONS = (
     "threshold",
     "batch_max_size",
     "batching",
+    "batch_scoring",
     "request",
     "server",
     "inference_log",
@@ -46,6 +47,8 @@ class ServingSettings:
     :param adaptive_max_latency_ms: ``serving.batching.max_latency_ms``: BentoML's ``max_latency_ms``, the
         longest a request may wait for its batch and its scoring (estimated) before it is shed with a 503. The
         batching window itself adapts to the traffic; this bound is high so a swap's load never sheds requests.
+    :param batch_scoring_cron: ``serving.batch_scoring.schedule_cron``: the batch-scoring DAG's clock (cron, UTC)
+        besides the ``features`` Asset; a scheduled run scores the newest period with features. None: Asset only.
     :param access_log: ``serving.server.access_log``: BentoML's line per request (off: every answered request is in
         the inference log and counted in ``/metrics``; the line cost ~15% of the throughput at 32 clients).
     :param canned_file: the swap check's canned requests (``serving.swap.canned_requests_file``), absolute.
@@ -68,6 +71,7 @@ class ServingSettings:
     threads: int = 2
     timeout_s: int = 30
     access_log: bool = False
+    batch_scoring_cron: str | None = None
     readiness_timeout_s: float = 120.0
     log_enabled: bool = True
     log_zone: str = "inference_log"
@@ -100,6 +104,10 @@ class ServingSettings:
         swap = _section(raw, "swap", where)
         infra = _section(raw, "infra_validation", where)
         batching = _section(raw, "batching", where)
+        batch_scoring = _section(raw, "batch_scoring", where)
+        cron = batch_scoring.get("schedule_cron")
+        if cron is not None and (not isinstance(cron, str) or len(cron.split()) != 5):
+            raise ValueError(f"{where}.batch_scoring.schedule_cron: {cron!r} is not a five-field cron expression")
         threshold = raw.get("threshold")
         canned = usecase.folder / str(swap.get("canned_requests_file") or DEFAULT_CANNED)
         try:
@@ -119,6 +127,7 @@ class ServingSettings:
                 threads=int(server.get("threads", 2)),
                 timeout_s=int(server.get("timeout_s", 30)),
                 access_log=bool(server.get("access_log", False)),
+                batch_scoring_cron=cron,
                 readiness_timeout_s=float(server.get("readiness_timeout_s", 120)),
                 log_enabled=bool(log.get("enabled", True)),
                 log_zone=str(log.get("zone") or "inference_log"),

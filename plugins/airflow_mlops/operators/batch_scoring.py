@@ -28,7 +28,8 @@ class BatchScoreOperator(MlopsBaseOperator):
 
     :param usecase: the use-case folder (holding ``mlops.yaml``).
     :param period: the period to score (templated); empty: the newest period of the triggering asset events' extra
-        (``period``/``periods``), else the run's data interval.
+        (``period``/``periods``), else (a run of the clock, ``serving.batch_scoring.schedule_cron``) the newest
+        period whose features are committed.
     :param registered_model_name: the model (templated); default the use case's.
     :param champion_alias: the alias scoring follows.
     Other arguments: those of ``MlopsBaseOperator``.
@@ -62,10 +63,9 @@ class BatchScoreOperator(MlopsBaseOperator):
 
         from airflow_mlops.core import batch_scoring as bs
         from airflow_mlops.core.features import FeatureSpec
-        from airflow_mlops.operators.monitoring_base import month_from_context
 
         usecase = self.require_usecase()
-        period = self.checked(month_from_context, self.period, context, usecase.source.period)
+        period = self.period_to_score(context)
         inputs = self.batch_inputs(period)
         name = self.registered_model_name or usecase.registered_model_name
         version = self.mlflow_hook.alias_version(name, self.champion_alias)
@@ -113,6 +113,20 @@ class BatchScoreOperator(MlopsBaseOperator):
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = extra
         return result
+
+    def period_to_score(self, context: Context) -> str:
+        """``period``; else the triggering asset events' newest; else (a run of the clock) the newest period whose
+        features are committed."""
+        from airflow_mlops.operators.monitoring_base import month_from_context
+        from airflow_mlops.templating import is_blank
+
+        usecase = self.require_usecase()
+        if is_blank(self.period) and not context.get("triggering_asset_events"):
+            featured = self.lake.committed_periods("features", usecase.source.period)
+            if not featured:
+                self.fail(f"no period has features yet: run {usecase.dag_id('features')} first")
+            return featured[-1]
+        return self.checked(month_from_context, self.period, context, usecase.source.period)
 
     def batch_inputs(self, period: str) -> BatchInputs:
         """The period's validated batch and features (``core.batch_scoring.batch_inputs``); what is missing fails

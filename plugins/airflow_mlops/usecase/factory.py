@@ -388,17 +388,25 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
 
 
 def scoring_dag(usecase: usecase_config.UseCase) -> DAG:
+    from airflow.timetables.trigger import CronTriggerTimetable
+
     from airflow_mlops.operators.batch_scoring import BatchScoreOperator
     from airflow_mlops.operators.monitoring import DriftCheckOperator, PerformanceCheckOperator
 
     assets = assets_for(usecase.name, usecase_config.lake_url(usecase))
     folder = str(usecase.folder)
+    cron = (usecase.serving.get("batch_scoring") or {}).get("schedule_cron")
+    schedule: Any = (
+        AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=assets.features)
+        if cron
+        else assets.features
+    )
     with DAG(
         render_template_as_native_obj=True,
         dag_id=usecase.dag_id("scoring"),
         description=f"{usecase.name}: validated batch → champion scores from the offline features → scores/ "
         "→ drift → performance",
-        schedule=[assets.features],
+        schedule=schedule,
         catchup=False,
         max_active_runs=1,
         params={"period": _period_param(usecase, "Period to score")},
@@ -411,9 +419,9 @@ def scoring_dag(usecase: usecase_config.UseCase) -> DAG:
         score = BatchScoreOperator(task_id="score_batch", usecase=folder, period=period, outlets=[assets.scores])
         # [END howto_operator_batch_score]
         # [START howto_batch_scoring_checks]
-        # The checks read the scores as traffic (inference_log_zone) and publish apart from the online ones (scope).
-        # The period is the scored one: with an empty param it comes from the features event, like the scoring's.
-        scored = {"usecase": folder, "month": period, "inference_log_zone": "scores", "scope": "batch"}
+        # The checks read the scores as traffic (inference_log_zone) and publish apart from the online ones (scope),
+        # for the period score_batch scored (the param, the features event's, or on the clock the newest).
+        scored = {"usecase": folder, "month": score.output["period"], "inference_log_zone": "scores", "scope": "batch"}
         drift = DriftCheckOperator(task_id="drift_check", **scored)
         # No outcomes yet is a reported status of the check (its summary), not a failure.
         performance = PerformanceCheckOperator(task_id="performance_check", **scored)
@@ -491,8 +499,9 @@ with who triggered it and why; the served model follows.
 SCORING_DOC = """
 ### Score each validated batch (batch inference)
 
-**Runs on** the `features` Asset (a validated period's features are in the offline store), or the UI / REST API
-with `{"period": ...}`.
+**Runs on** the `features` Asset (a validated period's features are in the offline store), the optional
+`serving.batch_scoring.schedule_cron` clock (the newest period with features), or the UI / REST API with
+`{"period": ...}`.
 
 **Does**: `score_batch` joins the period's rows (the label rows of its feature partition) point-in-time with the
 offline store, scores them with the `champion` in one vectorised call and commits
