@@ -37,8 +37,17 @@ for name in ("MLOPS_CONFIG", "MLOPS_LAKE_CONN_ID", "MLOPS_INCLUDE"):
     os.environ.pop(name, None)
 
 
+#: MLflow's default artifact folder in the working directory: a test that writes there leaks outside its temp dirs.
+STRAY_MLRUNS = ROOT / "mlruns"
+_MLRUNS_BEFORE = STRAY_MLRUNS.exists()
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
+    if STRAY_MLRUNS.exists() and not _MLRUNS_BEFORE:
+        shutil.rmtree(STRAY_MLRUNS, ignore_errors=True)
+        print(f"\nERROR: a test wrote MLflow artifacts to {STRAY_MLRUNS} (an experiment without an artifact location)")
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")
