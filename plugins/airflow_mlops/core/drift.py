@@ -12,7 +12,13 @@ Scores (per column, missing values excluded, empty bins floored as Evidently doe
 * ``psi`` — population stability index, ``Σ (r - c)·ln(r / c)``; 0.1 = moderate, 0.25 = major shift.
 * ``jensenshannon`` — Jensen-Shannon distance (natural log) of the two binned distributions, in [0, 0.83].
 
-A column drifts when its score is at or above its threshold. A column with no values at all in the current
+A column drifts when its score is at or above its threshold: the larger of the configured one (the smallest shift
+that matters; a huge sample does not flag a trivial one) and its null threshold (the ``1 - significance``
+quantile of the score between two samples of the reference's own distribution at these sizes and bins, from a
+seeded simulation: a small sample does not flag its own noise). Before scoring, bins too small for the sample are
+merged (numeric: adjacent reference-quantile bins; categorical: rare categories pooled with the other bin and the
+unseen values) so each expects ``min_expected_count`` values. The profile is built from the whole training set,
+or from its newest ``reference.window_periods`` periods. A column with no values at all in the current
 data cannot be compared: it counts as drifted ("no values"), since a feature the model gets as all-missing is
 not a shift to ignore. Data quality (missing share, unseen categories, values outside the reference range) is
 reported beside the drift, not folded into it.
@@ -85,6 +91,11 @@ class DriftSettings:
     max_categories: int = 100
     min_rows: int = 500
     max_missing_increase: float = 0.1
+    significance: float | None = 0.01
+    min_expected: float = 5.0
+    reference_periods: int | None = None
+    period_variation: float | None = 1.0
+    block_periods: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +104,14 @@ class DriftSettings:
             raise ValueError("drift bins must be at least 2")
         if self.threshold <= 0 or self.prediction_threshold <= 0:
             raise ValueError("drift thresholds must be positive")
+        if self.significance is not None and not 0 < self.significance < 1:
+            raise ValueError(f"drift significance must be in (0, 1) or null, not {self.significance}")
+        if self.min_expected < 0:
+            raise ValueError(f"drift min_expected_count must be 0 or more, not {self.min_expected}")
+        if self.period_variation is not None and self.period_variation <= 0:
+            raise ValueError(f"drift period_variation must be positive or null, not {self.period_variation}")
+        if self.reference_periods is not None and self.reference_periods < 1:
+            raise ValueError(f"reference window_periods must be at least 1 or null, not {self.reference_periods}")
 
     def threshold_for(self, column: str) -> float:
         return float(self.per_column_threshold.get(column, self.threshold))
@@ -100,9 +119,12 @@ class DriftSettings:
     @property
     def profile_key(self) -> str:
         """What changes a profile (binning), so a cached profile built with other settings is rebuilt."""
-        return hashlib.sha256(
-            json.dumps({"bins": self.bins, "max_categories": self.max_categories}).encode()
-        ).hexdigest()[:12]
+        key: dict[str, Any] = {"bins": self.bins, "max_categories": self.max_categories}
+        if self.reference_periods is not None:
+            key["reference_periods"] = self.reference_periods
+        if self.period_variation is not None:  # the blocks' scores are part of the profile
+            key.update(blocks=self.block_periods, method=self.method, min_expected=self.min_expected)
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DriftSettings:
@@ -118,7 +140,18 @@ class DriftSettings:
             max_categories=int(reference.get("max_categories", 100)),
             min_rows=int(drift.get("min_rows", 500)),
             max_missing_increase=float(quality.get("max_missing_increase", 0.1)),
+            significance=_optional(drift, "significance", 0.01),
+            min_expected=float(drift.get("min_expected_count", 5)),
+            reference_periods=None if reference.get(WINDOW_KEY) is None else int(reference[WINDOW_KEY]),
+            period_variation=_optional(drift, "period_variation", 1.0),
+            block_periods=window_size(config),
         )
+
+
+def _optional(section: dict[str, Any], key: str, default: float) -> float | None:
+    """``section[key]`` as a float, None if set to null, ``default`` if absent."""
+    value = section.get(key, default)
+    return None if value is None else float(value)
 
 
 #: The monitoring config's key of the window a check covers, in periods ending with the period checked.
@@ -188,6 +221,8 @@ class ColumnProfile:
     minimum: float | None = None
     maximum: float | None = None
     mean: float | None = None
+    #: Each block of reference periods scored against the rest (``block_scores``); empty with one block.
+    period_scores: list[float] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ColumnProfile:
@@ -246,20 +281,40 @@ def _category_strings(values: pd.Series) -> np.ndarray:
     return out
 
 
-def profile_column(values: pd.Series, name: str, kind: str, bins: int = 20, max_categories: int = 100) -> ColumnProfile:
-    """The reference statistics of one column (numeric: reference-quantile bins; categorical: value shares)."""
+def profile_column(
+    values: pd.Series,
+    name: str,
+    kind: str,
+    bins: int = 20,
+    max_categories: int = 100,
+    *,
+    groups: Any = None,
+    method: str = "psi",
+    min_expected: float = 0.0,
+) -> ColumnProfile:
+    """The reference statistics of one column (numeric: reference-quantile bins; categorical: value shares).
+
+    :param groups: each value's block of reference periods (``period_blocks``), or None: with two blocks or more,
+        ``period_scores`` holds each block's score against the rest of the reference (``block_scores``).
+    :param method: the score of ``period_scores``.
+    :param min_expected: the bins' merging of ``period_scores`` (as ``column_drift`` merges them).
+    """
     import numpy as np
     import pandas as pd
 
     rows = len(values)
+    groups = None if groups is None else np.asarray(groups)
     if kind == NUMERIC:
         x = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
-        x = x[np.isfinite(x)]
+        finite = np.isfinite(x)
+        x = x[finite]
         missing = 1.0 - len(x) / rows if rows else 1.0
         if not len(x):
             return ColumnProfile(name, kind, rows, missing, shares=[])
         edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
-        counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
+        codes = np.searchsorted(edges, x, side="right")
+        counts = np.bincount(codes, minlength=len(edges) + 1)
+        periods = [] if groups is None else block_scores(codes, groups[finite], len(counts), method, min_expected)
         return ColumnProfile(
             name,
             kind,
@@ -270,11 +325,13 @@ def profile_column(values: pd.Series, name: str, kind: str, bins: int = 20, max_
             minimum=_finite(x.min()),
             maximum=_finite(x.max()),
             mean=_finite(x.mean()),
+            period_scores=periods,
         )
     if kind != CATEGORICAL:
         raise ValueError(f"unknown column kind {kind!r}")
     cats = _category_strings(values)
-    present = cats[cats != None]  # noqa: E711 - element-wise comparison on an object array
+    present_mask = cats != None  # noqa: E711 - element-wise comparison on an object array
+    present = cats[present_mask]
     missing = 1.0 - len(present) / rows if rows else 1.0
     if not len(present):
         return ColumnProfile(name, kind, rows, missing, shares=[])
@@ -286,7 +343,74 @@ def profile_column(values: pd.Series, name: str, kind: str, bins: int = 20, max_
     if rest:
         categories.append(OTHER)
         shares.append(rest / len(present))
-    return ColumnProfile(name, kind, rows, missing, shares=shares, categories=categories)
+    periods = []
+    if groups is not None:
+        codes = pd.Series(present).map({c: i for i, c in enumerate(categories)}).fillna(len(categories) - 1)
+        periods = block_scores(
+            codes.astype("int64").to_numpy(),
+            groups[present_mask],
+            len(categories),
+            method,
+            min_expected,
+            pooled=len(categories) - 1 if rest else None,
+        )
+    return ColumnProfile(name, kind, rows, missing, shares=shares, categories=categories, period_scores=periods)
+
+
+def block_scores(
+    codes: np.ndarray, groups: np.ndarray, bins: int, method: str, min_expected: float, pooled: int | None = None
+) -> list[float]:
+    """Each block's score against the rest of the reference: how far one block of the reference's own periods
+    stands from the others, i.e. how much the column moves from period to period with no drift to act on.
+
+    :param codes: each value's bin.
+    :param groups: each value's block.
+    :param bins: the number of bins.
+    :param method: ``psi`` | ``jensenshannon``.
+    :param min_expected: bins merged as ``column_drift`` merges them (the block is the smaller side).
+    :param pooled: categorical: the reference's other bin (pooled with rare categories); None: numeric bins.
+    """
+    import numpy as np
+
+    labels = np.unique(groups[groups >= 0])
+    if len(labels) < 2:
+        return []
+    total = np.bincount(codes, minlength=bins)
+    out = []
+    for label in labels:
+        part = np.bincount(codes[groups == label], minlength=bins)
+        rest = total - part
+        if not part.sum() or not rest.sum():
+            continue
+        rows = min(part.sum(), rest.sum())
+        ref = rest / rest.sum()
+        if pooled is None and len(ref) > 1:
+            ref, counts = _merge_adjacent(ref, part, rows, min_expected)
+        else:
+            mask = np.zeros(len(ref), dtype=bool)
+            if pooled is not None:
+                mask[pooled] = True
+            ref, counts = _pool_rare(ref, part, mask, rows, min_expected)
+        used = (ref > 0) | (counts > 0)
+        out.append(round(score(ref[used], counts[used] / counts.sum(), method), 6))
+    return out
+
+
+def period_blocks(periods: Any, block: int) -> np.ndarray:
+    """Each row's block of reference periods: the periods in order, cut into blocks of ``block`` from the newest
+    (a check covers ``block`` periods: a block is what one check sees); an older remainder shorter than a block is
+    left out (-1).
+
+    :param periods: each row's period (sortable strings, e.g. ``YYYY-MM``).
+    :param block: periods per block (``monitoring.window_periods``).
+    """
+    import pandas as pd
+
+    values = pd.Series(periods).astype(str)
+    ordered = sorted(values.unique(), reverse=True)
+    full = len(ordered) // max(block, 1)
+    index = {p: i // block if i // block < full else -1 for i, p in enumerate(ordered)}
+    return values.map(index).to_numpy(dtype="int64")
 
 
 def build_profile(
@@ -300,22 +424,29 @@ def build_profile(
     max_categories: int = 100,
     meta: dict[str, Any] | None = None,
     prediction_name: str = DEFAULT_PREDICTION,
+    groups: Any = None,
+    method: str = "psi",
+    min_expected: float = 0.0,
 ) -> ReferenceProfile:
     """Reduce the reference frame (and the champion's predictions on it) to a ``ReferenceProfile``.
 
     :param prediction_name: the name the predictions' column profile gets (the traffic's prediction column).
+    :param groups: each row's block of reference periods (``period_blocks``), or None: see ``profile_column``.
+    :param method: the score of the blocks' ``period_scores``.
+    :param min_expected: the bins' merging of the blocks' ``period_scores``.
     """
     import pandas as pd
 
     missing = [c for c in (*categorical, *numeric) if c not in frame.columns]
     if missing:
         raise ValueError(f"the reference lacks feature columns: {', '.join(missing)}")
-    columns = {c: profile_column(frame[c], c, CATEGORICAL, bins, max_categories) for c in categorical}
-    columns.update({c: profile_column(frame[c], c, NUMERIC, bins, max_categories) for c in numeric})
+    blocks = dict(groups=groups, method=method, min_expected=min_expected)
+    columns = {c: profile_column(frame[c], c, CATEGORICAL, bins, max_categories, **blocks) for c in categorical}
+    columns.update({c: profile_column(frame[c], c, NUMERIC, bins, max_categories, **blocks) for c in numeric})
     prediction = None
     if predictions is not None:
         prediction = profile_column(
-            pd.Series(predictions, dtype="float64"), prediction_name, NUMERIC, bins, max_categories
+            pd.Series(predictions, dtype="float64"), prediction_name, NUMERIC, bins, max_categories, **blocks
         )
     label_rate = None
     if label and label in frame.columns and frame[label].notna().any():
@@ -339,18 +470,91 @@ def _floor(shares: np.ndarray) -> np.ndarray:
     return out / out.sum()
 
 
-def score(reference: Any, current: Any, method: str) -> float:
-    """Distance between two binned distributions (shares) by ``method``."""
+def _floor_rows(shares: np.ndarray) -> np.ndarray:
+    """``_floor`` of each row of a 2-d array of shares (rows with some share)."""
     import numpy as np
 
-    r, c = _floor(reference), _floor(current)
+    out = np.asarray(shares, dtype="float64")
+    smallest = np.where(out > 0, out, np.inf).min(axis=1, keepdims=True)
+    out = np.where(out == 0, np.where(smallest <= 0.0001, smallest / 10**6, 0.0001), out)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def _scores(r: np.ndarray, c: np.ndarray, method: str) -> np.ndarray:
+    """``method``'s distance between the floored shares of each row of ``r`` and ``c``."""
+    import numpy as np
+
     if method == "psi":
-        return float(np.sum((r - c) * np.log(r / c)))
+        return np.sum((r - c) * np.log(r / c), axis=1)
     if method == "jensenshannon":
         m = (r + c) / 2
-        js = 0.5 * np.sum(r * np.log(r / m)) + 0.5 * np.sum(c * np.log(c / m))
-        return float(math.sqrt(max(js, 0.0)))
+        js = 0.5 * np.sum(r * np.log(r / m), axis=1) + 0.5 * np.sum(c * np.log(c / m), axis=1)
+        return np.sqrt(np.maximum(js, 0.0))
     raise ValueError(f"unknown drift method {method!r}")
+
+
+def score(reference: Any, current: Any, method: str) -> float:
+    """Distance between two binned distributions (shares) by ``method``."""
+    return float(_scores(_floor(reference)[None, :], _floor(current)[None, :], method)[0])
+
+
+#: Draws of the seeded simulation behind a column's null threshold (``null_threshold``).
+NULL_DRAWS = 2000
+
+
+def null_threshold(shares: Any, reference_rows: int, rows: int, method: str, significance: float | None) -> float:
+    """The ``1 - significance`` quantile of the score between two samples of the reference's own distribution, one
+    of ``reference_rows`` values, one of ``rows``: a score below it is what sampling alone gives. A seeded
+    simulation (``NULL_DRAWS`` multinomial draws of each side from ``shares``, scored as ``score`` scores), so it
+    holds for any bin count and sample size, floors of empty bins included; it shrinks as ``1/rows``.
+
+    :param shares: the reference's (coarsened) bin shares.
+    :param reference_rows: values in the reference.
+    :param rows: values in the current data.
+    :param method: ``psi`` | ``jensenshannon``.
+    :param significance: the false-alarm rate per column; None: no null threshold (0).
+    """
+    import numpy as np
+
+    p = np.asarray(shares, dtype="float64")
+    p = p[p > 0]
+    if significance is None or len(p) < 2 or rows < 1:
+        return 0.0
+    p = p / p.sum()
+    rng = np.random.default_rng(0)
+    current = rng.multinomial(rows, p, size=NULL_DRAWS) / rows
+    reference = rng.multinomial(reference_rows, p, size=NULL_DRAWS) / reference_rows if reference_rows else p[None]
+    values = _scores(_floor_rows(reference), _floor_rows(current), method)
+    return float(np.quantile(values, 1 - significance))
+
+
+def _merge_adjacent(ref: np.ndarray, counts: np.ndarray, rows: float, min_expected: float) -> tuple[Any, Any]:
+    """Adjacent bins merged, lowest first, until each expects at least ``min_expected`` of ``rows`` values."""
+    import numpy as np
+
+    if min_expected <= 0 or len(ref) < 2:
+        return ref, counts
+    starts, held = [0], 0.0
+    for i, share in enumerate(ref[:-1]):
+        held += share
+        if held * rows >= min_expected:
+            starts.append(i + 1)
+            held = 0.0
+    if len(starts) > 1 and ref[starts[-1] :].sum() * rows < min_expected:
+        starts.pop()  # a short last group joins the one before it
+    index = np.asarray(starts)
+    return np.add.reduceat(ref, index), np.add.reduceat(counts, index)
+
+
+def _pool_rare(ref: np.ndarray, counts: np.ndarray, pooled: np.ndarray, rows: float, min_expected: float):
+    """Categories expecting fewer than ``min_expected`` of ``rows`` values pooled with the ``pooled`` bins (the
+    reference's other bin, unseen values) into one last bin."""
+    import numpy as np
+
+    pooled = pooled | (ref * rows < min_expected) if min_expected > 0 else pooled
+    if not pooled.any():
+        return ref, counts
+    return np.append(ref[~pooled], ref[pooled].sum()), np.append(counts[~pooled], counts[pooled].sum())
 
 
 @dataclass
@@ -368,53 +572,93 @@ class ColumnDrift:
     unseen_share: float = 0.0
     out_of_range_share: float = 0.0
     note: str | None = None
+    #: The score sampling alone stays below (``null_threshold``); ``threshold`` is the larger of it and the config's.
+    null_threshold: float | None = None
+    #: ``period_variation`` times the largest of the reference's ``period_scores``; None without them.
+    period_threshold: float | None = None
+    #: Bins scored, after merging those too small for the sample.
+    bins: int | None = None
 
 
-def column_drift(profile: ColumnProfile, values: pd.Series, method: str, threshold: float) -> ColumnDrift:
-    """Bin ``values`` as the reference was binned and score the two distributions."""
+def column_drift(
+    profile: ColumnProfile,
+    values: pd.Series,
+    method: str,
+    threshold: float,
+    *,
+    significance: float | None = None,
+    min_expected: float = 0.0,
+    period_variation: float | None = None,
+) -> ColumnDrift:
+    """Bin ``values`` as the reference was binned and score the two distributions.
+
+    Bins too small for the sample are merged first (numeric: adjacent bins; categorical: rare categories pooled
+    with the other bin and unseen values) until each expects ``min_expected`` values of the smaller side; bins
+    empty on both sides are dropped. The column drifts when its score is at or above the largest of ``threshold``
+    (the smallest shift that matters), the null threshold (``null_threshold`` at ``significance``: the largest
+    score sampling alone gives at these sizes) and ``period_variation`` times the largest of the profile's
+    ``period_scores`` (how far the reference's own periods stand from each other), recorded as ``threshold``.
+    """
     import numpy as np
     import pandas as pd
 
     rows = len(values)
-    common = dict(
-        column=profile.name,
-        kind=profile.kind,
-        rows=rows,
-        threshold=threshold,
-        reference_missing_share=profile.missing_share,
-    )
+    common = dict(column=profile.name, kind=profile.kind, rows=rows, reference_missing_share=profile.missing_share)
+    reference_rows = round(profile.rows * (1 - profile.missing_share))
     if profile.kind == NUMERIC:
         x = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
         x = x[np.isfinite(x)]
-        missing = 1.0 - len(x) / rows if rows else 1.0
-        if not len(x):
-            return ColumnDrift(**common, score=None, drifted=True, missing_share=missing, note="no values")
-        if not profile.shares:
-            return ColumnDrift(**common, score=None, drifted=False, missing_share=missing, note="no reference values")
-        counts = np.bincount(np.searchsorted(np.asarray(profile.edges), x, side="right"), minlength=len(profile.shares))
-        outside = float(np.mean((x < profile.minimum) | (x > profile.maximum)))
-        value = score(profile.shares, counts / len(x), method)
+        present, outside, unseen = len(x), 0.0, 0.0
+        if present and profile.shares:
+            counts = np.bincount(
+                np.searchsorted(np.asarray(profile.edges), x, side="right"), minlength=len(profile.shares)
+            )
+            outside = float(np.mean((x < profile.minimum) | (x > profile.maximum)))
+            ref, counts = _merge_adjacent(
+                np.asarray(profile.shares), counts, min(present, reference_rows), min_expected
+            )
+    else:
+        cats = _category_strings(values)
+        kept = cats[cats != None]  # noqa: E711 - element-wise comparison on an object array
+        present, outside, unseen = len(kept), 0.0, 0.0
+        if present and profile.shares:
+            index = {c: i for i, c in enumerate(profile.categories)}
+            codes = pd.Series(kept).map(index)
+            unseen = float(codes.isna().mean())  # not among the reference's (top) categories
+            ref = np.append(np.asarray(profile.shares), 0.0)  # the last bin: values the reference did not have
+            counts = np.bincount(codes.fillna(len(ref) - 1).astype("int64").to_numpy(), minlength=len(ref))
+            pooled = np.zeros(len(ref), dtype=bool)
+            pooled[-1] = True
+            if OTHER in index:
+                pooled[index[OTHER]] = True
+            ref, counts = _pool_rare(ref, counts, pooled, min(present, reference_rows), min_expected)
+    missing = 1.0 - present / rows if rows else 1.0
+    if not present:
         return ColumnDrift(
-            **common, score=value, drifted=value >= threshold, missing_share=missing, out_of_range_share=outside
+            **common, threshold=threshold, score=None, drifted=True, missing_share=missing, note="no values"
         )
-    cats = _category_strings(values)
-    present = cats[cats != None]  # noqa: E711
-    missing = 1.0 - len(present) / rows if rows else 1.0
-    if not len(present):
-        return ColumnDrift(**common, score=None, drifted=True, missing_share=missing, note="no values")
     if not profile.shares:
-        return ColumnDrift(**common, score=None, drifted=False, missing_share=missing, note="no reference values")
-    index = {c: i for i, c in enumerate(profile.categories)}
-    other = index.get(OTHER)
-    codes = pd.Series(present).map(index)
-    unseen = float(codes.isna().mean())  # not among the reference's (top) categories
-    ref = list(profile.shares)
-    if other is None:  # unseen values get their own (empty in the reference) bin
-        other = len(ref)
-        ref.append(0.0)
-    counts = np.bincount(codes.fillna(other).astype("int64").to_numpy(), minlength=len(ref))
-    value = score(ref, counts / len(present), method)
-    return ColumnDrift(**common, score=value, drifted=value >= threshold, missing_share=missing, unseen_share=unseen)
+        return ColumnDrift(
+            **common, threshold=threshold, score=None, drifted=False, missing_share=missing, note="no reference values"
+        )
+    used = (ref > 0) | (counts > 0)
+    ref, current = ref[used], counts[used] / present
+    null = null_threshold(ref, reference_rows, present, method, significance)
+    between = period_variation * max(profile.period_scores) if period_variation and profile.period_scores else None
+    limit = max(threshold, null, between or 0.0)
+    value = score(ref, current, method)
+    return ColumnDrift(
+        **common,
+        threshold=limit,
+        score=value,
+        drifted=value >= limit,
+        missing_share=missing,
+        unseen_share=unseen,
+        out_of_range_share=outside,
+        null_threshold=round(null, 6) if significance is not None else None,
+        period_threshold=None if between is None else round(between, 6),
+        bins=int(used.sum()),
+    )
 
 
 @dataclass
@@ -499,14 +743,29 @@ def compare(
         rows=len(current),
         method=settings.method,
         columns={
-            c: column_drift(profile.columns[c], current[c], settings.method, settings.threshold_for(c)) for c in names
+            c: column_drift(
+                profile.columns[c],
+                current[c],
+                settings.method,
+                settings.threshold_for(c),
+                significance=settings.significance,
+                min_expected=settings.min_expected,
+                period_variation=settings.period_variation,
+            )
+            for c in names
         },
         enough_rows=len(current) >= settings.min_rows,
         reference_label_rate=profile.label_rate,
     )
     if prediction_column and profile.prediction is not None and prediction_column in current.columns:
         result.prediction = column_drift(
-            profile.prediction, current[prediction_column], settings.method, settings.prediction_threshold
+            profile.prediction,
+            current[prediction_column],
+            settings.method,
+            settings.prediction_threshold,
+            significance=settings.significance,
+            min_expected=settings.min_expected,
+            period_variation=settings.period_variation,
         )
     if label and label in current.columns and current[label].notna().any():
         result.label_rate = float(current[label].dropna().astype(float).mean())
@@ -554,22 +813,49 @@ def build_reference(
     :param sample_size: rows kept in the sample.
     :param meta: recorded in the profile.
     """
+    import numpy as np
+
+    period_column = getattr(config, "month_column", None)
+    window = reference_window(frame, period_column, settings.reference_periods)
+    groups = None
+    if settings.period_variation is not None and period_column and period_column in frame.columns:
+        groups = period_blocks(frame.loc[window, period_column], settings.block_periods)
     profile = build_profile(
-        frame,
+        frame[window],
         categorical=list(config.categorical),
         numeric=list(config.numeric),
-        predictions=scores,
+        predictions=np.asarray(scores)[window],
+        groups=groups,
+        method=settings.method,
+        min_expected=settings.min_expected,
         label=columns.label,
         bins=settings.bins,
         max_categories=settings.max_categories,
         meta=meta,
         prediction_name=columns.prediction,
     )
-    period_column = getattr(config, "month_column", None)
     wanted = dict.fromkeys([columns.id, columns.label, period_column, *config.features])
     sample = frame[[c for c in wanted if c and c in frame.columns]].copy()
     sample[columns.prediction] = scores
     return profile, sample_rows(sample, sample_size, seed=0)
+
+
+def reference_window(frame: pd.DataFrame, period_column: str | None, periods: int | None) -> np.ndarray:
+    """Which rows of the training set the profile is built from: those of its newest ``periods`` periods
+    (``monitoring.reference.window_periods``), or every row (no window, or no period column).
+
+    :param frame: the champion's training set.
+    :param period_column: its period column (the training config's ``month_column``).
+    :param periods: how many of its newest periods; None: all.
+    :return: a boolean mask of ``frame``'s rows.
+    """
+    import numpy as np
+
+    if periods is None or not period_column or period_column not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    values = frame[period_column].astype(str)
+    newest = sorted(values.unique())[-periods:]
+    return values.isin(newest).to_numpy()
 
 
 def batch_frame(

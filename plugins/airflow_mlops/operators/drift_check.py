@@ -105,9 +105,8 @@ class DriftCheckOperator(ChampionCheckOperator):
             **drift.report_columns(assessed, config, columns.prediction),
             method=drift_settings.method,
             threshold=drift_settings.threshold,
-            per_column_threshold={
-                k: v for k, v in drift_settings.per_column_threshold.items() if k in assessed.columns
-            },
+            # each column's own threshold (the config's, or its null or period threshold if larger)
+            per_column_threshold={c: d.threshold for c, d in assessed.chosen.columns.items()},
             tags=["drift", summary["source"], summary["month"]],
             metadata={
                 "model": summary["model"],
