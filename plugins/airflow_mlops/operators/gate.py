@@ -83,7 +83,11 @@ class ModelGateOperator(MlopsBaseOperator):
         for line in decision.reasons:
             log("  - %s", line)
         self._record(run_id, decision)
-        context["ti"].xcom_push(key=RUN_URL_XCOM_KEY, value=self.mlflow_hook.run_url(run_id))
+        run_url = self.mlflow_hook.run_url(run_id)
+        context["ti"].xcom_push(key=RUN_URL_XCOM_KEY, value=run_url)
+        if not decision.approved:
+            what = f"the candidate of {evaluation['registered_model_name']} (MLflow run {run_id}) was rejected"
+            self.notify(context, "gate_rejected", what=what, why=decision.reasons, links={"MLflow run": run_url})
         return {
             **{k: v for k, v in decision.to_dict().items() if k != "metrics"},
             "run_id": run_id,

@@ -82,7 +82,18 @@ class RetrainingPolicyOperator(MonitoringBaseOperator):
             raise AirflowSkipException(f"no retrain for {interval.key}: {'; '.join(decision.reasons)[:500]}")
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = decision.event_extra()
+        what = f"retraining of {decision.model} requested for {decision.interval_key}"
+        reports = self._reports(drift_summary, perf_summary)
+        self.notify(context, "retrain_requested", what=what, why=decision.reasons, links=reports)
         return small
+
+    def _reports(self, drift: dict[str, Any] | None, performance: dict[str, Any] | None) -> dict[str, str]:
+        """The monitoring reports the decision read (label → the Airflow-served URL), for its notification."""
+        from airflow_mlops.links import report_url
+
+        summaries = {"Drift report": drift, "Performance report": performance}
+        keys = {label: (s or {}).get("report_key") for label, s in summaries.items()}
+        return {label: report_url(key, self.lake_url) for label, key in keys.items() if key}
 
     def _log_decision(self, decision: PolicyDecision) -> None:
         verdict = "RETRAIN" if decision.retrain else f"no retrain ({decision.suppressed_by or 'no trigger'})"

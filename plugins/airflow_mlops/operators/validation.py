@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.exceptions import BatchValidationError
-from airflow_mlops.links import REPORT_XCOM_KEY, DataDocsLink
+from airflow_mlops.links import REPORT_XCOM_KEY, DataDocsLink, report_url
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.templating import is_blank
 
@@ -189,6 +189,9 @@ class ValidateBatchOperator(MlopsBaseOperator):
         if not report.success:
             where = publish.quarantine_batch(self.lake, batch, report, page)
             self.log.error("batch %s quarantined in %s", batch.batch_id, where)
+            docs = {"Data Docs": report_url(report_key, self.lake_url) if report_key else None}
+            why = [f"[{suite}] {failure.describe()}" for suite, failure in report.failures]
+            self.notify(context, "quarantine", what=f"{batch.batch_id} quarantined in {where}", why=why, links=docs)
             raise BatchValidationError(report.failure_message())
         try:
             result = publish.publish_validated(self.lake, batch, frames, setup.primary, report)
