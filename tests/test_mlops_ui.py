@@ -287,8 +287,9 @@ def _holdout_of(run_id: str, task: str) -> dict[str, float]:
         ("GET", "/api/models/tiny"),
         ("GET", "/api/models/tiny/chart/drift.svg"),
         ("POST", "/api/models/tiny/rollback"),
+        ("GET", "/models/tiny/versions/1/card"),
     ],
-    ids=["page", "models", "model", "chart", "rollback"],
+    ids=["page", "models", "model", "chart", "rollback", "card"],
 )
 def test_the_page_needs_a_signed_in_user(api, method, path):
     anonymous = api["ui"].request(method, path, json={"reason": "no login"} if method == "POST" else None)
@@ -410,6 +411,35 @@ def test_the_performance_chart_shows_the_live_metrics_of_the_task(api, seeded, m
 )
 def test_unknown_things_are_404(api, path):
     assert api["ui"].get(path, headers=api["admin"]).status_code == 404
+
+
+def test_every_version_links_its_model_card_and_the_page_serves_it(api, seeded):
+    import html
+
+    import mlflow
+
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.links import model_card_url
+    from airflow_mlops.mlops_ui_app import URL_PREFIX
+
+    flights, hook = seeded["flights"], MlflowHook()
+    name = flights.registered_model_name
+    detail = _get(api, f"/api/models/{name}")
+    assert [v["version"] for v in detail["versions"]] == ["2", "1"]
+    for listed in detail["versions"]:
+        assert f"{URL_PREFIX}/{listed['card']}" == model_card_url(name, listed["version"])
+        attached = hook.client.get_model_version(name, listed["version"]).tags["mlops.model_card_html"]
+        page = _get(api, f"/{listed['card']}")
+        assert page == mlflow.artifacts.load_text(attached)
+        assert f"{name} version {listed['version']}" in page and html.escape(flights.description) in page
+    assert detail["champion"]["card"] == detail["versions"][0]["card"]
+    markdown = api["ui"].get(f"/{detail['versions'][0]['card']}", params={"format": "markdown"}, headers=api["admin"])
+    assert markdown.status_code == 200 and markdown.text.startswith(f"# Model card: {name} version 2")
+    assert f"## Intended use\n\n{html.escape(flights.description, quote=False)}\n" in markdown.text
+    # A version registered outside the pipeline has no card: no link, and the endpoint says so.
+    (orphan,) = _get(api, f"/api/models/{ORPHAN}")["versions"]
+    assert orphan["card"] is None
+    assert api["ui"].get(f"/models/{ORPHAN}/versions/1/card", headers=api["admin"]).status_code == 404
 
 
 def test_each_use_case_s_reports_are_served_under_its_name(api, seeded):

@@ -21,6 +21,20 @@ if TYPE_CHECKING:
 REPORTS_PREFIX = "/mlops/lake"
 #: XCom key under which a task pushes the lake key of its report (relative to the task's lake root).
 REPORT_XCOM_KEY = "report_key"
+#: Where the plugin serves the MLOps page (``airflow_mlops.mlops_ui_app.URL_PREFIX``).
+MLOPS_UI_PREFIX = "/mlops/ui"
+
+
+def model_card_url(name: str, version: str | int) -> str:
+    """The Airflow-served URL of the model card of ``name`` version ``version`` (the MLOps page's card endpoint,
+    behind Airflow's login), e.g. for an approval form or a notification.
+
+    :param name: the registered model.
+    :param version: its version.
+    """
+    from urllib.parse import quote
+
+    return f"{MLOPS_UI_PREFIX}/models/{quote(str(name), safe='')}/versions/{version}/card"
 
 
 def lake_prefix(lake_root: str | None) -> str | None:

@@ -10,6 +10,8 @@ static and renders what the JSON endpoints return:
   last gate verdict
 * ``GET  /mlops/ui/api/models/{name}``                 one model: versions, gate history, ledger, monitoring, rollback
 * ``GET  /mlops/ui/api/models/{name}/chart/{kind}.svg`` drift or live performance by period, as SVG
+* ``GET  /mlops/ui/models/{name}/versions/{version}/card`` the version's model card (HTML; ``?format=markdown``:
+  its Markdown), as attached to the version (``hooks.mlflow_model_card``)
 * ``POST /mlops/ui/api/models/{name}/rollback``        ``{"reason": ..., "to_version": null}``: triggers the use
   case's ``<name>_rollback`` DAG as the signed-in user (needs the right to create runs of that DAG)
 
@@ -194,6 +196,20 @@ def create_app() -> FastAPI:
         svg = model_overview.chart_for(kind, points, task=task)
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
+    @app.get("/models/{name}/versions/{version}/card")
+    def card(name: str, version: str, format: str = "html") -> Response:
+        from airflow_mlops.hooks.mlflow_model_card import read_model_card
+
+        if format not in ("html", "markdown") or not version.isdigit():
+            raise HTTPException(404, "a card is html or markdown, of a version number")
+        hook = _mlflow()
+        _registered_model(hook, name)
+        text = read_model_card(hook, name, version, format) if _has_version(hook, name, version) else None
+        if text is None:
+            raise HTTPException(404, f"{name} v{version} has no model card")
+        media = "text/html; charset=utf-8" if format == "html" else "text/markdown; charset=utf-8"
+        return Response(text, media_type=media, headers={"Cache-Control": "no-store"})
+
     @app.post("/api/models/{name}/rollback", status_code=201, dependencies=[_require_rollback_permission()])
     def rollback(name: str, body: RollbackRequest, user=_current_user()) -> dict[str, Any]:  # noqa: B008
         return _trigger_rollback(_mlflow(), name, body, user)
@@ -229,6 +245,24 @@ def _registered_model(hook: MlflowHook, name: str) -> Any:
         raise
 
 
+def _has_version(hook: MlflowHook, name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        hook.client.get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
+def _card_href(name: str, version: Any, tags: dict[str, str] | None) -> str | None:
+    """The version's model card, relative to the page (``links.model_card_url``); None when it has none."""
+    from airflow_mlops.hooks.mlflow_model_card import MODEL_CARD_TAG
+    from airflow_mlops.links import model_card_url
+
+    return model_card_url(name, version).removeprefix(f"{URL_PREFIX}/") if (tags or {}).get(MODEL_CARD_TAG) else None
+
+
 def _version(hook: MlflowHook, name: str, version: str | None, task: str | None) -> dict[str, Any] | None:
     """A version's number, run, creation time, the gate decision that admitted it and its hold-out metrics.
 
@@ -259,6 +293,7 @@ def _version(hook: MlflowHook, name: str, version: str | None, task: str | None)
         "git_commit": tags.get("mlops.git.commit"),
         "holdout": metrics,
         "url": hook.model_version_url(name, mv.version),
+        "card": _card_href(name, mv.version, tags),
     }
 
 
@@ -474,6 +509,7 @@ def _detail(hook: MlflowHook, name: str, user: Any) -> dict[str, Any]:
                 "created": v.creation_timestamp,
                 "run_id": v.run_id,
                 "status": v.status,
+                "card": _card_href(name, v.version, v.tags),
             }
             for v in versions
         ],
