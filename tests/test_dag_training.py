@@ -24,7 +24,7 @@ TASKS = (
     "promote_model",
     "deploy_model",
 )
-AFTER_THE_GATE = ("register_model", "infra_validate", "promote_model", "deploy_model")
+AFTER_THE_GATE = ("register_model", "infra_validate", "approve_model", "promote_model", "deploy_model")
 
 
 @pytest.fixture
@@ -91,13 +91,14 @@ def test_training_dag_promotes_a_first_model_and_skips_a_degraded_one(usecase, s
     run, states = _train(snapshots["good"])
     assert _state(run) == "success", states
     assert all(states[(t, -1)] == "success" for t in TASKS), states
+    assert states[("approve_model", -1)] == "skipped"  # approval: auto (the example's default): no person asked
     gate = _xcom(run, "model_gate")
     assert gate["approved"] and gate["champion_version"] is None  # no champion yet: judged on the floors alone
     assert any("first model" in r for r in gate["reasons"]), gate["reasons"]
     champion = hook.alias_version(name, "champion")
     assert champion == "1" and hook.alias_version(name, "challenger") == champion
     (entry,) = hook.read_ledger(name)
-    assert (entry.from_version, entry.to_version) == (None, champion)
+    assert (entry.from_version, entry.to_version, entry.approval) == (None, champion, None)
     assert entry.triggered_by["dag_id"] == usecase.dag_id("training") == "flight_delay_training"
     version = hook.client.get_model_version(name, champion)
     run_tags = hook.client.get_run(version.run_id).data.tags
@@ -118,6 +119,7 @@ def test_training_dag_promotes_a_first_model_and_skips_a_degraded_one(usecase, s
     assert hook.alias_version(name, "champion") == champion
     assert len(hook.read_ledger(name)) == 1
     assert [str(v.version) for v in hook.client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert hook.client.get_model_version(name, "1").tags["mlops.model_card"].startswith(f"runs:/{version.run_id}/")
 
 
 def test_rollback_dag_restores_the_previous_champion(usecase, snapshots):
@@ -153,3 +155,5 @@ def test_rollback_dag_restores_the_previous_champion(usecase, snapshots):
     assert last.triggered_by["dag_id"] == usecase.dag_id("rollback") == "flight_delay_rollback"
     (event,) = asset_event_extras(f"{usecase.name}.model_promoted", rollback)
     assert (event["action"], event["from_version"], event["to_version"]) == ("rollback", bad_champion, before)
+    versions = hook.client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 2 and all(v.tags.get("mlops.model_card") for v in versions)  # each has its model card

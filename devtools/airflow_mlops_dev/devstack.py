@@ -527,6 +527,17 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._ok(self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"))["task_instances"]
 
+    def pending_approvals(self, dag_id: str = "~", run_id: str = "~") -> list[dict]:
+        """Human-in-the-loop requests with no answer yet (an approval step waiting for a person)."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/hitlDetails"
+        return self._ok(self.http.get(path, params={"response_received": False}))["hitl_details"]
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, comment: str | None = None) -> dict:
+        """Answer a waiting approval step: ``option`` is ``Approve`` or ``Reject``, as the signed-in user."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+        body = {"chosen_options": [option], "params_input": {"comment": comment}}
+        return self._ok(self.http.patch(path, json=body))
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[str]:
         """A task attempt's log events (their messages), oldest first."""
         response = self.http.get(

@@ -81,6 +81,26 @@ def event_covers(extra: dict[str, Any], period: str) -> bool:
         return low.replace(tzinfo=start.tzinfo) <= start < high.replace(tzinfo=start.tzinfo)
 
 
+def approval_prompt(airflow_url: str, dag_id: str, run_id: str, task_id: str) -> str:
+    """What to click or curl to answer a training run's approval step."""
+    from urllib.parse import quote
+
+    api = f"{airflow_url}/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}/-1/hitlDetails"
+    login = '{"username": "admin", "password": "<the password above>"}'
+    answer = '{"chosen_options": ["Approve"], "params_input": {"comment": "looks good"}}'
+    return "\n".join(
+        [
+            f"   {dag_id} waits for a person to approve the promotion ({task_id}):",
+            f"     click: {airflow_url}/dags/{dag_id}/runs/{quote(run_id)}/tasks/{task_id}/required_actions",
+            '     or curl (Reject: chosen_options ["Reject"]):',
+            f"       TOKEN=$(curl -s -X POST {airflow_url}/auth/token -H 'Content-Type: application/json' "
+            f"-d '{login}' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+            f"       curl -X PATCH '{api}' -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+            f"-d '{answer}'",
+        ]
+    )
+
+
 def span(periods: list[str]) -> str:
     """``first..last`` of several periods, the period of one.
 
@@ -280,6 +300,7 @@ class Replay:
         self.dags = {stage: usecase.dag_id(stage) for stage in DAG_STAGES}
         self.metric = live_metric(usecase.task)
         self._training_before: set[str] = set()
+        self._prompted: set[str] = set()  # training runs whose approval prompt was printed
 
     # -- waiting ---------------------------------------------------------------------------------------------
     def _wait(self, what: str, probe: Callable[[], Any], poll: float = 2.0) -> Any:
@@ -320,6 +341,8 @@ class Replay:
 
         def probe() -> dict[str, Any] | None:
             new = [r for r in self._runs(dag_id, run_types) if r["dag_run_id"] not in before]
+            if dag_id == self.dags["training"]:
+                self._approval_prompt(dag_id, [r for r in new if r["state"] == "running"])
             done = [r for r in new if r["state"] in ("success", "failed")]
             if new and len(done) == len(new):
                 return sorted(done, key=lambda r: r.get("run_after") or r.get("queued_at") or "")[-1]
@@ -342,6 +365,16 @@ class Replay:
             except ValueError:
                 return value
         return value
+
+    def _approval_prompt(self, dag_id: str, running: list[dict[str, Any]]) -> None:
+        """A training run waiting for a person (``approval: manual``): print once what to click or curl."""
+        for run in running:
+            run_id = run["dag_run_id"]
+            if run_id in self._prompted:
+                continue
+            for pending in self.client.pending_approvals(dag_id, run_id):
+                self._prompted.add(run_id)
+                self.log(approval_prompt(self.airflow_url, dag_id, run_id, pending["task_instance"]["task_id"]))
 
     def run_link(self, dag_id: str, run_id: str) -> str:
         """The Airflow UI's page of a run."""

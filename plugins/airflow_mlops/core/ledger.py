@@ -34,6 +34,9 @@ class LedgerEntry:
     gate: dict[str, Any] | None = None
     reason: str | None = None
     timestamp: str = ""
+    #: A human's approval of a promotion (``core.approval.record``: decision, approver, comment, at, mode);
+    #: None: promoted without one (approval ``auto``, or ``manual_if`` with no condition holding).
+    approval: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.action not in (PROMOTE, ROLLBACK):
@@ -60,6 +63,7 @@ class LedgerEntry:
             gate=data.get("gate"),
             reason=data.get("reason"),
             timestamp=data.get("timestamp", ""),
+            approval=data.get("approval"),
         )
 
 

@@ -381,6 +381,7 @@ class MlflowHook(BaseHook):
         gate: dict[str, Any] | None = None,
         reason: str | None = None,
         check_expected: bool = True,
+        approval: dict[str, Any] | None = None,
     ) -> tuple[ledger_core.LedgerEntry, bool]:
         """Move ``alias`` to ``to_version`` iff it still points at ``expected_from``; record it in the ledger.
 
@@ -425,6 +426,7 @@ class MlflowHook(BaseHook):
             gate=gate,
             reason=reason,
             timestamp=ledger_core.now(),
+            approval=approval,
         )
         if not self.append_entry(entry):
             winner = next((e for e in self.read_ledger(name) if e.seq == entry.seq), None)

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Mapping
+
+    from airflow.sdk import Context
 
     from airflow_mlops.hooks.bentoml_serving import BentoServingHook
     from airflow_mlops.hooks.evidently_workspace import EvidentlyHook
@@ -119,6 +121,29 @@ class MlopsBaseOperator(BaseOperator):
         from airflow_mlops.hooks.evidently_workspace import EvidentlyHook
 
         return EvidentlyHook(workspace=self.evidently_workspace)
+
+    # -- telling people ---------------------------------------------------------------------------------------
+    def notify(
+        self,
+        context: Context,
+        event: str,
+        *,
+        what: str,
+        why: str | Iterable[str] | None = None,
+        links: Mapping[str, str | None] | None = None,
+    ) -> list[str]:
+        """Notify the use case's channels of ``event`` (``airflow_mlops.notifications.notify_event``); without a
+        use case, or one without ``notifications``, nothing. Never raises: a failed delivery is a logged warning.
+
+        :param event: one of ``airflow_mlops.notifications.EVENTS``.
+        :param what: what happened; ``why``: the reasons; ``links``: label → URL of the report or page to look at.
+        :return: the channels that delivered.
+        """
+        if self.usecase_config is None:
+            return []
+        from airflow_mlops.notifications import notify_event
+
+        return notify_event(self.usecase_config, event, context, what=what, why=why, links=links)
 
     # -- failing well -----------------------------------------------------------------------------------------
     def checked(self, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

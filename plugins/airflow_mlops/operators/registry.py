@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.assets import MODEL_PROMOTED
 from airflow_mlops.exceptions import PromotionConflictError
+from airflow_mlops.hooks.mlflow_model_card import attach_model_card
 from airflow_mlops.links_mlflow import MODEL_VERSION_URL_XCOM_KEY, MlflowModelVersionLink
 from airflow_mlops.operators.base import MlopsBaseOperator
 from airflow_mlops.templating import as_mapping, is_blank
@@ -56,7 +57,8 @@ class _RegistryOperator(MlopsBaseOperator):
 
     def transition(self, name: str, context: Context, **kwargs: Any) -> tuple[LedgerEntry, bool]:
         """``MlflowHook.transition`` of ``name@alias`` (compare-and-set on the promotion ledger), triggered by
-        this task; a lost race or a stale expectation is a ``PromotionConflictError``.
+        this task; a lost race or a stale expectation is a ``PromotionConflictError``. A move is notified once
+        (``promoted`` / ``rolled_back``): a retry finding its own entry was notified by the try that moved the alias.
 
         :param name: the registered model.
         :param kwargs: ``to_version``, ``expected_from``, ``action`` and the rest of ``MlflowHook.transition``.
@@ -64,13 +66,20 @@ class _RegistryOperator(MlopsBaseOperator):
         from airflow_mlops.core.ledger import LedgerConflict
         from airflow_mlops.core.tracking import airflow_lineage
 
+        lineage = airflow_lineage(context)
         try:
-            return self.mlflow_hook.transition(name, self.alias, triggered_by=airflow_lineage(context), **kwargs)
+            entry, appended = self.mlflow_hook.transition(name, self.alias, triggered_by=lineage, **kwargs)
         except LedgerConflict as err:
             raise PromotionConflictError(str(err)) from err
+        if appended:
+            from airflow_mlops.notifications import ledger_move
+
+            self.notify(context, **ledger_move(entry, self.mlflow_hook.model_version_url(name, entry.to_version)))
+        return entry, appended
 
     def finish(self, context: Context, entry: LedgerEntry, name: str) -> dict[str, Any]:
-        """The moved version's link to XCom, the move as the outlets' event extra; returns the ledger entry."""
+        """The moved version's link to XCom and its model card refreshed, the move as the event extra; returns it."""
+        attach_model_card(self.mlflow_hook, name, entry.to_version, self.usecase_config, self.lake_conn_id)
         url = self.mlflow_hook.model_version_url(name, entry.to_version)
         context["ti"].xcom_push(key=MODEL_VERSION_URL_XCOM_KEY, value=url)
         events = context.get("outlet_events")
@@ -99,8 +108,8 @@ class MlflowRegisterModelOperator(_RegistryOperator):
     :param gate: the XCom of ``ModelGateOperator``, a dict (templated: pass its ``.output``).
     :param registered_model_name: default the name the gate saw (templated).
     :param alias: the alias to set; default ``challenger``.
-    :return: (XCom) name, version, created, run_id, model_uri, alias, champion_alias and the gate decision (no
-        metric table). The version's MLflow URL is pushed under ``mlflow_model_version_url``.
+    :return: (XCom) name, version, created, run_id, model_uri, alias, champion_alias, the gate decision (no metric
+        table), model_card (its ``runs:/`` URI). The version's MLflow URL is pushed under ``mlflow_model_version_url``.
     :raises AirflowSkipException: the gate rejected the model.
     :raises AirflowFailException: ``gate`` is not a dict.
     """
@@ -135,8 +144,7 @@ class MlflowRegisterModelOperator(_RegistryOperator):
         decision = {k: gate.get(k) for k in GATE_DECISION_KEYS}
         client.set_model_version_tag(name, version, "mlops.gate.decision", json.dumps(decision, sort_keys=True))
         client.set_registered_model_alias(name, self.alias, version)
-        url = self.mlflow_hook.model_version_url(name, version)
-        context["ti"].xcom_push(key=MODEL_VERSION_URL_XCOM_KEY, value=url)
+        context["ti"].xcom_push(key=MODEL_VERSION_URL_XCOM_KEY, value=self.mlflow_hook.model_version_url(name, version))
         return {
             "name": name,
             "version": version,
@@ -146,6 +154,7 @@ class MlflowRegisterModelOperator(_RegistryOperator):
             "alias": self.alias,
             "champion_alias": gate.get("champion_alias", "champion"),
             "gate": decision,
+            "model_card": attach_model_card(self.mlflow_hook, name, version, self.usecase_config, self.lake_conn_id),
         }
 
     def _version_tags(self, gate: dict[str, Any]) -> dict[str, str]:
@@ -170,6 +179,7 @@ class MlflowPromoteModelOperator(_RegistryOperator):
 
     :param registered: the XCom of ``MlflowRegisterModelOperator`` (or of ``BentoMLInfraValidateOperator``, which adds
         ``infra_validation``), a dict (templated: pass its ``.output``).
+    :param approval: the XCom of ``ModelApprovalOperator`` (templated; None: no human step), kept on the ledger entry.
     :param alias: the alias to move; default ``champion``.
     :return: (XCom) the ledger entry: seq, action, model, alias, from/to version, triggered_by, gate, timestamp.
     :raises AirflowSkipException: the gate rejected the model.
@@ -177,17 +187,18 @@ class MlflowPromoteModelOperator(_RegistryOperator):
         version failed infra validation.
     """
 
-    template_fields = ("registered",)
+    template_fields = ("registered", "approval")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#b6d7a8"
 
-    def __init__(self, *, registered: dict[str, Any], alias: str = "champion", **kwargs: Any) -> None:
+    def __init__(self, *, registered: dict[str, Any], approval: Any = None, alias: str = "champion", **kwargs: Any):
         kwargs.setdefault("outlets", [MODEL_PROMOTED])
         super().__init__(**kwargs)
-        self.registered = registered
+        self.registered, self.approval = registered, approval
         self.alias = alias
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_mlops.core.approval import promotable
         from airflow_mlops.core.ledger import PROMOTE
 
         registered = self.checked(as_mapping, self.registered, "registered")
@@ -199,8 +210,10 @@ class MlflowPromoteModelOperator(_RegistryOperator):
             # Like the gate, re-checked here: a candidate that failed in the serving stack never moves champion.
             reasons = "; ".join(infra.get("reasons", [])) or "no decision"
             raise PromotionConflictError(f"{name} v{version} did not pass infra validation: {reasons}")
+        approval = self.checked(promotable, self.approval)  # a human's rejection fails here, whatever the wiring
+        champion = gate.get("champion_version")
         entry, appended = self.transition(
-            name, context, to_version=version, expected_from=gate.get("champion_version"), action=PROMOTE, gate=gate
+            name, context, to_version=version, expected_from=champion, action=PROMOTE, gate=gate, approval=approval
         )
         self.log.info(
             "%s v%s %s to %s (from %s), ledger #%d",

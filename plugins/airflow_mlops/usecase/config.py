@@ -27,8 +27,20 @@ SECTIONS = (
     "features",
     "model",
     "gate",
+    "approval",
     "monitoring",
     "serving",
+    "notifications",
+)
+#: The events a use case may be notified of (``notifications.events``; ``airflow_mlops.notifications``).
+NOTIFICATION_EVENTS = (
+    "quarantine",
+    "gate_rejected",
+    "retrain_requested",
+    "approval_waiting",
+    "promoted",
+    "rolled_back",
+    "task_failed",
 )
 
 
@@ -90,6 +102,10 @@ class UseCase:
     monitoring: dict[str, Any]
     serving: dict[str, Any]
     raw: dict[str, Any] = field(compare=False, repr=False, default_factory=dict)
+    #: The ``approval`` section as written (None: ``auto``); typed by :meth:`approval_policy`.
+    approval: Any = None
+    #: ``notifications``, checked: ``email`` (conn_id, to, from_email), ``webhook`` (conn_id), ``events``; empty: none.
+    notifications: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_file(self) -> Path:
@@ -156,6 +172,15 @@ class UseCase:
             return GatePolicy.from_dict(self.gate)
         except ValueError as err:
             raise UseCaseConfigError(f"{self.config_file}: gate: {err}") from err
+
+    def approval_policy(self) -> Any:
+        """The ``approval`` section as ``core.approval.ApprovalPolicy`` (default ``auto``: no human)."""
+        from airflow_mlops.core.approval import ApprovalPolicy
+
+        try:
+            return ApprovalPolicy.from_config(self.approval)
+        except ValueError as err:
+            raise UseCaseConfigError(f"{self.config_file}: approval: {err}") from err
 
     def training_config_dict(self) -> dict[str, Any]:
         """The ``model`` section as the mapping ``core.training.TrainingConfig.from_dict`` reads."""
@@ -270,8 +295,11 @@ def parse(raw: Any, config_file: Path) -> UseCase:
         monitoring=dict(raw.get("monitoring") or {}),
         serving=dict(raw.get("serving") or {}),
         raw=raw,
+        approval=raw.get("approval"),
+        notifications=_notifications(where.child("notifications"), raw.get("notifications")),
     )
     _check_model(where.child("model"), usecase)
+    usecase.approval_policy()  # a bad approval section fails here, naming the file and the key
     return usecase
 
 
@@ -420,6 +448,46 @@ def _views(where: _Where, features: dict) -> tuple[ViewConfig, ...]:
     return tuple(views)
 
 
+def _notifications(where: _Where, data: Any) -> dict[str, Any]:
+    """The ``notifications`` section checked and completed (``events`` default: every event); absent: ``{}``."""
+    if not data:
+        return {}
+    if not isinstance(data, dict):
+        where.fail("", "must be a mapping with email and/or webhook (and events)")
+    unknown = sorted(set(data) - {"email", "webhook", "events"})
+    if unknown:
+        where.fail(unknown[0], "unknown key (expected email, webhook, events)")
+    out: dict[str, Any] = {}
+    email = data.get("email")
+    if email is not None:
+        if not isinstance(email, dict) or set(email) - {"conn_id", "to", "from_email"}:
+            where.fail("email", "must be a mapping with conn_id (an SMTP connection), to and optionally from_email")
+        to = email.get("to")
+        to = [to] if isinstance(to, str) else to
+        if not isinstance(to, list) or not to or not all(isinstance(a, str) and "@" in a for a in to):
+            where.fail("email.to", "must be an address or a list of addresses")
+        out["email"] = {
+            "conn_id": _str(where.child("email"), email, "conn_id", "smtp_default"),
+            "to": list(to),
+            "from_email": email.get("from_email"),
+        }
+    webhook = data.get("webhook")
+    if webhook is not None:
+        if not isinstance(webhook, dict) or set(webhook) != {"conn_id"}:
+            where.fail("webhook", "must be a mapping with conn_id (an HTTP connection holding the webhook's URL)")
+        out["webhook"] = {"conn_id": _str(where.child("webhook"), webhook, "conn_id")}
+    if not out:
+        where.fail("", "names no channel: give email and/or webhook")
+    events = data.get("events", list(NOTIFICATION_EVENTS))
+    if not isinstance(events, list) or not events:
+        where.fail("events", f"must be a list of events among {', '.join(NOTIFICATION_EVENTS)}")
+    for event in events:
+        if event not in NOTIFICATION_EVENTS:
+            where.fail("events", f"{event!r} is not an event (expected one of {', '.join(NOTIFICATION_EVENTS)})")
+    out["events"] = list(events)
+    return out
+
+
 def _check_model(where: _Where, usecase: UseCase) -> None:
     model = usecase.model
     task = usecase.task
@@ -443,6 +511,9 @@ def _check_model(where: _Where, usecase: UseCase) -> None:
     slices = model.get("slices") or []
     if not isinstance(slices, list):
         where.fail("slices", "must be a list of training-set columns")
+    limits = model.get("known_limits") or []
+    if not isinstance(limits, list) or not all(isinstance(x, str) for x in limits):
+        where.fail("known_limits", "must be a list of sentences (shown in every version's model card)")
 
 
 def projects_dir() -> Path:

@@ -88,6 +88,16 @@ def dags_for(usecase: usecase_config.UseCase) -> dict[str, DAG]:
 # in its config.
 
 
+def on_failure(usecase: usecase_config.UseCase) -> Any:
+    """Every task's ``on_failure_callback``: the use case's ``task_failed`` notification
+    (``airflow_mlops.notifications.MlopsNotifier``); None when the use case is not notified of failed tasks."""
+    from airflow_mlops.notifications import TASK_FAILED, MlopsNotifier
+
+    if TASK_FAILED not in (usecase.notifications.get("events") or ()):
+        return None
+    return MlopsNotifier(usecase.folder)
+
+
 def _doc(usecase: usecase_config.UseCase, text: str) -> str:
     return f"**Use case `{usecase.name}`** — {usecase.description or usecase.folder}\n\n{text.strip()}\n"
 
@@ -125,7 +135,12 @@ def ingest_validate_dag(usecase: usecase_config.UseCase) -> DAG:
         catchup=start is not None,
         max_active_runs=1,
         params={"period": _period_param(usecase, "Period to ingest and validate")},
-        default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(seconds=20)},
+        default_args={
+            "owner": "data-engineering",
+            "retries": 2,
+            "retry_delay": timedelta(seconds=20),
+            "on_failure_callback": on_failure(usecase),
+        },
         tags=["mlops", usecase.name, "ingest", "validation"],
         doc_md=_doc(usecase, INGEST_DOC),
     ) as dag:
@@ -177,7 +192,12 @@ def features_dag(usecase: usecase_config.UseCase) -> DAG:
                 description="Training-set window in periods, ending with the period. Empty: features.window_periods.",
             ),
         },
-        default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(seconds=20)},
+        default_args={
+            "owner": "data-engineering",
+            "retries": 2,
+            "retry_delay": timedelta(seconds=20),
+            "on_failure_callback": on_failure(usecase),
+        },
         tags=["mlops", usecase.name, "features", "feast"],
         doc_md=_doc(usecase, FEATURES_DOC),
     ) as dag:
@@ -229,7 +249,12 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
         catchup=False,
         max_active_runs=1,
         params={"period": _period_param(usecase, "Period to check")},
-        default_args={"owner": "ml-engineering", "retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": "ml-engineering",
+            "retries": 1,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": on_failure(usecase),
+        },
         tags=["mlops", usecase.name, "monitoring", "evidently"],
         doc_md=_doc(usecase, MONITORING_DOC),
     ) as dag:
@@ -259,6 +284,7 @@ def monitoring_dag(usecase: usecase_config.UseCase) -> DAG:
 def training_dag(usecase: usecase_config.UseCase) -> DAG:
     from airflow.timetables.trigger import CronTriggerTimetable
 
+    from airflow_mlops.operators.approval import ModelApprovalOperator
     from airflow_mlops.operators.gate import ModelGateOperator
     from airflow_mlops.operators.registry import MlflowPromoteModelOperator, MlflowRegisterModelOperator
     from airflow_mlops.operators.serving import BentoMLDeployOperator, BentoMLInfraValidateOperator
@@ -280,7 +306,7 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
         render_template_as_native_obj=True,
         dag_id=usecase.dag_id("training"),
         description=f"{usecase.name}: training set → train → evaluate vs champion → gate → register → "
-        "infra-validate → promote → deploy",
+        "infra-validate → approve (per the approval policy) → promote → deploy",
         # No start_date: when the DAG is unpaused its clock waits for the next slot instead of running the last one.
         schedule=schedule,
         catchup=False,
@@ -303,7 +329,12 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
                 description="Why the gate is overridden (required with force_bless; kept on the run and the ledger).",
             ),
         },
-        default_args={"owner": "ml-engineering", "retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": "ml-engineering",
+            "retries": 1,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": on_failure(usecase),
+        },
         tags=["mlops", usecase.name, "training", "mlflow"],
         doc_md=_doc(usecase, TRAINING_DOC),
     ) as dag:
@@ -334,10 +365,21 @@ def training_dag(usecase: usecase_config.UseCase) -> DAG:
         # [START howto_operator_bentoml_infra_validate]
         validated = BentoMLInfraValidateOperator(task_id="infra_validate", registered=registered.output, usecase=folder)
         # [END howto_operator_bentoml_infra_validate]
+        # The use case's approval policy: skipped when no person need decide (auto); else the Required Actions form
+        # with the evidence. A rejection or no answer in time skips the promotion (fail closed).
+        # [START howto_operator_model_approval]
+        approved = ModelApprovalOperator(task_id="approve_model", registered=validated.output, usecase=folder)
+        # [END howto_operator_model_approval]
         # Promotion is compare-and-set on the ledger: a retry finds its own entry and never promotes twice.
+        # It runs after infra validation whether the approval step was skipped (no person needed) or approved.
         # [START howto_operator_mlflow_promote_model]
         promoted = MlflowPromoteModelOperator(
-            task_id="promote_model", registered=validated.output, outlets=[assets.model_promoted]
+            task_id="promote_model",
+            registered=validated.output,
+            approval=approved.output,
+            trigger_rule="none_failed_min_one_success",
+            outlets=[assets.model_promoted],
+            usecase=folder,
         )
         # [END howto_operator_mlflow_promote_model]
         # [START howto_operator_bentoml_deploy]
@@ -370,7 +412,12 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
             "reason": Param("manual rollback", type="string", minLength=3, description="Why (kept in the ledger)."),
         },
         # A retried rollback finds its own ledger entry and does not roll back twice.
-        default_args={"owner": "ml-engineering", "retries": 1, "retry_delay": timedelta(seconds=10)},
+        default_args={
+            "owner": "ml-engineering",
+            "retries": 1,
+            "retry_delay": timedelta(seconds=10),
+            "on_failure_callback": on_failure(usecase),
+        },
         tags=["mlops", usecase.name, "registry", "rollback", "mlflow"],
         doc_md=_doc(usecase, ROLLBACK_DOC),
     ) as dag:
@@ -381,6 +428,7 @@ def rollback_dag(usecase: usecase_config.UseCase) -> DAG:
             to_version="{{ params.to_version }}",
             reason="{{ params.reason }}",
             outlets=[assets.model_promoted],
+            usecase=folder,
         )
         # [END howto_operator_mlflow_rollback_model]
         BentoMLDeployOperator(task_id="deploy_model", version=rollback.output, usecase=folder)
@@ -410,7 +458,12 @@ def scoring_dag(usecase: usecase_config.UseCase) -> DAG:
         catchup=False,
         max_active_runs=1,
         params={"period": _period_param(usecase, "Period to score")},
-        default_args={"owner": "ml-engineering", "retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "owner": "ml-engineering",
+            "retries": 1,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": on_failure(usecase),
+        },
         tags=["mlops", usecase.name, "scoring", "monitoring"],
         doc_md=_doc(usecase, SCORING_DOC),
     ) as dag:
@@ -486,6 +539,12 @@ and the current `champion` on that hold-out, overall and per slice; `model_gate`
 records the decision. A **rejected model is a normal outcome**: the later tasks are skipped and the run stays
 green. An approved model becomes `challenger`, passes infra validation in the real serving stack, then becomes
 `champion` (compare-and-set on the promotion ledger) and is deployed. Roll back with the rollback DAG.
+
+**Approval**: with the use case's `approval` policy `manual` (or `manual_if` and a condition holds), `approve_model`
+waits for a person in Airflow's Required Actions (the task's form, or `PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}
+/taskInstances/approve_model/-1/hitlDetails` with `{"chosen_options": ["Approve"], "params_input": {"comment":
+"..."}}`). Reject, or no answer within `approval.timeout_hours`, leaves the champion in place. With `auto` it is
+skipped.
 """
 
 ROLLBACK_DOC = """
