@@ -469,7 +469,9 @@ def scoring_dag(usecase: usecase_config.UseCase) -> DAG:
     ) as dag:
         period = "{{ params.period }}"
         # [START howto_operator_batch_score]
-        score = BatchScoreOperator(task_id="score_batch", usecase=folder, period=period, outlets=[assets.scores])
+        score = BatchScoreOperator(
+            task_id="score_batch", usecase=folder, period=period, outlets=[assets.scores], multiple_outputs=True
+        )
         # [END howto_operator_batch_score]
         # [START howto_batch_scoring_checks]
         # The checks read the scores as traffic (inference_log_zone) and publish apart from the online ones (scope),
