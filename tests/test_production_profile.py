@@ -428,7 +428,7 @@ def test_months_through_the_loop(stack, client, usecase):
             "deploy_model",
         ),
         "success",
-    )
+    ) | {"approve_model": "skipped"}  # approval: auto (the example's): no person asked
 
     # Every task went through Celery: its result backend (PostgreSQL) holds one row per task executed.
     services = ProductionServices.from_env()
