@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "plugins" / "airflow_mlops"
 EXAMPLE = "seattle_weather"
-DAG_IDS = [f"{EXAMPLE}_{step}" for step in ("features", "ingest_validate", "monitoring", "rollback", "scoring", "training")]
+DAG_IDS = [
+    f"{EXAMPLE}_{step}" for step in ("features", "ingest_validate", "monitoring", "rollback", "scoring", "training")
+]
 DAGS_FILE = "from airflow_mlops.usecase.factory import dags_for_projects\n\nglobals().update(dags_for_projects())\n"
 
 # Run by the virtualenv's interpreter: where the package comes from, what it resolves without a checkout, the
