@@ -8,9 +8,14 @@ export MLOPS_HOME ?= $(CURDIR)/.mlops
 # seattle_weather: daily weather, regression). DEMO_ARGS adds options: make demo DEMO_ARGS="--fresh".
 EXAMPLE ?= flight_delay
 DEMO_ARGS ?=
+# uv: on PATH, else importable by python3, else installed into a virtualenv of its own (.uv/), never into the
+# system Python (a current Debian, Ubuntu or Homebrew Python refuses that: externally managed environment).
 UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
-UV := python3 -m uv
+UV := $(shell python3 -m uv --version >/dev/null 2>&1 && echo "python3 -m uv")
+endif
+ifeq ($(UV),)
+UV := .uv/bin/uv
 endif
 
 .PHONY: help install demo test test-fast test-e2e test-production up down status lint bench lock clean
@@ -22,11 +27,15 @@ help:
 	@echo "make test-fast  only the fast layers (core + operators without a DB), seconds"
 	@echo "make up | down | status   the embedded Airflow (API server + UI, scheduler, DAG processor, triggerer)"
 	@echo "make bench      benchmarks (figures and ratios)"
-	@echo "make lock       re-resolve requirements.txt from requirements.in"
+	@echo "make lock       re-resolve requirements.txt (full) and requirements-runtime.txt (images) from the .in files"
 	@echo "make clean      stop everything and delete MLOPS_HOME ($(MLOPS_HOME))"
 
-$(VENV)/.installed: requirements.txt pyproject.toml devtools/pyproject.toml
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+.uv/bin/uv:
+	python3 -m venv .uv
+	.uv/bin/python -m pip install --quiet uv
+
+# uv fetches Python $(PYTHON_VERSION) itself when the machine has another one.
+$(VENV)/.installed: requirements.txt pyproject.toml devtools/pyproject.toml | $(filter .uv/bin/uv,$(UV))
 	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_VERSION) $(VENV)
 	$(UV) pip install --quiet --python $(PY) -r requirements.txt
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
@@ -67,8 +76,9 @@ lint: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-lock:
-	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
+lock: | $(filter .uv/bin/uv,$(UV))
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements-dev.in -o requirements.txt
+	$(UV) pip compile --quiet --python-version $(PYTHON_VERSION) requirements.in -c requirements.txt -o requirements-runtime.txt
 
 clean: down
 	rm -rf "$(MLOPS_HOME)"
