@@ -166,3 +166,33 @@ def test_outputs_show_the_loop(replayed):
     assert meta["dags"]["training"] == replayed["usecase"].dag_id("training")
     assert meta["wall_seconds"] > 0 and meta["peak_rss_gib"] > 0.1
     assert set(meta["stage_seconds"]) == {"validate", "features", "traffic", "monitoring", "training"}
+
+
+def test_every_version_the_replay_registers_has_a_model_card(replayed):
+    """Each registered version carries its card (Markdown and HTML, attached to the version in MLflow), and the card
+    is of that version, served by the MLOps page's card endpoint's reader."""
+    import mlflow
+
+    from airflow_mlops.core.model_card import SECTIONS
+    from airflow_mlops.hooks.mlflow_model_card import read_model_card
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+
+    name = replayed["usecase"].registered_model_name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_HOME", str(replayed["home"]))
+        patch.setenv("MLOPS_LAKE", (replayed["home"] / "lake").as_uri())
+        for variable in [k for k in os.environ if k.startswith("MLFLOW")]:
+            patch.delenv(variable)
+        hook = MlflowHook()
+        hook.activate()
+        versions = hook.client.search_model_versions(f"name = '{name}'")
+        assert versions, "the replay registered no version"
+        for version in versions:
+            tags = version.tags
+            assert tags.get("mlops.model_card") and tags.get("mlops.model_card_html"), (version.version, tags)
+            markdown = mlflow.artifacts.load_text(tags["mlops.model_card"])
+            assert [line[3:] for line in markdown.splitlines() if line.startswith("## ")] == list(SECTIONS)
+            assert markdown.splitlines()[0] == f"# Model card: {name} version {version.version}", markdown[:200]
+            assert read_model_card(hook, name, version.version, "markdown") == markdown
+            page = read_model_card(hook, name, version.version, "html")
+            assert page and page.startswith("<!doctype html>"), version.version
