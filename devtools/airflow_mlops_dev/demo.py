@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"== starting Airflow ({stack.profile} profile) in {stack.home} ...", flush=True)
     stack.up()
+    print(f"   Airflow UI: {stack.url}  login {ADMIN_USER} / {stack.admin_password()}", flush=True)
     client = AirflowClient(stack.url, ADMIN_USER, stack.admin_password())
     replay = Replay(
         client,

@@ -86,7 +86,7 @@ def approval_prompt(airflow_url: str, dag_id: str, run_id: str, task_id: str) ->
     from urllib.parse import quote
 
     api = f"{airflow_url}/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}/-1/hitlDetails"
-    login = '{"username": "admin", "password": "<the password above>"}'
+    login = '{"username": "admin", "password": "<the password printed at the start>"}'
     answer = '{"chosen_options": ["Approve"], "params_input": {"comment": "looks good"}}'
     return "\n".join(
         [
