@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: The kinds of period a batch may cover.
 PERIOD_KINDS = ("month", "day")
@@ -25,6 +29,63 @@ _EXACT = re.compile(r"^(\d{4})-(\d{1,2})(?:-(\d{1,2}))?$")
 SUCCESS_MARKER = "_SUCCESS"
 #: Name of the manifest that commits a directory of the lake; readers trust only files it lists.
 MANIFEST = "_manifest.json"
+
+_stamp_lock = threading.Lock()
+_last_stamp: datetime | None = None
+#: The order of a manifest without a (readable) ``written_at``: before every stamped one.
+_UNSTAMPED = datetime.min.replace(tzinfo=UTC)
+
+
+def commit_stamp() -> str:
+    """The ``written_at`` of a manifest committed now: UTC, ISO 8601 to the microsecond.
+
+    Strictly increasing within a process: a commit in the same microsecond as the one before it (or after the
+    clock stepped back) is stamped one microsecond after it, so of two commits one after the other, the second
+    is always the newer. (Manifests of earlier versions were stamped to the second; ``manifest_order`` orders
+    them with these.)
+    """
+    global _last_stamp
+    with _stamp_lock:
+        now = datetime.now(UTC)
+        if _last_stamp is not None and now <= _last_stamp:
+            now = _last_stamp + timedelta(microseconds=1)
+        _last_stamp = now
+    return now.isoformat(timespec="microseconds")
+
+
+def manifest_order(manifest: Mapping) -> tuple[datetime, bool]:
+    """The sort key of a committed manifest by its commit time: the later commit is the greater key.
+
+    ``written_at`` is parsed, not compared as text (stamps of different precision or offset do not sort as
+    strings). A stamp to the second (an earlier version's manifest) stands for the start of its second, and of
+    two manifests stamped at the same instant, one to the second and one to the microsecond, the latter is the
+    newer (it was written by the later version). A manifest without ``written_at`` is older than any stamped one.
+
+    :param manifest: a parsed ``_manifest.json``.
+    :raises ValueError: ``written_at`` is not an ISO 8601 time.
+    """
+    stamp = manifest.get("written_at")
+    if not stamp:
+        return _UNSTAMPED, False
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+    except ValueError as err:
+        raise ValueError(f"a manifest's written_at is not an ISO 8601 time: {stamp!r}") from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment, "." in str(stamp)
+
+
+def newest_committed(manifests: Mapping[str, Mapping]) -> str | None:
+    """Of ``{name: manifest}``, the name whose manifest was committed last (``manifest_order``); ties (only
+    possible between stamps to the second) go to the greater name, so the answer never depends on listing order.
+    None when there is none.
+
+    :param manifests: e.g. folder URI → its parsed manifest.
+    """
+    if not manifests:
+        return None
+    return max(manifests, key=lambda name: (manifest_order(manifests[name]), name))
 
 
 def check_kind(kind: str) -> PeriodKind:

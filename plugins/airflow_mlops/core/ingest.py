@@ -19,6 +19,7 @@ from airflow_mlops.core.batches import (
     batch_hash,
     check_kind,
     count_rows,
+    newest_committed,
     parse_period,
     period_kind,
     sha256_bytes,
@@ -176,12 +177,11 @@ def move_landed(lake: Any, period: str, files: list[str], primary: str) -> Batch
 
 
 def latest_raw(lake: Any, period: str, primary: str) -> Batch | None:
-    """The newest batch committed in ``raw/<period>/``, or None."""
+    """The newest batch committed in ``raw/<period>/`` (by commit time, ``newest_committed``), or None."""
     folder = lake.path("raw", period)
-    manifests = [m for m in (lake.read_manifest(d) for d in folder.iterdir()) if m] if folder.exists() else []
-    if not manifests:
-        return None
-    return batch_from_manifest(max(manifests, key=lambda m: m["written_at"]), primary)
+    manifests = {str(d): lake.read_manifest(d) for d in folder.iterdir()} if folder.exists() else {}
+    newest = newest_committed({name: m for name, m in manifests.items() if m})
+    return None if newest is None else batch_from_manifest(manifests[newest], primary)
 
 
 def batch_from_manifest(manifest: dict, primary: str | None = None) -> Batch:

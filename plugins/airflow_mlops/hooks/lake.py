@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_mlops import settings
-from airflow_mlops.core.batches import MANIFEST, FileRecord, sha256_bytes
+from airflow_mlops.core.batches import MANIFEST, FileRecord, commit_stamp, sha256_bytes
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -97,9 +96,13 @@ class LakeHook(BaseHook):
 
     # -- manifests -----------------------------------------------------------------------------------------
     def write_manifest(self, directory: ObjectStoragePath, files: list[FileRecord], **meta: Any) -> dict:
-        """Commit ``directory``: list its files with hashes and rows, plus ``meta``; written last, atomically."""
+        """Commit ``directory``: list its files with hashes and rows, plus ``meta``; written last, atomically.
+
+        ``written_at`` is the commit's time to the microsecond (``core.batches.commit_stamp``), increasing from one
+        commit to the next; order manifests with ``core.batches.manifest_order`` / ``newest_committed``.
+        """
         manifest = {
-            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "written_at": commit_stamp(),
             **meta,
             "files": {rec.name: rec.to_dict() for rec in files},
         }

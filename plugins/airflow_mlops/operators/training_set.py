@@ -128,19 +128,22 @@ class ResolveTrainingSetOperator(TrainingStepOperator):
         return info
 
     def _newest(self) -> str:
-        """The newest committed snapshot under ``training_sets/`` (by its manifest's ``written_at``)."""
+        """The newest committed snapshot under ``training_sets/`` (by its manifest's commit time,
+        ``core.batches.newest_committed``)."""
+        from airflow_mlops.core.batches import newest_committed
+
         zone = self.lake.path(TRAINING_SETS_ZONE)
-        candidates = []
+        candidates = {}
         if zone.exists():
             for folder in zone.iterdir():
                 manifest = self.lake.read_manifest(folder) if folder.is_dir() else None
                 if manifest and TRAINING_SET_FILE in (manifest.get("files") or {}):
-                    candidates.append((manifest.get("written_at", ""), str(folder / TRAINING_SET_FILE)))
-        if not candidates:
+                    candidates[str(folder / TRAINING_SET_FILE)] = manifest
+        newest = newest_committed(candidates)
+        if newest is None:
             raise TrainingSetError(
                 f"no committed training set under {self.lake.url(zone)}: run the feature stage, or trigger "
                 'with {"training_set_uri": "..."}'
             )
-        newest = max(candidates)[1]
         self.log.info("no training set named: using the newest committed snapshot %s", newest)
         return newest
