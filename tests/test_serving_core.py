@@ -26,6 +26,8 @@ from airflow_mlops.core.serving_model import LoadedModel, ModelSlot, check_answe
 from airflow_mlops.core.serving_schemas import Prediction, ServingSettings
 from airflow_mlops.usecase import FeatureContext, config, load_function
 
+from waiting import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 USECASE = ROOT / "examples" / "flight_delay"
 GOOD = {"carrier": "ua", "flight": 1545, "origin": "EWR", "dest": "IAH", "scheduled_departure": "2013-01-01T05:15:00"}
@@ -281,13 +283,12 @@ def test_inference_log_flushes_by_rows_by_time_and_on_close(lake):
     writer = LakePartWriter(lake)
     buffer = InferenceLogBuffer(writer, flush_rows=5, flush_interval_s=0.3)
     buffer.append([_row(i) for i in range(5)])  # full: flushed by the flusher thread
-    deadline = time.monotonic() + 5
-    while buffer.written_rows < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert buffer.written_rows == 5
+    wait_for(lambda: buffer.written_rows >= 5, 30, "5 rows (flush_rows) written", every=0.05)
+    assert buffer.written_rows == 5 and len(committed_parts(lake)) == 1
     buffer.append([_row(5)])
-    time.sleep(1.0)  # one row: flushed by the interval
-    assert buffer.written_rows == 6
+    # One row, far from flush_rows: only the interval flushes it (close() is not called before the part appears).
+    wait_for(lambda: buffer.written_rows >= 6, 30, "the lone row written by the flush interval", every=0.05)
+    assert buffer.written_rows == 6 and len(committed_parts(lake)) == 2
     buffer.append([_row(6), _row(7, day="2026-01-02")])
     assert buffer.close() == 0
     frame = read_inference_log(lake)
@@ -448,6 +449,96 @@ def test_appends_from_many_threads_lose_nothing(lake):
         t.join()
     buffer.close()
     assert read_inference_log(lake)["request_id"].nunique() == 200
+
+
+_KILLED_SERVER = """
+import os, signal, sys, time
+from airflow_mlops.core.inference_log import InferenceLogBuffer, InferenceLogSpool, LakePartWriter
+from airflow_mlops.hooks.lake import LakeHook
+lake_root, spool, mode = sys.argv[1:4]
+rows = lambda a, b: [{"request_id": f"r{i}", "timestamp": f"2026-01-01T00:00:{i:02d}Z", "model_version": "1",
+                      "prediction": 0.1} for i in range(a, b)]
+real = LakePartWriter(LakeHook(root_url=lake_root))
+def dying(batch):  # the part is committed, then the process dies before its segment is deleted
+    real(batch)
+    os.kill(os.getpid(), signal.SIGKILL)
+buffer = InferenceLogBuffer(real if mode == "buffered" else dying, flush_rows=1000, flush_interval_s=600,
+                            spool=InferenceLogSpool(spool))
+buffer.append(rows(0, 5))
+buffer.flush()
+buffer.append(rows(5, 10))
+print("answered", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["buffered", "committed-not-released"])
+def test_a_killed_server_loses_no_answered_row_and_logs_none_twice(lake, tmp_path, mode):
+    """SIGKILL with answered rows only in memory (buffered), or between a part's commit and its segment's deletion:
+    the next buffer on the spool commits what is missing, once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from airflow_mlops.core.inference_log import InferenceLogSpool
+
+    spool = tmp_path / "spool"
+    server = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SERVER, lake.root_url, str(spool), mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        if mode == "buffered":
+            assert server.stdout.readline().strip() == "answered"
+            os.killpg(server.pid, signal.SIGKILL)
+        assert server.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        server.stdout.close()
+    before = set(read_inference_log(lake)["request_id"])
+    assert before == {f"r{i}" for i in range(5)}
+    # The segment with rows (committed ones when the kill came after the commit); a write the kill cut short is
+    # added to it: its answer never left, it is not recovered.
+    leftover = max(spool.glob("*.spool"), key=lambda p: p.stat().st_size)
+    assert leftover.stat().st_size > 0
+    with leftover.open("ab") as out:
+        out.write((1 << 20).to_bytes(8, "big") + b"partial")
+
+    buffer = InferenceLogBuffer(
+        LakePartWriter(lake), flush_rows=1000, flush_interval_s=600, spool=InferenceLogSpool(spool)
+    )
+    assert buffer.recovered_rows == (5 if mode == "buffered" else 0)
+    assert not leftover.exists()
+    buffer.append([_row(100)])
+    assert buffer.close() == 0
+    frame = read_inference_log(lake)
+    assert frame["request_id"].is_unique
+    expected = {f"r{i}" for i in range(10 if mode == "buffered" else 5)} | {"r100"}
+    assert set(frame["request_id"]) == expected
+    assert list(spool.iterdir()) == []  # everything committed, every segment deleted
+
+
+def test_a_live_buffer_s_spool_is_not_taken_by_another(lake, tmp_path):
+    """Two workers of one server share the spool folder: a starting one never commits the other's rows."""
+    from airflow_mlops.core.inference_log import InferenceLogSpool
+
+    spool = tmp_path / "spool"
+    first = InferenceLogBuffer(
+        LakePartWriter(lake), flush_rows=1000, flush_interval_s=600, spool=InferenceLogSpool(spool)
+    )
+    first.append([_row(1), _row(2)])
+    second = InferenceLogBuffer(
+        LakePartWriter(lake), flush_rows=1000, flush_interval_s=600, spool=InferenceLogSpool(spool)
+    )
+    assert second.recovered_rows == 0 and read_inference_log(lake).empty
+    assert first.close() == 0 and second.close() == 0
+    assert sorted(read_inference_log(lake)["request_id"]) == ["r1", "r2"]
+    assert list(spool.iterdir()) == []
 
 
 # -- infrastructure validation checks against a scripted HTTP server ------------------------------------------

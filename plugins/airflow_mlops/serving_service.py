@@ -17,7 +17,12 @@ Configuration: the use case's ``serving`` section (``ServingSettings``) and the 
 goes; default ``<MLOPS_LAKE>/<name>``), ``MLOPS_SERVING_MODEL_NAME`` / ``MLOPS_SERVING_ALIAS`` /
 ``MLOPS_SERVING_MODEL_VERSION`` (a pinned version never follows the alias: infrastructure validation),
 ``MLOPS_SERVING_TOKEN`` (or the file ``MLOPS_SERVING_TOKEN_FILE``; none: no admin API), ``MLOPS_INFERENCE_LOG=off``
-(no inference log), MLflow through ``MlflowHook``'s environment rules, Feast through ``FeastHook``'s.
+(no inference log), ``MLOPS_INFERENCE_SPOOL`` (the local folder where answered rows wait until committed, so a killed
+server loses none: the next one commits them; default ``<MLOPS_HOME>/spool/<name>/<hash of the log's location>``),
+``MLOPS_SERVING_WATCH_INTERVAL_S`` (overrides ``serving.model.watch_interval_s``: every that many
+seconds the alias is looked up and a new version swapped in, so a server run apart from Airflow — the compose
+stack's — serves the first champion and the next ones on its own; 0: only ``/admin/reload`` swaps), MLflow through
+``MlflowHook``'s environment rules, Feast through ``FeastHook``'s.
 """
 
 from __future__ import annotations
@@ -95,6 +100,20 @@ def _token() -> str | None:
     return token or None
 
 
+def _watch_interval() -> float:
+    """Seconds between lookups of the alias: ``MLOPS_SERVING_WATCH_INTERVAL_S``, else ``serving.model.watch_interval_s``."""
+    raw = os.environ.get("MLOPS_SERVING_WATCH_INTERVAL_S", "").strip()
+    if not raw:
+        return SETTINGS.watch_interval_s
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RuntimeError(f"MLOPS_SERVING_WATCH_INTERVAL_S={raw!r} is not a number of seconds (0: no watch)") from None
+    if value < 0:
+        raise RuntimeError(f"MLOPS_SERVING_WATCH_INTERVAL_S={raw!r} must be >= 0 (0: no watch)")
+    return value
+
+
 @bentoml.service(
     name=SETTINGS.service_name,
     workers=SETTINGS.workers,
@@ -140,10 +159,9 @@ class MlopsService:
         else:
             self._load_first(version)
         self._stop = threading.Event()
-        if SETTINGS.watch_interval_s > 0 and not self.pinned:
-            threading.Thread(
-                target=self._watch, args=(SETTINGS.watch_interval_s,), name="alias-watch", daemon=True
-            ).start()
+        watch = _watch_interval()
+        if watch > 0 and not self.pinned:
+            threading.Thread(target=self._watch, args=(watch,), name="alias-watch", daemon=True).start()
 
     @property
     def features(self) -> Any:
@@ -161,11 +179,27 @@ class MlopsService:
     def _inference_log(self) -> Any:
         if not SETTINGS.log_enabled or os.environ.get("MLOPS_INFERENCE_LOG", "").lower() in ("off", "0", "false"):
             return None
-        from airflow_mlops.core.inference_log import InferenceLogBuffer, LakePartWriter
+        import hashlib
+
+        from airflow_mlops import settings
+        from airflow_mlops.core.inference_log import InferenceLogBuffer, InferenceLogSpool, LakePartWriter
         from airflow_mlops.hooks.lake import LakeHook
 
         writer = LakePartWriter(LakeHook(root_url=self.lake_root), zone=SETTINGS.log_zone)
-        return InferenceLogBuffer(writer, SETTINGS.log_flush_rows, SETTINGS.log_flush_interval_s)
+        # Answered rows wait on local disk until committed: a killed server's are committed by the next one, into
+        # the same log (one spool folder per log: use case, lake root and zone).
+        target = f"{self.lake_root.rstrip('/')}/{SETTINGS.log_zone}"
+        spool = os.environ.get("MLOPS_INFERENCE_SPOOL") or (
+            settings.mlops_home() / "spool" / USECASE.name / hashlib.sha256(target.encode()).hexdigest()[:16]
+        )
+        buffer = InferenceLogBuffer(
+            writer, SETTINGS.log_flush_rows, SETTINGS.log_flush_interval_s, spool=InferenceLogSpool(spool)
+        )
+        if buffer.recovered_rows:
+            log.warning(
+                "inference log: %d answered rows of a killed server committed from %s", buffer.recovered_rows, spool
+            )
+        return buffer
 
     def _load_first(self, version: str) -> None:
         from airflow_mlops.core.serving_model import ModelSlot

@@ -16,9 +16,16 @@ prediction times (``first`` / ``last``), of its requests' event times (``event_f
 its model versions. Readers (the monitoring stage) use ``read_inference_log``: only parts a manifest commits are
 read, and a period's monitoring reads only the parts whose requests may fall in that period.
 
-``InferenceLogBuffer`` takes rows from request threads without blocking on I/O; a background thread writes a
+``InferenceLogBuffer`` takes rows from request threads without blocking on the lake; a background thread writes a
 part every ``flush_rows`` rows or ``flush_interval_s`` seconds, and ``close()`` writes what is left, so a clean
 shutdown loses nothing. A failed write keeps the rows for the next attempt.
+
+A killed server (SIGKILL, OOM) loses no answered request either when the buffer has a ``spool`` folder (the
+serving process gives it one, see ``serving_service``): each append is written to a local segment file before the
+answer leaves (``InferenceLogSpool``: length-prefixed pickles, flushed to the OS, locked by its live process), and a
+segment is deleted once its rows are committed. The next buffer on the same spool folder commits the segments of
+dead processes first (``recover``), skipping request ids a committed part already holds, so a crash between a part's
+commit and its segment's deletion does not log a request twice.
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
+import struct
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,13 +55,21 @@ class InferenceLogBuffer:
     """Collect rows; ``writer(rows)`` commits them from a background thread (or on ``flush`` / ``close``)."""
 
     def __init__(
-        self, writer: Callable[[list[dict[str, Any]]], Any], flush_rows: int = 500, flush_interval_s: float = 10.0
+        self,
+        writer: Callable[[list[dict[str, Any]]], Any],
+        flush_rows: int = 500,
+        flush_interval_s: float = 10.0,
+        spool: InferenceLogSpool | None = None,
     ) -> None:
+        """:param spool: where appended rows are kept on local disk until committed (None: in memory only). The
+        segments dead processes left there are committed (``InferenceLogSpool.recover``) before this returns."""
         if flush_rows < 1 or flush_interval_s <= 0:
             raise ValueError("flush_rows must be >= 1 and flush_interval_s > 0")
         self.writer = writer
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
+        self.spool = spool
+        self.recovered_rows = spool.recover(writer) if spool is not None else 0
         self._rows: list[dict[str, Any]] = []
         self._writing = 0  # rows taken out of the buffer by a flush whose write has not returned yet
         self._lock = threading.Lock()
@@ -68,6 +86,8 @@ class InferenceLogBuffer:
         if self._closed.is_set():
             raise RuntimeError("the inference log is closed")
         with self._lock:
+            if self.spool is not None:
+                self.spool.append(rows)  # on disk before the answer leaves
             self._rows.extend(rows)
             full = len(self._rows) >= self.flush_rows
         if full:
@@ -84,6 +104,8 @@ class InferenceLogBuffer:
             with self._lock:
                 rows, self._rows = self._rows, []
                 self._writing = len(rows)
+                # The segments holding exactly these rows: a new one takes the appends from here on.
+                segments = self.spool.rotate() if self.spool is not None and rows else []
             if not rows:
                 return 0
             try:
@@ -94,7 +116,11 @@ class InferenceLogBuffer:
                     self.failed_flushes += 1
                     self._rows[:0] = rows
                     self._writing = 0
+                    if self.spool is not None:
+                        self.spool.keep(segments)
                 return 0
+            if self.spool is not None:
+                self.spool.release(segments)
             with self._lock:
                 self.written_rows += len(rows)
                 self.written_parts += 1
@@ -121,6 +147,8 @@ class InferenceLogBuffer:
         left = self.pending
         if left:
             log.error("inference log: %d rows could not be written before shutdown", left)
+        elif self.spool is not None:
+            self.spool.close()
         return left
 
     def stats(self) -> dict[str, int]:
@@ -131,7 +159,124 @@ class InferenceLogBuffer:
                 "written_rows": self.written_rows,
                 "written_parts": self.written_parts,
                 "failed_flushes": self.failed_flushes,
+                "recovered_rows": self.recovered_rows,
             }
+
+
+_LENGTH = struct.Struct(">Q")
+
+
+class InferenceLogSpool:
+    """Rows answered but not yet committed, on local disk: one segment file at a time takes the appends.
+
+    A segment is ``<folder>/<ns>-<pid>-<seq>.spool``: records of a length (8 bytes) and a pickled list of rows,
+    written with one ``write`` each and flushed to the OS (a killed process loses nothing; a crashed host may).
+    Every segment a live buffer holds is locked (``fcntl.flock``, released by the kernel when the process dies), so
+    ``recover`` takes only the segments of dead processes, whichever worker of a server runs it.
+
+    :param folder: the spool folder (one per use case and inference-log zone; local disk, not the lake).
+    """
+
+    SUFFIX = ".spool"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._seq = 0
+        self._kept: list[tuple[Path, Any]] = []  # rotated segments whose rows are not committed yet
+        self._active = self._open()
+
+    def _open(self) -> tuple[Path, Any]:
+        import fcntl
+
+        self._seq += 1
+        path = self.folder / f"{time.time_ns()}-{os.getpid()}-{self._seq:06d}{self.SUFFIX}"
+        handle = path.open("ab", buffering=0)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return path, handle
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` to the active segment (the caller serializes appends)."""
+        data = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        self._active[1].write(_LENGTH.pack(len(data)) + data)
+
+    def rotate(self) -> list[tuple[Path, Any]]:
+        """The segments holding every row appended so far (kept ones, then the active one); a new one is active."""
+        taken, self._kept = [*self._kept, self._active], []
+        self._active = self._open()
+        return taken
+
+    def keep(self, segments: list[tuple[Path, Any]]) -> None:
+        """Their rows were not committed: they stay (locked) for the next flush."""
+        self._kept[:0] = segments
+
+    def release(self, segments: list[tuple[Path, Any]]) -> None:
+        """Their rows are committed: delete them."""
+        for path, handle in segments:
+            path.unlink(missing_ok=True)
+            handle.close()
+
+    def close(self) -> None:
+        """Nothing is pending: delete the segments still held."""
+        self.release([*self._kept, self._active])
+        self._kept = []
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        """The rows of a segment; a record cut short by the kill (the last one) is not there: its answer never left."""
+        data, rows, at = path.read_bytes(), [], 0
+        while at + _LENGTH.size <= len(data):
+            (size,) = _LENGTH.unpack_from(data, at)
+            if at + _LENGTH.size + size > len(data):
+                break
+            rows.extend(pickle.loads(data[at + _LENGTH.size : at + _LENGTH.size + size]))
+            at += _LENGTH.size + size
+        return rows
+
+    def recover(self, writer: Callable[[list[dict[str, Any]]], Any]) -> int:
+        """Commit the segments dead processes left, then delete them; returns the rows committed.
+
+        Rows whose request id a committed part already holds (the segment's part was committed, its deletion was
+        not) are skipped: ``writer`` must be a ``LakePartWriter`` (its lake and zone are read for that), or any
+        callable without them (then nothing is skipped).
+        """
+        import fcntl
+
+        recovered = 0
+        for path in sorted(self.folder.glob(f"*{self.SUFFIX}")):
+            if path == self._active[0]:
+                continue
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process holds it
+                rows = self.read(path)
+                if rows:
+                    rows = _not_committed(writer, rows)
+                if rows:
+                    writer(rows)
+                    recovered += len(rows)
+                    log.warning("inference log: committed %d rows a killed server left in %s", len(rows), path)
+                path.unlink(missing_ok=True)
+        return recovered
+
+
+def _not_committed(writer: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` minus those whose request id is in a committed part of their days (``LakePartWriter`` only)."""
+    lake, zone = getattr(writer, "lake", None), getattr(writer, "zone", None)
+    if lake is None or zone is None:
+        return rows
+    import pandas as pd
+
+    days = sorted({pd.to_datetime(r["timestamp"], utc=True).strftime("%Y-%m-%d") for r in rows})
+    committed = read_inference_log(lake, zone, days=days)
+    known = set(committed["request_id"]) if "request_id" in committed.columns else set()
+    return [r for r in rows if r["request_id"] not in known]
 
 
 def log_records(
