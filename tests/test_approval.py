@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import FLIGHTS, ROOT
+from waiting import wait_for
 
 DAG_STAGE = "training"
 APPROVE_TASK = "approve_model"
@@ -203,8 +203,7 @@ def stack(tmp_path_factory):
             "MLOPS_MLFLOW_ARTIFACTS": (home / "mlflow-artifacts").as_uri(),
             "MLOPS_GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567",
             "MLFLOW_UI_URL": "http://127.0.0.1:5000",  # gives the evidence its MLflow links
-            f"MLOPS_SERVING_PORT__{key}": str(port),
-            f"MLOPS_SERVING_URL__{key}": f"http://127.0.0.1:{port}",
+            f"MLOPS_SERVING_PORT__{key}": str(port),  # the embedded endpoint: the deploy step starts it
             "FEAST_USAGE": "False",
         }.items():
             patch.setenv(name, value)
@@ -242,13 +241,8 @@ def client(stack):
 
 
 def _until(what: str, probe, timeout: float = 600.0, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
-        time.sleep(poll)
+    """``waiting.wait_for``: ``probe`` observed until it holds."""
+    return wait_for(probe, timeout, what, every=poll)
 
 
 def _states(client, dag_id: str, run_id: str) -> dict[str, str]:

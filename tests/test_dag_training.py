@@ -42,8 +42,8 @@ def serving_endpoint(usecase, monkeypatch):
 
     port = serving_process.free_port()
     key = usecase.name.upper()
-    monkeypatch.setenv(f"MLOPS_SERVING_PORT__{key}", str(port))
-    monkeypatch.setenv(f"MLOPS_SERVING_URL__{key}", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv(f"MLOPS_SERVING_PORT__{key}", str(port))  # the default endpoint: the embedded server
+    monkeypatch.delenv(f"MLOPS_SERVING_URL__{key}", raising=False)  # an explicit URL is never started by deploy
     try:
         yield port
     finally:
@@ -127,16 +127,20 @@ def test_rollback_dag_restores_the_previous_champion(usecase, snapshots):
 
     name = usecase.registered_model_name
     hook = MlflowHook()
+    assert hook.alias_version(name, "champion") is None and hook.read_ledger(name) == []  # a fresh store
     first, states = _train(snapshots["good"])
     assert states[("promote_model", -1)] == "success", states
+    assert _xcom(first, "model_gate")["champion_version"] is None  # the first-model path
     before = hook.alias_version(name, "champion")
-    assert before == "1"
+    assert before == _xcom(first, "promote_model")["to_version"] == "1"
 
     forced, states = _train(snapshots["bad"], force_bless=True, force_bless_reason="dag test")
     assert states[("promote_model", -1)] == "success", states
-    assert _xcom(forced, "model_gate")["forced"] is True
+    gate = _xcom(forced, "model_gate")
+    assert gate["forced"] is True and gate["champion_version"] == before  # the gate path, against the first model
     bad_champion = hook.alias_version(name, "champion")
-    assert bad_champion == "2" and hook.read_ledger(name)[-1].gate["forced"] is True
+    assert bad_champion == _xcom(forced, "promote_model")["to_version"] == "2"
+    assert hook.read_ledger(name)[-1].gate["forced"] is True
 
     rollback = load_dag("flight_delay_rollback").test(run_conf={"reason": "forced model misbehaves"})
     states = task_states(rollback)

@@ -3,13 +3,16 @@ input, infra validation, a swap under load, the inference log.
 
 One server for the module (started by ``BentoMLDeployOperator`` as the DAG would), on a free loopback port in a
 temporary MLOPS stack (serving_fixtures). Candidates for infra validation each get their own pinned server.
-Every answered request id is collected; the last test stops the server and compares them with the log under the
-use case's lake root.
+Every answered request id is collected; the last test on that server stops it and compares them with the log under
+the use case's lake root. The tests run in the module's order, which they need: the swap test moves the server from
+v1 to the second version, so the tests asserting v1's answers come before it. Each also passes alone (``-k``): the
+module's fixtures make the stack, the champion, the server and the candidates it uses.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -36,7 +39,10 @@ def stack(tmp_path_factory):
         for key, value in sf.stack_env(home).items():
             mp.setenv(key, value)
         port = free_port()
-        mp.setenv("MLOPS_SERVING_URL__FLIGHT_DELAY", f"http://127.0.0.1:{port}")
+        # The use case's default endpoint on this port (not an explicit URL): the embedded server, which the deploy
+        # step may start.
+        mp.setenv("MLOPS_SERVING_PORT__FLIGHT_DELAY", str(port))
+        mp.delenv("MLOPS_SERVING_URL__FLIGHT_DELAY", raising=False)
         built = sf.build_stack(home)
         built.update(port=port, url=f"http://127.0.0.1:{port}", answered=set())
         yield built
@@ -87,7 +93,8 @@ def test_single_and_batch_predictions(http, stack):
     batch = http.post("/predict_batch", json=c["batch"])
     assert batch.status_code == 200, batch.text
     answers = batch.json()["predictions"]
-    assert len(answers) == 3 and len({a["request_id"] for a in answers}) == 3
+    asked = len(c["batch"]["rows"])  # the canned batch: an answer and a request id per row
+    assert len(answers) == asked and len({a["request_id"] for a in answers}) == asked
     assert answers[0]["prediction"] == pytest.approx(body["prediction"])
     assert {"flight_features", "carrier_history"} <= set(answers[2]["defaults_used"])  # ZZ 9999 in 2025
     _record(stack, batch.json())
@@ -238,14 +245,23 @@ def test_swap_under_load_fails_no_request(server, versions, stack, tmp_path):
     assert again["action"] == "unchanged"
 
 
-def test_inference_log_holds_exactly_the_answered_requests(server, stack):
-    """Last in the module: a clean shutdown flushes the buffer under the use case's lake root; bad requests were never
-    logged."""
+def test_inference_log_holds_exactly_the_answered_requests(server, stack, http):
+    """Last of the tests on the module's server (it stops it): a clean shutdown flushes the buffer under the use
+    case's lake root; bad requests were never logged.
+
+    The log must hold every request answered by the module's server: those of the tests before it (collected in
+    ``stack["answered"]``) and the batch it asks for itself first, so it has answers to find when run alone.
+    """
     from airflow_mlops.core.inference_log import read_inference_log
 
+    own = http.post("/predict_batch", json=sf.canned()["batch"])
+    assert own.status_code == 200, own.text
+    own_ids = {a["request_id"] for a in own.json()["predictions"]}
+    assert len(own_ids) == len(sf.canned()["batch"]["rows"])
+    _record(stack, own.json())
     assert server.stop()
     frame = read_inference_log(stack["usecase_lake"])
-    assert len(frame) == len(stack["answered"]) > 0
+    assert len(frame) == len(stack["answered"])
     assert set(frame["request_id"]) == stack["answered"]
     assert frame["request_id"].is_unique
     expected = {"input_carrier", "input_scheduled_departure", "event_timestamp", "flight_id", "carrier_late_rate_7d"}
@@ -268,9 +284,13 @@ def test_a_server_up_without_a_model_is_loaded_by_the_deploy(stack, monkeypatch)
     url = f"http://127.0.0.1:{port}"
     hook = MlflowHook()
     env = {**mlflow_env(hook), "MLOPS_SERVING_MODEL_NAME": sf.MODEL, "MLOPS_SERVING_ALIAS": "canary"}
-    process = ServingProcess(usecase=USECASE, port=port, env=env)
+    # A name of its own: the default one is the module's embedded server's pid file (start() would find it running).
+    process = ServingProcess(usecase=USECASE, port=port, env=env, name=f"serving-external-{port}")
+    # Given by URL, as compose gives it: the deploy step reaches it with MLOPS_SERVING_TOKEN, which the server has too.
     monkeypatch.setenv("MLOPS_SERVING_URL__FLIGHT_DELAY", url)
+    monkeypatch.setenv("MLOPS_SERVING_TOKEN", secrets.token_hex(16))
     serving = BentoServingHook(USECASE)
+    assert not serving.is_embedded
     try:
         process.start()
         deadline = time.monotonic() + 240

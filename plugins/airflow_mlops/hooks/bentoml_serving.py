@@ -41,8 +41,11 @@ class BentoServingHook(BaseHook):
     (``host``/``port``/``schema``, or extra ``url``; the admin token as ``password``) — one endpoint, so meant for
     a single-use-case deployment; else the use case's ``airflow_mlops.usecase.config.serving_url``
     (``MLOPS_SERVING_URL__<NAME>``, else ``http://127.0.0.1:<MLOPS_SERVING_PORT__<NAME> or serving.server.port>``).
-    The admin token: the connection's password, else the embedded server's (loopback: ``MLOPS_SERVING_TOKEN`` or
-    the token file under ``MLOPS_HOME/run``), else ``MLOPS_SERVING_TOKEN``.
+    Only that last one, the default endpoint on loopback, is the embedded server (``is_embedded``: the suite may
+    start it); an endpoint given explicitly (``url``, the connection, ``MLOPS_SERVING_URL__<NAME>``) is run by
+    someone else, e.g. the compose stack's ``serving`` container, even on 127.0.0.1.
+    The admin token: the connection's password, else ``MLOPS_SERVING_TOKEN``, else (embedded) the token file under
+    ``MLOPS_HOME/run``.
 
     The serving steps: ``deploy`` (make the endpoint serve a version, starting the embedded server if it is down)
     and ``validate_candidate`` (a pinned server of its own, checked and stopped); the suite's serving processes are
@@ -88,25 +91,31 @@ class BentoServingHook(BaseHook):
             return None
 
     @cached_property
-    def url(self) -> str:
+    def _endpoint(self) -> tuple[str, bool]:
+        """The URL, and whether it is the embedded server's (see the class docstring)."""
         if self._url:
-            return self._url.rstrip("/")
+            return self._url.rstrip("/"), False
         conn = self._conn
         if conn is not None:
             extra = conn.extra_dejson or {}
             if extra.get("url"):
-                return str(extra["url"]).rstrip("/")
+                return str(extra["url"]).rstrip("/"), False
             if conn.host:
                 host = conn.host if "://" in conn.host else f"{conn.schema or 'http'}://{conn.host}"
-                return f"{host}:{conn.port}" if conn.port else host
+                return (f"{host}:{conn.port}" if conn.port else host), False
         from airflow_mlops.usecase import config
 
-        return config.serving_url(self.config)
+        return config.serving_endpoint(self.config)
+
+    @property
+    def url(self) -> str:
+        return self._endpoint[0]
 
     @property
     def is_embedded(self) -> bool:
-        """Served by the suite's own process on loopback (it may start and stop it)."""
-        return self.url.startswith(("http://127.0.0.1:", "http://localhost:"))
+        """The suite's own server (the use case's default endpoint on loopback): the deploy step starts it when it
+        is down. An endpoint given explicitly is never started here, whatever its host."""
+        return self._endpoint[1]
 
     @cached_property
     def token(self) -> str | None:
@@ -159,6 +168,11 @@ class BentoServingHook(BaseHook):
                 json={"version": str(version) if version else None},
                 headers={"X-MLOPS-Token": self.token or ""},
             )
+        if response.status_code == 403:
+            raise ServingError(
+                f"{self.url} refused the admin token (HTTP 403): give the deploy step the server's token "
+                f"(MLOPS_SERVING_TOKEN, or the password of the connection {self.bentoml_conn_id!r})"
+            )
         if response.status_code != 200:
             raise ServingError(
                 f"{self.url} refused to load version {version}: HTTP {response.status_code} {response.text[:500]}"
@@ -179,9 +193,9 @@ class BentoServingHook(BaseHook):
         """Make this endpoint serve ``version`` with no failed request.
 
         Ready: swap the version in (``reload``; requests being answered finish on the old model), unless it is
-        served already. Alive without a model (started before the first champion): load it. Down and embedded (on
-        loopback): start the use case's serving process (``ServingProcess``) with ``env``. Then ``/info`` must
-        report ``version``.
+        served already. Alive without a model (started before the first champion): load it. Down and embedded (the
+        default endpoint, ``is_embedded``): start the use case's serving process (``ServingProcess``) with ``env``;
+        down and given explicitly: fail (whoever runs it must start it). Then ``/info`` must report ``version``.
 
         :param version: the model version to serve.
         :param env: the started server's environment (``mlflow_env``, the model name and alias).
@@ -203,6 +217,12 @@ class BentoServingHook(BaseHook):
             outcome = {"action": "loaded", "load_seconds": self.reload(target).get("load_seconds")}
         elif self.is_embedded and start_if_down:
             outcome = self._start(target, env, readiness_timeout_s)
+        elif not self.is_embedded:
+            raise ServingError(
+                f"the serving endpoint {self.url} of {self.config.name} does not answer /livez; it is given explicitly "
+                f"(MLOPS_SERVING_URL__{self.config.name.upper()} or the connection {self.bentoml_conn_id!r}), so the "
+                "deploy step does not start it: start that server (docker compose: the `serving` service)"
+            )
         else:
             raise ServingError(f"the serving endpoint {self.url} of {self.config.name} does not answer /livez")
         served = self.info().get("model_version")

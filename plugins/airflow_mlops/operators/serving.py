@@ -124,9 +124,10 @@ class BentoMLDeployOperator(_ServingOperator):
     """Make the use case's serving endpoint answer with ``version`` (default: the alias's), with no failed request.
 
     If the endpoint answers, it is asked to load the version, check it with canned requests and swap it in
-    (requests being answered finish on the old model). If it does not answer and it is the embedded endpoint on
-    loopback, the use case's serving process is started (``airflow_mlops.hooks.bentoml_process``). Then ``/info``
-    must report the version (``BentoServingHook.deploy``).
+    (requests being answered finish on the old model). If it does not answer and it is the embedded endpoint (the
+    default one on loopback, no ``MLOPS_SERVING_URL__<NAME>`` nor connection), the use case's serving process is
+    started (``airflow_mlops.hooks.bentoml_process``); an endpoint given explicitly is never started here. Then
+    ``/info`` must report the version (``BentoServingHook.deploy``).
 
     :param usecase: the use-case folder (holding ``mlops.yaml``).
     :param version: the version to serve (templated): the XCom of ``MlflowPromoteModelOperator`` /

@@ -549,10 +549,19 @@ def lake_url(usecase: UseCase) -> str:
 def serving_url(usecase: UseCase) -> str:
     """The use case's serving endpoint: ``MLOPS_SERVING_URL__<NAME>`` (upper-case name), else
     ``http://127.0.0.1:<port>`` with ``MLOPS_SERVING_PORT__<NAME>`` or ``serving.server.port`` (default 3000)."""
+    return serving_endpoint(usecase)[0]
+
+
+def serving_endpoint(usecase: UseCase) -> tuple[str, bool]:
+    """The use case's serving endpoint (``serving_url``) and whether it is the embedded one, which the suite may
+    start itself: only the default endpoint on loopback is. An endpoint given explicitly
+    (``MLOPS_SERVING_URL__<NAME>``) is run by someone else — the compose stack's ``serving`` container, a server
+    of one's own —, whatever its host: the deploy step reaches and reloads it, never starts one."""
     key = usecase.name.upper()
     url = os.environ.get(f"MLOPS_SERVING_URL__{key}")
     if url:
-        return url.rstrip("/")
+        return url.rstrip("/"), False
     server = usecase.serving.get("server") or {}
     port = os.environ.get(f"MLOPS_SERVING_PORT__{key}") or server.get("port") or 3000
-    return f"http://{server.get('host') or '127.0.0.1'}:{int(port)}"
+    host = server.get("host") or "127.0.0.1"
+    return f"http://{host}:{int(port)}", host in ("127.0.0.1", "localhost")
