@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import warnings
 
 import httpx
@@ -23,6 +22,7 @@ from airflow_mlops_dev import replay
 from airflow_mlops_dev.devstack import COMPONENTS, AirflowClient, Stack
 
 from conftest import ROOT
+from waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = ROOT / "examples" / "flight_delay"
@@ -99,11 +99,14 @@ def test_landing_flag_starts_a_run_that_quarantines_a_broken_batch(stack, client
     client.wait_idle(dag_id, timeout=300)
     before = {r["dag_run_id"] for r in client.runs(dag_id)}
     replay.land("2013-02", corrupt="null_column", lake_root=lake.root_url, usecase=usecase)  # rings landing/_READY
-    deadline, new = time.monotonic() + 240, []
-    while time.monotonic() < deadline and not new:
-        new = [r for r in client.runs(dag_id) if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"]
-        time.sleep(2)
-    assert new, "the landing flag did not start a run"
+    new = wait_for(
+        lambda: [
+            r for r in client.runs(dag_id) if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"
+        ],
+        240,
+        "the landing flag starts a run",
+        every=2,
+    )
     assert client.wait_run(dag_id, new[0]["dag_run_id"], timeout=300) == "failed"
     assert not lake.path("landing", "_READY").exists()
     (quarantined,) = list(lake.path("quarantine", "2013-02").iterdir())

@@ -177,11 +177,16 @@ def test_materializing_an_interval_twice_leaves_the_same_online_state(store):
     frames = _frames(store)
     assert counts == _in_interval(frames, start, last)
     # one online row per flight departing in the interval (January's partition holds its late-evening flights
-    # that depart on February 1 UTC) and per weather slot (3 origins x 28 days x 24 hours), not one per origin
-    flights = pd.concat([validated_frames(m)["flights"] for m in MONTHS], ignore_index=True)
+    # that depart on February 1 UTC) and per weather slot (each origin observed x each hour of the interval), not
+    # one per origin
+    validated = [validated_frames(m) for m in MONTHS]
+    flights = pd.concat([frames["flights"] for frames in validated], ignore_index=True)
     departure = flights["time_hour"] + pd.to_timedelta(flights["minute"], unit="min")
     assert counts["flight_features"] == int(((departure >= start) & (departure < end)).sum())
-    assert counts["origin_weather"] == 3 * 28 * 24
+    origins = pd.concat([frames["weather"]["origin"] for frames in validated]).nunique()
+    hours = int((end - start) / timedelta(hours=1))
+    assert origins > 1 and hours == 28 * 24  # February 2013, in UTC
+    assert counts["origin_weather"] == origins * hours
 
 
 def test_online_reads_answer_what_the_training_join_found_and_defaults_for_unknown_keys(store):

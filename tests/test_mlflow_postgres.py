@@ -3,6 +3,9 @@
 A fresh database is created on the PostgreSQL at 127.0.0.1:5432 and dropped afterwards; the server runs in
 its own process group and is stopped with it. The suite reaches it through the Airflow connection
 ``mlflow_default`` (as deployed), not through ``MLFLOW_TRACKING_URI``.
+
+PostgreSQL is a service this machine runs: the test skips only when nothing listens on 127.0.0.1:5432
+(``services.require_service``); any other error of it (authentication, a query) fails the test.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import pytest
 
 from airflow_mlops.hooks.bentoml_process import free_port
 
+from services import require_service
 from training_fixtures import build_frame, run_pipeline, write_configs, write_snapshot
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +49,8 @@ def _admin(sql: str) -> None:
 def mlflow_server(tmp_path_factory):
     import httpx
 
-    try:
-        _admin("SELECT 1")
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {err}")
+    require_service("PostgreSQL", PG["host"], PG["port"], "an MLflow tracking server on PostgreSQL")
+    _admin("SELECT 1")  # it listens: an error from here on (authentication...) is the test's failure
     root = tmp_path_factory.mktemp("mlflow-server")
     db = f"mlops_test_{uuid.uuid4().hex[:10]}"
     _admin(f'CREATE DATABASE "{db}"')
@@ -76,23 +78,18 @@ def mlflow_server(tmp_path_factory):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, (
+            f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-3000:]}"
+        )
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server not healthy after 180 s: {(root / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(1)
+        wait_for(healthy, 180, f"mlflow server healthy on {url} (log: {root / 'server.log'})", every=1)
         with pytest.MonkeyPatch.context() as mp:
             # Empty, and restored afterwards: mlflow.set_*_uri() writes these into the environment.
             for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLOPS_MLFLOW_ARTIFACTS"):

@@ -140,8 +140,12 @@ def seed_usecases(root: Path, narrow_schedule: bool = False) -> dict[str, Any]:
     second = run_pipeline(good, paths, "manual__ui_second")
     bad = write_snapshot(lake, shuffle_labels(frame, keep_months=["2013-03"], seed=1))
     rejected = run_pipeline(bad, paths, "manual__ui_rejected")
-    assert first["promoted"]["to_version"] == "1" and second["promoted"]["to_version"] == "2"
+    promotions = [first["promoted"], second["promoted"]]  # the flights model's ledger, oldest first
+    flights_version = second["promoted"]["to_version"]  # the flights model's champion
+    assert [p["to_version"] for p in promotions] == ["1", "2"], promotions  # a fresh store: the seed's own versions
+    assert second["promoted"]["from_version"] == first["promoted"]["to_version"]
     assert rejected["gate"]["approved"] is False and rejected["registered"] == "skipped"
+    assert rejected["gate"]["champion_version"] == flights_version  # judged against the seed's champion
 
     # The tiny model: one version, promoted.
     tiny_lake = LakeHook(root_url=config.lake_url(tiny))
@@ -151,6 +155,7 @@ def seed_usecases(root: Path, narrow_schedule: bool = False) -> dict[str, Any]:
     )
     tiny_run = run_pipeline(write_snapshot(tiny_lake, regression_frame(1500, seed=5)), tiny_paths, "manual__ui_tiny")
     assert tiny_run["promoted"]["to_version"] == "1", tiny_run["gate"]["reasons"]
+    tiny_version = tiny_run["promoted"]["to_version"]
 
     # A model no use case declares: a version of the tiny model's run under another name, made champion by hand.
     hook = MlflowHook()
@@ -159,8 +164,9 @@ def seed_usecases(root: Path, narrow_schedule: bool = False) -> dict[str, Any]:
     hook.client.set_registered_model_alias(ORPHAN, "champion", str(orphan.version))
 
     # Monitoring: each use case's checks in its monitoring experiment; the flights June drift check has a report.
-    flights_champion, tiny_champion = _champion(flights.registered_model_name, "2"), _champion(tiny.name, "1")
-    report_key = f"{REPORTS_ZONE}/drift/2013-06/{flights.registered_model_name}-v2.html"
+    flights_champion = _champion(flights.registered_model_name, flights_version)
+    tiny_champion = _champion(tiny.registered_model_name, tiny_version)
+    report_key = f"{REPORTS_ZONE}/drift/2013-06/{flights.registered_model_name}-v{flights_version}.html"
     report_html = b"<html><body>June drift report</body></html>"
     lake.write_file(lake.path(report_key), report_html, rows=0)
     flight_checks = {}
@@ -184,7 +190,7 @@ def seed_usecases(root: Path, narrow_schedule: bool = False) -> dict[str, Any]:
     june_start, june_end = "2013-06-01T00:00:00+00:00", "2013-07-01T00:00:00+00:00"
     interval = rp.Interval.parse(june_start, june_end)
     share, psi = FLIGHT_MONTHS["2013-06"][:2]
-    source = {"model": flights.registered_model_name, "month": "2013-06", "champion_version": "2"}
+    source = {"model": flights.registered_model_name, "month": "2013-06", "champion_version": flights_version}
     source.update(interval_start=june_start, interval_end=june_end)
     drift_summary = {"status": "ok", "drift_share": share, "prediction_drift": psi, "drifted_columns": ["dest"]}
     decision, record = rp.decide_interval(policy, interval, source, drift_summary, None, {})
@@ -202,6 +208,13 @@ def seed_usecases(root: Path, narrow_schedule: bool = False) -> dict[str, Any]:
         "rejected_run": rejected["gate"]["run_id"],
         "approved_runs": [second["gate"]["run_id"], first["gate"]["run_id"]],
         "tiny_run": tiny_run["trained"]["run_id"],
+        # What the seed made, for the tests to expect: the flights model's versions (oldest first), its champion
+        # and its promotions as the operator returned them; the tiny model's promotion; the orphan's version.
+        "flights_versions": [p["to_version"] for p in promotions],
+        "champion": flights_version,
+        "promotions": promotions,
+        "tiny_promotion": tiny_run["promoted"],
+        "orphan_version": str(orphan.version),
         "report_key": report_key,
         "report_html": report_html,
         "june_decision": decision,
@@ -305,16 +318,16 @@ def test_every_registered_model_is_listed_with_its_use_case(api, seeded):
 
     listed = models[flights.registered_model_name]
     assert (listed["usecase"], listed["task"]) == (flights.name, "classification")
-    assert listed["champion"] == "2" and listed["challenger"] == "2"
+    assert listed["champion"] == seeded["champion"] and listed["challenger"] == seeded["champion"]
     assert listed["last_gate"]["run_id"] == seeded["rejected_run"] and listed["last_gate"]["approved"] is False
     assert listed["last_gate"]["verdict"] == "REJECTED"
 
     listed = models[tiny.registered_model_name]
     assert (listed["usecase"], listed["task"]) == (tiny.name, "regression")
-    assert listed["champion"] == "1" and listed["last_gate"]["verdict"] == "APPROVED"
+    assert listed["champion"] == seeded["tiny_promotion"]["to_version"] and listed["last_gate"]["verdict"] == "APPROVED"
 
     orphan = models[ORPHAN]
-    assert orphan["usecase"] is None and orphan["task"] is None and orphan["champion"] == "1"
+    assert orphan["usecase"] is None and orphan["task"] is None and orphan["champion"] == seeded["orphan_version"]
 
 
 def test_each_model_shows_the_hold_out_metrics_of_its_task(api, seeded):
@@ -323,7 +336,7 @@ def test_each_model_shows_the_hold_out_metrics_of_its_task(api, seeded):
     flights, tiny = seeded["flights"], seeded["tiny"]
     detail = _get(api, f"/api/models/{flights.registered_model_name}")
     champion = detail["champion"]
-    assert detail["task"] == "classification" and champion["version"] == "2"
+    assert detail["task"] == "classification" and champion["version"] == seeded["champion"]
     assert list(champion["holdout"]) == list(metrics_for("classification"))
     assert champion["holdout"] == _holdout_of(champion["run_id"], "classification")
 
@@ -346,26 +359,27 @@ def test_the_detail_reads_gate_ledger_and_monitoring_of_the_model_s_use_case(api
     detail = _get(api, f"/api/models/{name}")
     assert detail["usecase"]["name"] == flights.name and detail["usecase"]["lake_prefix"] == flights.name
     assert detail["usecase"]["dags"]["rollback"] == flights.dag_id("rollback")
-    assert [v["version"] for v in detail["versions"]] == ["2", "1"]
+    assert [v["version"] for v in detail["versions"]] == seeded["flights_versions"][::-1]  # newest first
+    assert seeded["flights_versions"][-1] == seeded["champion"]
     assert detail["versions"][0]["aliases"] == ["challenger", "champion"]
 
     last, *earlier = detail["gate"]
     assert last["run_id"] == seeded["rejected_run"] and last["verdict"] == "REJECTED"
-    assert last["checks"] and last["champion_version"] == "2" and last["reasons"]
+    assert last["checks"] and last["champion_version"] == seeded["champion"] and last["reasons"]
     assert [g["run_id"] for g in earlier] == seeded["approved_runs"]
     assert [g["verdict"] for g in earlier] == ["APPROVED", "APPROVED"]
     assert last["airflow"]["run_id"] == "manual__ui_rejected"
 
-    assert [(e["seq"], e["action"], e["from_version"], e["to_version"]) for e in detail["ledger"]] == [
-        (2, "promote", "1", "2"),
-        (1, "promote", None, "1"),
-    ]
+    # The ledger, newest first: the seed's promotions as the promote operator recorded them.
+    moves = [(p["seq"], p["action"], p["from_version"], p["to_version"]) for p in reversed(seeded["promotions"])]
+    assert [(e["seq"], e["action"], e["from_version"], e["to_version"]) for e in detail["ledger"]] == moves
+    assert [m[1] for m in moves] == ["promote", "promote"] and moves[-1][2] is None  # the first had no champion
     assert [p["period"] for p in detail["monitoring"]] == sorted(FLIGHT_MONTHS)
     june = detail["monitoring"][-1]
     share, psi, auc, brier = FLIGHT_MONTHS["2013-06"]
     assert june["metrics"]["drift_share"] == pytest.approx(share)
     assert june["metrics"]["live_roc_auc"] == pytest.approx(auc)
-    assert june["champion_version"] == "2"
+    assert june["champion_version"] == seeded["champion"]
     assert june["reports"] == {"drift": f"../lake/{flights.name}/{seeded['report_key']}"}
     columns = [c["metric"] for c in detail["monitoring_columns"]]
     assert columns == ["drift_share", "prediction_drift", "live_roc_auc", "live_brier", "decay_roc_auc"]
@@ -387,7 +401,8 @@ def test_a_regression_model_s_monitoring_and_decisions_are_its_own(api, seeded):
     assert last["metrics"]["live_rmse"] == pytest.approx(rmse) and last["metrics"]["live_r2"] == pytest.approx(r2)
     # The decision seeded at the lake's root is not the tiny use case's lake: none is shown.
     assert detail["retraining"] == [] and all(p["retraining"] is None for p in detail["monitoring"])
-    assert [(e["seq"], e["to_version"]) for e in detail["ledger"]] == [(1, "1")]
+    promoted = seeded["tiny_promotion"]
+    assert [(e["seq"], e["to_version"]) for e in detail["ledger"]] == [(promoted["seq"], promoted["to_version"])]
 
 
 @pytest.mark.parametrize(
@@ -425,7 +440,7 @@ def test_every_version_links_its_model_card_and_the_page_serves_it(api, seeded):
     flights, hook = seeded["flights"], MlflowHook()
     name = flights.registered_model_name
     detail = _get(api, f"/api/models/{name}")
-    assert [v["version"] for v in detail["versions"]] == ["2", "1"]
+    assert [v["version"] for v in detail["versions"]] == seeded["flights_versions"][::-1]
     for listed in detail["versions"]:
         assert f"{URL_PREFIX}/{listed['card']}" == model_card_url(name, listed["version"])
         attached = hook.client.get_model_version(name, listed["version"]).tags["mlops.model_card_html"]
@@ -434,12 +449,14 @@ def test_every_version_links_its_model_card_and_the_page_serves_it(api, seeded):
         assert f"{name} version {listed['version']}" in page and html.escape(flights.description) in page
     assert detail["champion"]["card"] == detail["versions"][0]["card"]
     markdown = api["ui"].get(f"/{detail['versions'][0]['card']}", params={"format": "markdown"}, headers=api["admin"])
-    assert markdown.status_code == 200 and markdown.text.startswith(f"# Model card: {name} version 2")
+    assert markdown.status_code == 200
+    assert markdown.text.startswith(f"# Model card: {name} version {seeded['flights_versions'][-1]}")
     assert f"## Intended use\n\n{html.escape(flights.description, quote=False)}\n" in markdown.text
     # A version registered outside the pipeline has no card: no link, and the endpoint says so.
     (orphan,) = _get(api, f"/api/models/{ORPHAN}")["versions"]
-    assert orphan["card"] is None
-    assert api["ui"].get(f"/models/{ORPHAN}/versions/1/card", headers=api["admin"]).status_code == 404
+    assert orphan["version"] == seeded["orphan_version"] and orphan["card"] is None
+    card = f"/models/{ORPHAN}/versions/{seeded['orphan_version']}/card"
+    assert api["ui"].get(card, headers=api["admin"]).status_code == 404
 
 
 def test_each_use_case_s_reports_are_served_under_its_name(api, seeded):
@@ -538,14 +555,15 @@ def test_rollback_triggers_the_use_case_s_rollback_dag(api, seeded):
 
     flights, tiny = seeded["flights"], seeded["tiny"]
     name = flights.registered_model_name
+    previous = seeded["promotions"][-1]["from_version"]  # the champion before the seed's last promotion
     state = _get(api, f"/api/models/{name}")["rollback"]
-    assert state["dag_id"] == flights.dag_id("rollback") and state["target"] == "1"
+    assert state["dag_id"] == flights.dag_id("rollback") and state["target"] == previous
     assert state["dag_exists"] is True and state["can_trigger"] is True
 
     response = api["ui"].post(f"/api/models/{name}/rollback", json={"reason": "drift in June"}, headers=api["admin"])
     assert response.status_code == 201, response.text
     run = response.json()
-    assert run["dag_id"] == flights.dag_id("rollback") and run["expected_target"] == "1"
+    assert run["dag_id"] == flights.dag_id("rollback") and run["expected_target"] == previous
     assert run["triggering_user"] == "admin"
     with create_session() as session:
         stored = session.scalar(select(DagRun).where(DagRun.run_id == run["dag_run_id"]))
@@ -559,11 +577,12 @@ def test_rollback_triggers_the_use_case_s_rollback_dag(api, seeded):
     refused = api["ui"].post(f"/api/models/{tiny_name}/rollback", json={"reason": "why not"}, headers=api["admin"])
     assert refused.status_code == 409 and "nothing to roll back to" in refused.json()["detail"]
     # ... but a named version goes to the tiny use case's own rollback DAG.
+    pinned = seeded["tiny_promotion"]["to_version"]
     named = api["ui"].post(
-        f"/api/models/{tiny_name}/rollback", json={"reason": "pin v1", "to_version": "1"}, headers=api["admin"]
+        f"/api/models/{tiny_name}/rollback", json={"reason": "pin it", "to_version": pinned}, headers=api["admin"]
     )
     assert named.status_code == 201 and named.json()["dag_id"] == tiny.dag_id("rollback") == f"{tiny.name}_rollback"
-    assert named.json()["conf"]["to_version"] == "1"
+    assert named.json()["conf"]["to_version"] == pinned
 
 
 def test_rollback_is_refused_without_a_use_case_a_right_or_a_reason(api, seeded):
@@ -671,7 +690,8 @@ def test_e2e_rollback_action_runs_the_use_case_s_rollback_dag_as_the_signed_in_u
 
     flights = stack["flights"]
     name, dag_id = flights.registered_model_name, flights.dag_id("rollback")
-    ledger = ensure_champion(name, "2", f"manual__ui_setup_{time.time_ns()}")
+    champion = stack["champion"]  # the seed's last promotion: this test puts the champion back there first
+    ledger = ensure_champion(name, champion, f"manual__ui_setup_{time.time_ns()}")
     target = ledger_core.rollback_target(ledger)
     head = ledger_core.head(ledger).seq
 
@@ -698,7 +718,7 @@ def test_e2e_rollback_action_runs_the_use_case_s_rollback_dag_as_the_signed_in_u
     assert (entry["seq"], entry["action"], entry["from_version"], entry["to_version"]) == (
         head + 1,
         "rollback",
-        "2",
+        champion,
         target,
     )
     assert entry["reason"].startswith("drift in June") and "by admin" in entry["reason"]
@@ -771,7 +791,8 @@ def test_ui_mlops_page_in_the_airflow_nav(stack, client, browser):
 
     flights, tiny, airflow = stack["flights"], stack["tiny"], stack["stack"]
     name, dag_id = flights.registered_model_name, flights.dag_id("rollback")
-    ensure_champion(name, "2", f"manual__ui_browser_setup_{time.time_ns()}")
+    champion = stack["champion"]  # the seed's last promotion: put back there first (a rollback test may move it)
+    ledger = ensure_champion(name, champion, f"manual__ui_browser_setup_{time.time_ns()}")
     _login(browser, airflow)
     # The nav entry opens the page inside the Airflow UI (an iframe at /plugin/mlops).
     _click(
@@ -791,12 +812,12 @@ def test_ui_mlops_page_in_the_airflow_nav(stack, client, browser):
     browser.get(f"{airflow.url}/mlops/ui/?model={name}")
     _wait(browser, _page_loaded, what="the page")
     assert browser.find_element(By.ID, "usecase-name").text == flights.name
-    assert browser.find_element(By.CSS_SELECTOR, "#alias-champion .v").text == "v2"
+    assert browser.find_element(By.CSS_SELECTOR, "#alias-champion .v").text == f"v{champion}"
     assert browser.find_element(By.ID, "gate-verdict").text == "REJECTED"
     reasons = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#gate-reasons li")]
     assert reasons and any("champion" in r or "floor" in r for r in reasons)
     ledger_rows = browser.find_elements(By.CSS_SELECTOR, "#ledger tr")
-    assert len(ledger_rows) >= 3 and "promote" in ledger_rows[-1].text  # header + newest first
+    assert len(ledger_rows) == len(ledger) + 1 and "promote" in ledger_rows[-1].text  # header + newest first
     for kind in ("drift", "performance"):
         _wait(
             browser,
@@ -823,7 +844,7 @@ def test_ui_mlops_page_in_the_airflow_nav(stack, client, browser):
     _wait(browser, _page_loaded, what="the page")
     versions = Select(browser.find_element(By.ID, "rollback-version"))
     target = next(o.get_attribute("value") for o in versions.options if o.get_attribute("value"))
-    assert target != "2"
+    assert target != champion
     versions.select_by_value(target)
     browser.find_element(By.ID, "rollback-reason").send_keys(f"restore v{target} from the browser")
     browser.find_element(By.ID, "rollback-button").click()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -432,16 +430,20 @@ def test_alias_sensor_defers_and_its_trigger_fires_on_a_move(champion):
     assert classpath == "airflow_mlops.triggers.model_alias.ModelAliasTrigger"
     trigger = ModelAliasTrigger(**kwargs)
 
-    threading.Timer(1.0, h.client.set_registered_model_alias, args=(name, "champion", v2)).start()
-
     async def first_event():
         async for event in trigger.run():
             return event.payload
 
-    started = time.monotonic()
-    payload = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
+    async def move_once_waiting():
+        waiting = asyncio.ensure_future(first_event())
+        # Polling every 0.2 s, the trigger has looked at the unmoved alias a few times by then: no event yet.
+        done, _ = await asyncio.wait({waiting}, timeout=1.0)
+        assert not done, f"the trigger fired before the alias moved: {waiting.result()}"
+        await asyncio.to_thread(h.client.set_registered_model_alias, name, "champion", v2)
+        return await asyncio.wait_for(waiting, timeout=30)
+
+    payload = asyncio.run(move_once_waiting())
     assert payload == {"status": "moved", "version": v2, "from_version": v1}
-    assert time.monotonic() - started >= 0.9  # it waited for the move
     result = sensor.execute_complete(ctx, event=payload)
     assert result["version"] == v2
     # Poke mode: the baseline recorded at the first poke is kept; it succeeds once the alias moves again.
@@ -482,7 +484,7 @@ def test_training_set_resolution_verifies_the_snapshot(store):
     from airflow_mlops.operators.training import ResolveTrainingSetOperator
 
     good = store["good"]
-    time.sleep(1.1)  # manifests record written_at to the second
+    # Committed after ``good`` (in the same second, likely): its stamp, to the microsecond, makes it the newest.
     newest = write_snapshot(store["lake"], build_frame((1, 2, 3), sample=0.05, seed=11))
     ctx = task_context("training_set")
     assert ResolveTrainingSetOperator(task_id="ts", training_set=good["uri"]).execute(ctx)["sha256"] == good["sha256"]
