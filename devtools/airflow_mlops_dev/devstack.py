@@ -15,6 +15,14 @@
   Feast in db ``MLOPS_FEAST_REDIS_DB`` = 1), ``MLOPS_MLFLOW_PORT`` (default 5000). It is what
   ``docker-compose.yaml`` runs, as processes on this machine.
 
+Signing in: the embedded profile keeps Airflow's ``SimpleAuthManager`` (one user, ``admin``, with the password
+Airflow generates into ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``), which Airflow documents as
+for development and testing. The production profile uses the FAB auth manager (``apache-airflow-providers-fab``):
+users and roles (Admin, Op, User, Viewer, Public) in the metadata DB; ``up`` migrates its tables and keeps the user
+``admin`` (role Admin) with the password in ``$AIRFLOW_HOME/.admin_password`` (generated once, mode 600). More users:
+``python -m airflow_mlops_dev.devstack add-user NAME --role Viewer`` (prints the generated password). ``up`` and
+``status`` print how to sign in.
+
 Everything else lives under ``MLOPS_HOME``: the Airflow home, one log file per component in ``logs/``, pid files
 in ``run/``. Each component runs in its own process group, so ``down`` also stops the task processes a component
 started. ``MLOPS_AIRFLOW_PORT`` picks another port. ``down`` and ``status`` use the profile ``up`` recorded.
@@ -45,6 +53,13 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PROFILES = {"embedded": COMPONENTS, "production": (*COMPONENTS, "celery-worker", "mlflow-server")}
 ALL_COMPONENTS = PROFILES["production"]
 ADMIN_USER = "admin"
+#: Who signs users in, per profile: Airflow's default (development and testing) or FAB's (users and roles).
+AUTH_MANAGERS = {
+    "embedded": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+    "production": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+}
+#: The roles the FAB auth manager creates (``airflow users create --role``).
+FAB_ROLES = ("Admin", "Op", "User", "Viewer", "Public")
 PROFILE_FILE = "profile"
 #: Written to a component's log before each start: readiness is judged on the log after the newest one.
 START_MARK = "=== started"
@@ -234,6 +249,7 @@ class Stack:
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+                "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGERS["embedded"],
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
                 "AIRFLOW__API__HOST": "127.0.0.1",
@@ -260,11 +276,15 @@ class Stack:
             env.update(
                 {
                     "AIRFLOW__CORE__FERNET_KEY": self._fernet_key(),
+                    "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGERS["production"],
                     "AIRFLOW__CELERY__WORKER_CONCURRENCY": env.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "4"),
                 }
             )
         else:
-            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = f"{__name__}.SQLITE_CONNECT_ARGS"
+            # By its module's name, not ``__name__``: that is ``__main__`` under ``python -m`` (``make up``).
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "airflow_mlops_dev.devstack.SQLITE_CONNECT_ARGS"
+        if env["AIRFLOW__CORE__AUTH_MANAGER"] != AUTH_MANAGERS["embedded"]:
+            env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS")
         return env
 
     # -- processes -----------------------------------------------------------------------------------------
@@ -285,6 +305,8 @@ class Stack:
         return alive
 
     def migrate(self) -> None:
+        """Migrate the metadata DB (with the FAB provider installed, ``airflow db migrate`` migrates FAB's tables
+        too); in production, also make sure the ``admin`` user signs in with ``admin_password()``."""
         log = self.home / "logs" / "db-migrate.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -293,6 +315,36 @@ class Stack:
             raise RuntimeError(f"airflow db migrate failed (exit {done.returncode}); see {log}")
         if self.profile == "embedded":
             use_wal(self.sqlite_db)
+        else:
+            self.add_user(ADMIN_USER, "Admin", self.admin_password())
+
+    def add_user(self, username: str, role: str, password: str | None = None) -> str:
+        """Create a user of the production profile's FAB auth manager (``airflow users create``) with ``role`` and
+        ``password`` (generated when None); a user that exists gets ``password`` (its role is left as it is).
+        Returns the password."""
+        if self.profile != "production":
+            raise ValueError(
+                f"the {self.profile} profile signs in with the SimpleAuthManager (user {ADMIN_USER} only): users and "
+                "roles are the production profile's (MLOPS_PROFILE=production)"
+            )
+        if role not in FAB_ROLES:
+            raise ValueError(f"role {role!r}: expected one of {', '.join(FAB_ROLES)}")
+        password = password or secrets.token_urlsafe(16)
+        log = self.home / "logs" / "users.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        # The CLI takes the password as an argument (it prompts otherwise), as in Airflow's own compose file.
+        create = [_airflow(), "users", "create", "--username", username, "--password", password, "--role", role]
+        create += ["--firstname", username, "--lastname", role, "--email", f"{username}@localhost"]
+        reset = [_airflow(), "users", "reset-password", "--username", username, "--password", password]
+        for command in (create, reset):
+            done = subprocess.run(command, env=self.env(), capture_output=True, text=True)
+            with log.open("a") as out:
+                out.write(f"$ airflow users {command[2]} --username {username}\n{done.stdout}{done.stderr}")
+            if done.returncode:
+                raise RuntimeError(f"airflow users {command[2]} {username} failed (exit {done.returncode}); see {log}")
+            if command is create and "already exists" not in done.stdout:
+                break
+        return password
 
     def up(self, timeout: float = 180.0) -> None:
         """Start the components that are not running, then wait until all of them are healthy."""
@@ -314,10 +366,14 @@ class Stack:
                 print(f"preparing the metadata DB ({self.profile} profile) ...", flush=True)
                 self.migrate()
             (self.home / "run" / PROFILE_FILE).write_text(self.profile)
+            started = _utc_now()
             # The MLflow server first: it migrates its own database while Airflow starts.
             for component in sorted(self.components, key=lambda c: c != "mlflow-server"):
                 if component not in running:
                     self.start(component)
+            # A component restarted after a crash: the health of the dead one's last heartbeat is no answer.
+            self.wait_healthy(timeout, heartbeats_since={c: started for c in self.components if c not in running})
+            return
         self.wait_healthy(timeout)
 
     def command(self, component: str) -> list[str]:
@@ -375,9 +431,13 @@ class Stack:
         text = path.read_text(errors="replace") if path.exists() else ""
         return text[text.rfind(START_MARK) :] if START_MARK in text else text
 
-    def wait_healthy(self, timeout: float = 180.0) -> dict:
+    def wait_healthy(self, timeout: float = 180.0, heartbeats_since: dict[str, str] | None = None) -> dict:
         """Wait until the API reports every Airflow component healthy (and, in production, the MLflow server
-        answers and the Celery worker is ready); returns the API's health document."""
+        answers and the Celery worker is ready); returns the API's health document.
+
+        :param heartbeats_since: component → ISO time (UTC): its latest heartbeat must be later (a component just
+            started: its predecessor, killed, may still count as healthy for a while).
+        """
         import httpx
 
         deadline, last = time.monotonic() + timeout, "no answer yet"
@@ -388,6 +448,11 @@ class Stack:
             try:
                 health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
                 states = {k: v.get("status") for k, v in health.items() if isinstance(v, dict)}
+                for component, since in (heartbeats_since or {}).items():
+                    key = component.replace("-", "_")
+                    beat = (health.get(key) or {}).get(f"latest_{key}_heartbeat") if key in states else None
+                    if key in states and (beat is None or beat < since):
+                        states[key] = "waiting for a heartbeat of the new process"
                 if self.profile == "production":
                     mlflow = httpx.get(f"{self.services.mlflow_url}/health", timeout=5)
                     states["mlflow_server"] = "healthy" if mlflow.status_code == 200 else f"HTTP {mlflow.status_code}"
@@ -414,11 +479,39 @@ class Stack:
                 _signal_group(pid, signal.SIGKILL)
             self._pidfile(component).unlink(missing_ok=True)
             print(f"stopped {component} (pid {pid})", flush=True)
+        # A SIGKILL is sent, not yet done (e.g. the MLflow server's job runners, slow to honour SIGTERM): return
+        # once the groups are gone, so nothing of the stack outlives ``down``.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_group_alive(pid) for pid in running.values()):
+            time.sleep(0.1)
         (self.home / "run" / PROFILE_FILE).unlink(missing_ok=True)
 
     def admin_password(self) -> str:
+        """The password of ``admin``: the one the SimpleAuthManager generated (embedded; exists once the API server
+        started), or the production profile's own (generated once, kept in ``$AIRFLOW_HOME/.admin_password``)."""
+        if self.profile == "production":
+            return self._secret("admin_password")
         path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
         return json.loads(path.read_text())[ADMIN_USER]
+
+    def sign_in_hint(self) -> str:
+        """How to sign in to this stack (``up`` and ``status`` print it)."""
+        if self.profile == "production":
+            return (
+                f"sign in: {ADMIN_USER} / {self.admin_password()} (FAB auth manager, role Admin; more users: "
+                "python -m airflow_mlops_dev.devstack add-user NAME --role Viewer|User|Op|Admin)"
+            )
+        path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        if not path.exists():
+            return f"sign in: {ADMIN_USER}, password generated into {path} when the API server starts"
+        return f"sign in: {ADMIN_USER} / {self.admin_password()} (SimpleAuthManager, development only)"
+
+
+def _utc_now() -> str:
+    """Now as the API's health document writes times (ISO 8601, UTC, ``+00:00``), comparable as text."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
 
 
 def _port_taken(port: int) -> bool:
@@ -580,16 +673,28 @@ class AirflowClient:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops_dev.devstack", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "add-user"))
+    parser.add_argument("username", nargs="?", help="add-user: the new user's name (production profile)")
+    parser.add_argument("--role", default="Viewer", choices=FAB_ROLES, help="add-user: the user's role")
     args = parser.parse_args(argv)
     stack = Stack.from_env()
+    if args.command == "add-user":
+        if not args.username:
+            parser.error("add-user needs a USERNAME")
+        try:
+            password = stack.add_user(args.username, args.role)
+        except (RuntimeError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"user {args.username} (role {args.role}) signs in at {stack.url} with password: {password}")
+        return 0
     if args.command == "up":
         try:
             stack.up()
         except (RuntimeError, TimeoutError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(f"Airflow is up ({stack.profile} profile): {stack.url}  (login: {ADMIN_USER} / {stack.admin_password()})")
+        print(f"Airflow is up ({stack.profile} profile): {stack.url}  {stack.sign_in_hint()}")
         if stack.profile == "production":
             services = stack.services
             print(
@@ -600,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.down()
     else:
         pids = stack.pids()
-        print(f"profile        {stack.profile}")
+        print(f"profile        {stack.profile}   {stack.sign_in_hint()}")
         for component in stack.components:
             state = f"running, pid {pids[component]}" if component in pids else "stopped"
             print(f"{component:14s} {state}")
