@@ -22,6 +22,15 @@ import yaml
 ROOT = Path(__file__).parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+RUNTIME_LOCK = ROOT / "requirements-runtime.txt"
+FULL_LOCK = ROOT / "requirements.txt"
+#: Development tools of requirements-dev.in: never in the runtime lock, never in an image.
+DEV_TOOLS = ("pytest", "selenium", "ruff")
+#: ``name==version`` lines of a pip lock.
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;#]+)", re.MULTILINE)
+#: A command installing Python packages (a run-time install).
+PIP_INSTALL = re.compile(r"\b(pip3?|uv pip|python3? -m pip)\s+install\b")
 
 INFRA_SERVICES = ("postgres", "redis")
 INIT_SERVICE = "airflow-init"
@@ -52,6 +61,9 @@ REMOVED_PATH = re.compile(r"(?<![\w-])include(/|\b)")
 PUBLISHED_PORTS = {"airflow-apiserver": 8080, "mlflow": 5000, "serving": 3000, "evidently-ui": 8000}
 
 LOOPBACK = "127.0.0.1"
+#: The production auth manager (users and roles in the metadata DB); Airflow's default, the SimpleAuthManager, is
+#: documented as for development and testing.
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$")
 PLACEHOLDER = re.compile(r"|change-me|<[^<>]+>")
 #: ``scheme://user:password@host``: the password part, which must come from a variable.
@@ -368,6 +380,127 @@ def serving_usecase_problems(compose: dict[str, Any], root: Path) -> list[str]:
         problems.append(f"x-airflow-common: {key} is {common.get(key)!r}, not {url} (the deploy step's endpoint)")
     if not env.get("MLOPS_SERVING_TOKEN") or env.get("MLOPS_SERVING_TOKEN") != common.get("MLOPS_SERVING_TOKEN"):
         problems.append("serving: MLOPS_SERVING_TOKEN is not the Airflow services' (the deploy step's swap is refused)")
+    try:
+        watch = float(env.get("MLOPS_SERVING_WATCH_INTERVAL_S") or 0)
+    except ValueError:
+        watch = 0.0
+    if watch <= 0:
+        problems.append("serving: MLOPS_SERVING_WATCH_INTERVAL_S is not > 0 (the first champion is never served)")
+    check = (serving.get("healthcheck") or {}).get("test") or []
+    probe = " ".join(check) if isinstance(check, list) else str(check)
+    if "/livez" not in probe or "/readyz" in probe:
+        problems.append("serving: the healthcheck does not probe /livez (it stays unhealthy until a model is served)")
+    return problems
+
+
+def python_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run the project's code: airflow-init, Airflow's components, MLflow, serving, Evidently."""
+    return {name: service for name, service in services(compose).items() if name not in INFRA_SERVICES}
+
+
+def image_problems(compose: dict[str, Any], root: Path) -> list[str]:
+    """Every Python service runs the one image compose builds from the project's Dockerfile; none installs
+    packages when it starts (``pip install`` in a command, ``_PIP_ADDITIONAL_REQUIREMENTS``)."""
+    problems = []
+    images = set()
+    for name, service in python_services(compose).items():
+        build = service.get("build")
+        if not isinstance(build, dict) or not build.get("dockerfile"):
+            problems.append(f"{name}: not built from the project's Dockerfile (no build.dockerfile)")
+        else:
+            context = root / str(build.get("context", "."))
+            dockerfile = context / str(build["dockerfile"])
+            if context.resolve() != root.resolve():
+                problems.append(f"{name}: build context {build.get('context')!r} is not the project's root")
+            if dockerfile.resolve() != DOCKERFILE.resolve():
+                problems.append(f"{name}: builds {build['dockerfile']!r}, not docker/Dockerfile")
+        images.add(service.get("image"))
+        if PIP_INSTALL.search(command_text(service)) or PIP_INSTALL.search(str(service.get("entrypoint") or "")):
+            problems.append(f"{name}: installs packages at run time (pip install in its command)")
+        if "_PIP_ADDITIONAL_REQUIREMENTS" in environment(service):
+            problems.append(f"{name}: installs packages at run time (_PIP_ADDITIONAL_REQUIREMENTS)")
+    if len(images) != 1:
+        problems.append(f"the Python services run {len(images)} images ({sorted(map(str, images))}), not one")
+    return problems
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """The Dockerfile extends the official Airflow image as its documentation shows, with the runtime lock only,
+    and installs the airflow-mlops distribution itself without dependencies."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    code = "\n".join(lines)
+    problems = []
+    if not re.search(r"^FROM \$\{AIRFLOW_IMAGE_NAME\}", code, re.MULTILINE):
+        problems.append("Dockerfile: does not build FROM ${AIRFLOW_IMAGE_NAME} (the official Airflow image)")
+    if not re.search(
+        r'pip install [^\n]*"apache-airflow==\$\{AIRFLOW_VERSION\}" -r \S*requirements-runtime\.txt', code
+    ):
+        problems.append('Dockerfile: no pip install "apache-airflow==${AIRFLOW_VERSION}" -r requirements-runtime.txt')
+    for dev in re.findall(r"(?<![\w-])(requirements(?:-dev)?\.(?:txt|in))", code):
+        problems.append(f"Dockerfile: refers to {dev}, the development lock (test and lint tools)")
+    for tool in DEV_TOOLS:
+        if re.search(rf"(?<![\w-]){tool}(?![\w-])", code):
+            problems.append(f"Dockerfile: installs {tool}")
+    if not re.search(r"pip install [^\n]*--no-deps", code):
+        problems.append("Dockerfile: does not install the airflow-mlops distribution (pip install --no-deps)")
+    return problems
+
+
+def pins(text: str) -> dict[str, str]:
+    """``name -> version`` of a lock's pins, names normalised (PEP 503)."""
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in PIN.findall(text)}
+
+
+def runtime_lock_problems(runtime: str, full: str) -> list[str]:
+    """The runtime lock holds no development tool, and each of its pins is the full lock's (the tested versions)."""
+    runtime_pins, full_pins = pins(runtime), pins(full)
+    problems = [
+        f"requirements-runtime.txt: pins {name}, a development tool"
+        for name in runtime_pins
+        if name in DEV_TOOLS or name.startswith(tuple(f"{tool}-" for tool in DEV_TOOLS))
+    ]
+    problems += [
+        f"requirements-runtime.txt: {name}=={version}, requirements.txt has {full_pins.get(name)}"
+        for name, version in runtime_pins.items()
+        if full_pins.get(name) != version
+    ]
+    if "apache-airflow" not in runtime_pins:
+        problems.append("requirements-runtime.txt: does not pin apache-airflow")
+    return problems
+
+
+def auth_problems(compose: dict[str, Any]) -> list[str]:
+    """Airflow signs users in with the FAB auth manager, none of the SimpleAuthManager's settings is left, and
+    airflow-init creates the admin user (role Admin) from .env on every start, idempotently."""
+    problems = []
+    manager = environment(compose.get("x-airflow-common") or {}).get("AIRFLOW__CORE__AUTH_MANAGER")
+    if manager != FAB_AUTH_MANAGER:
+        problems.append(f"x-airflow-common: auth manager is {manager!r}, not FabAuthManager")
+    for name, service in services(compose).items():
+        problems += [f"{name}: sets {key}" for key in environment(service) if "SIMPLE_AUTH_MANAGER" in key]
+        if "SIMPLE_AUTH_MANAGER" in command_text(service):
+            problems.append(f"{name}: its command uses the SimpleAuthManager")
+    init = services(compose).get(INIT_SERVICE) or {}
+    command, env = command_text(init), environment(init)
+    create = re.search(r"airflow users create (.*?)\)", command, re.S)
+    if not create:
+        problems.append(f"{INIT_SERVICE}: does not create the admin user (airflow users create)")
+    else:
+        for needed in (
+            '--username "$$AIRFLOW_ADMIN_USERNAME"',
+            '--password "$$AIRFLOW_ADMIN_PASSWORD"',
+            "--role Admin",
+        ):
+            if needed not in create.group(1):
+                problems.append(f"{INIT_SERVICE}: airflow users create lacks {needed}")
+        if command.find("airflow db migrate") > create.start():
+            problems.append(f"{INIT_SERVICE}: creates the admin user before migrating the database")
+    reset = 'airflow users reset-password --username "$$AIRFLOW_ADMIN_USERNAME" --password "$$AIRFLOW_ADMIN_PASSWORD"'
+    if reset not in command:
+        problems.append(f"{INIT_SERVICE}: an existing admin user does not get the password of .env")
+    for key in ("AIRFLOW_ADMIN_USERNAME", "AIRFLOW_ADMIN_PASSWORD"):
+        if f"${{{key}" not in env.get(key, ""):
+            problems.append(f"{INIT_SERVICE}: {key} does not come from .env")
     return problems
 
 
@@ -407,7 +540,8 @@ def test_infrastructure_image(compose: dict[str, Any], name: str, image: str) ->
         pytest.param("postgres", "pg_isready", id="postgres-pg_isready"),
         pytest.param("redis", "redis-cli ping", id="redis-ping"),
         pytest.param("mlflow", "http://localhost:5000/health", id="mlflow-health"),
-        pytest.param("serving", "http://localhost:3000/readyz", id="serving-readyz"),
+        # Liveness: healthy before the first champion exists (readiness = a model is served).
+        pytest.param("serving", "http://localhost:3000/livez", id="serving-livez"),
     ],
 )
 def test_healthcheck_probes(compose: dict[str, Any], name: str, fragment: str) -> None:
@@ -425,6 +559,7 @@ def test_airflow_service_shares_common_environment(compose: dict[str, Any], name
     ("key", "expected"),
     [
         ("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor"),
+        ("AIRFLOW__CORE__AUTH_MANAGER", FAB_AUTH_MANAGER),
         ("AIRFLOW__CELERY__BROKER_URL", "redis://:@redis:6379/0"),
         ("AIRFLOW__CORE__LOAD_EXAMPLES", "false"),
         ("AIRFLOW__CORE__PARALLELISM", "4"),
@@ -492,8 +627,7 @@ def test_only_the_user_facing_services_publish_ports(compose: dict[str, Any]) ->
     ("name", "fragment"),
     [
         pytest.param(INIT_SERVICE, "airflow db migrate", id="init-migrates"),
-        pytest.param(INIT_SERVICE, "-r /opt/airflow/requirements.txt", id="init-installs-lock"),
-        pytest.param(INIT_SERVICE, "install --quiet --no-deps --no-build-isolation", id="init-installs-package"),
+        pytest.param(INIT_SERVICE, 'm.version("airflow-mlops")', id="init-checks-the-image-package"),
         pytest.param("mlflow", "mlflow server", id="mlflow-server"),
         pytest.param("mlflow", "--backend-store-uri", id="mlflow-backend"),
         pytest.param("mlflow", "--artifacts-destination /opt/mlops/lake/mlflow-artifacts", id="mlflow-artifacts"),
@@ -567,8 +701,52 @@ def test_serving_serves_the_flights_example(compose: dict[str, Any]) -> None:
     assert serving_usecase_problems(compose, ROOT) == []
 
 
+def test_every_python_service_runs_the_built_image(compose: dict[str, Any]) -> None:
+    assert image_problems(compose, ROOT) == []
+    assert set(python_services(compose)) == {INIT_SERVICE, *AIRFLOW_SERVICES, *MLOPS_SERVICES}
+
+
+def test_image_is_built_from_the_official_airflow_image(compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    """The Dockerfile's base is AIRFLOW_IMAGE_NAME, passed by compose (the same default as .env.example's), and
+    that image's Airflow is the lock's."""
+    args = services(compose)["airflow-worker"]["build"]["args"]
+    assert args["AIRFLOW_IMAGE_NAME"] == "${AIRFLOW_IMAGE_NAME:-" + env_example["AIRFLOW_IMAGE_NAME"] + "}"
+    default = re.search(r"^ARG AIRFLOW_IMAGE_NAME=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert default and default.group(1) == env_example["AIRFLOW_IMAGE_NAME"]
+    tag = re.fullmatch(r"apache/airflow:([\d.]+)-python(3\.\d+)", env_example["AIRFLOW_IMAGE_NAME"])
+    assert tag, env_example["AIRFLOW_IMAGE_NAME"]
+    assert pins(RUNTIME_LOCK.read_text(encoding="utf-8"))["apache-airflow"] == tag.group(1)
+    assert f"--python-version {tag.group(2)}" in RUNTIME_LOCK.read_text(encoding="utf-8")
+
+
+def test_dockerfile_installs_the_runtime_lock_only() -> None:
+    assert dockerfile_problems(DOCKERFILE.read_text(encoding="utf-8")) == []
+
+
+def test_runtime_lock_is_the_full_lock_without_dev_tools() -> None:
+    runtime, full = RUNTIME_LOCK.read_text(encoding="utf-8"), FULL_LOCK.read_text(encoding="utf-8")
+    assert runtime_lock_problems(runtime, full) == []
+    # The full lock does hold them (else the check above proves nothing).
+    assert all(tool in pins(full) for tool in DEV_TOOLS)
+
+
+def test_dockerignore_keeps_secrets_and_the_virtualenv_out() -> None:
+    """The build context is an allow-list: the lock, pyproject.toml, README.md, plugins/; never .env or .venv."""
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()]
+    rules = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {ln[1:].rstrip("/") for ln in rules if ln.startswith("!")}
+    assert allowed == {"requirements-runtime.txt", "pyproject.toml", "README.md", "plugins"}
+    copied = re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert {part.rstrip("/") for line in copied for part in line.split()} == allowed
+
+
 def test_airflow_init_refuses_a_placeholder_serving_token(compose: dict[str, Any]) -> None:
     assert "MLOPS_SERVING_TOKEN:MLOPS_SERVING_TOKEN" in command_text(services(compose)[INIT_SERVICE])
+
+
+def test_signs_in_with_fab_and_airflow_init_creates_the_admin(compose: dict[str, Any]) -> None:
+    assert auth_problems(compose) == []
 
 
 def test_lake_volume_is_shared(compose: dict[str, Any]) -> None:
@@ -788,6 +966,76 @@ COMPOSE_MUTATIONS = [
         "serving: MLOPS_SERVING_TOKEN is not the Airflow services'",
         id="serving-without-token",
     ),
+    pytest.param(
+        replace('MLOPS_SERVING_WATCH_INTERVAL_S: "30"', 'MLOPS_SERVING_WATCH_INTERVAL_S: "0"'),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "serving: MLOPS_SERVING_WATCH_INTERVAL_S is not > 0",
+        id="serving-without-watch",
+    ),
+    pytest.param(
+        replace("http://localhost:3000/livez", "http://localhost:3000/readyz"),
+        lambda compose: serving_usecase_problems(compose, ROOT),
+        "serving: the healthcheck does not probe /livez",
+        id="serving-healthcheck-readiness",
+    ),
+    pytest.param(
+        edit(lambda data: data["services"]["serving"].pop("build")),
+        lambda compose: image_problems(compose, ROOT),
+        "serving: not built from the project's Dockerfile",
+        id="serving-not-built",
+    ),
+    pytest.param(
+        edit(_set(("services", "mlflow", "image"), "ghcr.io/mlflow/mlflow:v3.17.2")),
+        lambda compose: image_problems(compose, ROOT),
+        "the Python services run 2 images",
+        id="mlflow-own-image",
+    ),
+    pytest.param(
+        edit(_set(("services", "airflow-worker", "build", "dockerfile"), "Dockerfile.dev")),
+        lambda compose: image_problems(compose, ROOT),
+        "airflow-worker: builds 'Dockerfile.dev', not docker/Dockerfile",
+        id="worker-other-dockerfile",
+    ),
+    pytest.param(
+        replace('echo "== secrets"', 'pip install --no-cache-dir -r requirements.txt\n        echo "== secrets"'),
+        lambda compose: image_problems(compose, ROOT),
+        "airflow-init: installs packages at run time (pip install in its command)",
+        id="init-pip-installs",
+    ),
+    pytest.param(
+        edit(_set(("services", "airflow-scheduler", "environment", "_PIP_ADDITIONAL_REQUIREMENTS"), "lxml")),
+        lambda compose: image_problems(compose, ROOT),
+        "airflow-scheduler: installs packages at run time (_PIP_ADDITIONAL_REQUIREMENTS)",
+        id="pip-additional-requirements",
+    ),
+    pytest.param(
+        replace(FAB_AUTH_MANAGER, "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"),
+        auth_problems,
+        "x-airflow-common: auth manager is 'airflow.api_fastapi.auth.managers.simple.simple_auth_manager.",
+        id="auth-simple",
+    ),
+    pytest.param(
+        edit(
+            _set(
+                ("services", "airflow-apiserver", "environment", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"), "a:admin"
+            )
+        ),
+        auth_problems,
+        "airflow-apiserver: sets AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+        id="auth-simple-users-left",
+    ),
+    pytest.param(
+        replace("--role Admin --firstname", "--role Viewer --firstname"),
+        auth_problems,
+        "airflow-init: airflow users create lacks --role Admin",
+        id="auth-admin-not-admin",
+    ),
+    pytest.param(
+        replace("airflow users reset-password", "true users reset-password"),
+        auth_problems,
+        "airflow-init: an existing admin user does not get the password of .env",
+        id="auth-admin-password-not-reset",
+    ),
 ]
 
 
@@ -842,6 +1090,53 @@ def test_rule_detects_broken_env_example_copy(
     broken = tmp_path / ".env.example"
     broken.write_text(mutation(ENV_EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     problems = check(read_env_file(broken), compose)
+    assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        pytest.param(
+            replace("-r /opt/airflow-mlops/requirements-runtime.txt", "-r /opt/airflow-mlops/requirements.txt"),
+            "refers to requirements.txt",
+            id="full-lock",
+        ),
+        pytest.param(
+            replace('RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r', "RUN pip install -r"),
+            'no pip install "apache-airflow==${AIRFLOW_VERSION}"',
+            id="airflow-not-held",
+        ),
+        pytest.param(
+            replace("FROM ${AIRFLOW_IMAGE_NAME}", "FROM python:3.11-slim"), "FROM ${AIRFLOW_IMAGE_NAME}", id="base"
+        ),
+        pytest.param(lambda text: text + "RUN pip install --no-cache-dir pytest\n", "installs pytest", id="pytest"),
+        pytest.param(replace("--no-deps", "--upgrade"), "does not install the airflow-mlops distribution", id="no-pkg"),
+    ],
+)
+def test_dockerfile_rule_detects_broken_copy(mutation: Mutation, expected: str) -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert dockerfile_problems(text) == [], "the rule must pass on the real file"
+    problems = dockerfile_problems(mutation(text))
+    assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        pytest.param(lambda text: text + "pytest==9.2.0\n", "pins pytest, a development tool", id="pytest"),
+        pytest.param(lambda text: text + "selenium==4.51.0\n", "pins selenium, a development tool", id="selenium"),
+        pytest.param(lambda text: text + "pytest-timeout==2.4.0\n", "pins pytest-timeout", id="pytest-plugin"),
+        pytest.param(
+            replace("\nbentoml==1.4.39\n", "\nbentoml==1.4.38\n"),
+            "bentoml==1.4.38, requirements.txt has 1.4.39",
+            id="drift",
+        ),
+    ],
+)
+def test_runtime_lock_rule_detects_broken_copy(mutation: Mutation, expected: str) -> None:
+    runtime, full = RUNTIME_LOCK.read_text(encoding="utf-8"), FULL_LOCK.read_text(encoding="utf-8")
+    assert runtime_lock_problems(runtime, full) == [], "the rule must pass on the real files"
+    problems = runtime_lock_problems(mutation(runtime), full)
     assert any(expected in problem for problem in problems), problems
 
 

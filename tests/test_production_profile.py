@@ -14,13 +14,21 @@ and a looser infra-validation latency budget.
 
 * ``test_months_through_the_loop``: January, then February, land with ``airflow_mlops_dev.replay``; the landing flag,
   the scheduler and the Celery worker take them through ingest → validation → features → training, and the first
-  model becomes champion.
+  model becomes champion (the ``through_the_loop`` fixture drives them, once per module; the test asserts).
 * ``test_killed_worker``: the worker is SIGKILLed (its whole process group) while a features task and the
   training task run; a new worker finishes both runs through retries: no duplicate model version, every committed
   lake directory matches its manifest, nothing lost.
 * ``test_a_served_month_is_monitored``: March lands; its flights go to the champion's serving endpoint (online
   features from Redis, the model from the MLflow server), the outcomes are announced through the REST API, and the
   monitoring DAG on Celery computes drift and live performance and records the policy's decision.
+
+The last three start from January and February through the loop (the ``through_the_loop`` fixture): each passes
+alone (``-k``), the fixture bringing the stack there first. Together they run in the module's order, which they
+need: ``test_months_through_the_loop`` asserts on the state the loop left (model 1 champion) before
+``test_killed_worker``'s retraining may move the champion.
+
+PostgreSQL and Redis are services this machine runs: the module skips only when nothing listens on their ports
+(``services.require_service``); any other error of theirs fails it.
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import os
 import random
 import shutil
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -42,9 +49,18 @@ import yaml
 from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.usecase import config
 from airflow_mlops_dev import replay
-from airflow_mlops_dev.devstack import PROFILES, AirflowClient, ProductionServices, Stack, profile_env
+from airflow_mlops_dev.devstack import (
+    AUTH_MANAGERS,
+    PROFILES,
+    AirflowClient,
+    ProductionServices,
+    Stack,
+    profile_env,
+)
 
 from conftest import ROOT
+from services import require_service
+from waiting import wait_for
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379"
@@ -139,11 +155,11 @@ def stack(tmp_path_factory, usecase):
     """One production stack for the module: databases, Redis index, ports and home of its own."""
     import redis
 
-    try:
-        _pg_admin("SELECT 1")
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
-    except Exception as err:  # noqa: BLE001 - whatever the reason, the services are not there
-        pytest.skip(f"the production profile needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379: {err}")
+    require_service("PostgreSQL", "127.0.0.1", 5432, "the production profile (Airflow's and MLflow's databases)")
+    require_service("Redis", "127.0.0.1", 6379, "the production profile (the Celery broker, Feast's online store)")
+    # Both listen: from here on, an error of theirs (authentication, a query) is the module's failure.
+    _pg_admin("SELECT 1")
+    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
 
     home = tmp_path_factory.mktemp("production-home")
     suffix = uuid.uuid4().hex[:10]
@@ -174,7 +190,7 @@ def stack(tmp_path_factory, usecase):
         patch.setenv("MLOPS_MLFLOW_PORT", str(free_port()))
         # The use case's embedded endpoint (what the deploy step starts and updates) on a free port.
         patch.setenv(f"MLOPS_SERVING_PORT__{key}", str(serving_port))
-        patch.setenv(f"MLOPS_SERVING_URL__{key}", f"http://127.0.0.1:{serving_port}")
+        patch.delenv(f"MLOPS_SERVING_URL__{key}", raising=False)  # given by URL, deploy would never start it
         # Every port a component listens on is free, so the test can run next to another stack.
         patch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
         patch.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
@@ -218,13 +234,8 @@ def client(stack) -> AirflowClient:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _wait(predicate, timeout: float, what: str, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} after {timeout:.0f} s")
+    """``waiting.wait_for``, polling the stack's REST API and databases every 2 s by default."""
+    return wait_for(predicate, timeout, what, every)
 
 
 def _finished(client: AirflowClient, dag_id: str, run_type: str, seen: set[str]) -> dict | None:
@@ -296,6 +307,10 @@ def test_native_profile_matches_compose(tmp_path, monkeypatch):
         return url.split("://", 1)[0], url.rsplit("/", 1)[1]
 
     assert env["AIRFLOW__CORE__EXECUTOR"] == common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # Users and roles of the FAB auth manager in both; nothing left of the SimpleAuthManager.
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == common["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGERS["production"]
+    assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS" not in env
+    assert not [k for k in common if "SIMPLE_AUTH_MANAGER" in k]
     for key in (
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "AIRFLOW__CELERY__RESULT_BACKEND",
@@ -380,26 +395,25 @@ def test_profile_is_configuration_only(stack):
     assert "celery worker" in commands["airflow-worker"] and "mlflow server" in commands["mlflow"]
 
 
-@pytest.mark.production
-def test_months_through_the_loop(stack, client, usecase):
-    """January then February land; the chain runs through the scheduler and the Celery worker to a champion."""
-    from airflow_mlops.hooks.feast_store import FeastHook
-    from airflow_mlops.hooks.lake import LakeHook
-    from airflow_mlops.hooks.mlflow_registry import MlflowHook
-    from airflow_mlops.usecase import FeatureContext, load_function
+@pytest.fixture(scope="module")
+def through_the_loop(stack, client, usecase) -> dict:
+    """January then February through the loop, once per module: landed with ``replay``, ingested and validated,
+    their features built, and the training set of both trained on, to the first champion.
 
-    lake = LakeHook(root_url=config.lake_url(usecase))
-    primary = usecase.source.primary
+    What ``test_months_through_the_loop`` asserts on, and where ``test_killed_worker`` and
+    ``test_a_served_month_is_monitored`` start from: whichever of them runs first brings the stack here.
+
+    :return: ``landed`` (month → replay's marker), ``features_runs`` (how many features runs the two months took),
+        ``training_set`` (the features stage's XCom of February's snapshot, trained on) and ``training_run``.
+    """
     seen: dict[str, set[str]] = {INGEST: set(), FEATURES: set()}
+    landed = {}
     for month in ("2013-01", "2013-02"):
         # The files, their _SUCCESS, then the flag the triggerer watches; the next month lands once this one is
         # ingested (as a monthly upstream would), while the features of this one are being built.
-        landed = replay.land(month, usecase=usecase)
+        landed[month] = replay.land(month, usecase=usecase)
         ingest = _wait(lambda: _finished(client, INGEST, "asset_triggered", seen[INGEST]), 600, f"{month} not ingested")
         seen[INGEST].add(ingest["dag_run_id"])
-        manifest = lake.read_manifest(lake.path("validated", month))
-        assert manifest is not None, f"{month} is not in {lake.url(lake.path('validated'))}"
-        assert manifest["files"][f"{config.stem(primary)}.parquet"]["rows"] == landed["files"][primary]["rows"]
 
     # The validated_batch events started features runs (one per month, unless the scheduler folded both events into
     # one run): every month gets its features, and the run of February commits the training set of both.
@@ -412,10 +426,30 @@ def test_months_through_the_loop(stack, client, usecase):
         periods = _xcom(client, FEATURES, run["dag_run_id"], "build_features")["periods"]
         built.update(dict.fromkeys(periods, _xcom(client, FEATURES, run["dag_run_id"], "training_set")))
     training_set = built["2013-02"]
-    assert training_set["periods"] == ["2013-01", "2013-02"]
 
     run_id = _run_training(client, training_set["uri"])
     assert client.wait_run(TRAINING, run_id, timeout=900) == "success", client.task_instances(TRAINING, run_id)
+    return {"landed": landed, "features_runs": features_runs, "training_set": training_set, "training_run": run_id}
+
+
+@pytest.mark.production
+def test_months_through_the_loop(stack, client, usecase, through_the_loop):
+    """January then February land; the chain runs through the scheduler and the Celery worker to a champion."""
+    from airflow_mlops.hooks.feast_store import FeastHook
+    from airflow_mlops.hooks.lake import LakeHook
+    from airflow_mlops.hooks.mlflow_registry import MlflowHook
+    from airflow_mlops.usecase import FeatureContext, load_function
+
+    lake = LakeHook(root_url=config.lake_url(usecase))
+    primary = usecase.source.primary
+    for month, landed in through_the_loop["landed"].items():
+        manifest = lake.read_manifest(lake.path("validated", month))
+        assert manifest is not None, f"{month} is not in {lake.url(lake.path('validated'))}"
+        assert manifest["files"][f"{config.stem(primary)}.parquet"]["rows"] == landed["files"][primary]["rows"]
+    features_runs, training_set = through_the_loop["features_runs"], through_the_loop["training_set"]
+    assert training_set["periods"] == ["2013-01", "2013-02"]
+
+    run_id = through_the_loop["training_run"]
     assert {task: state for task, (state, _) in _tries(client, TRAINING, run_id).items()} == dict.fromkeys(
         (
             "training_set",
@@ -493,18 +527,17 @@ def test_months_through_the_loop(stack, client, usecase):
 
 
 @pytest.mark.production
-def test_killed_worker(stack, client, usecase):
+def test_killed_worker(stack, client, usecase, through_the_loop):
     """SIGKILL the worker's process group mid-task; a new worker finishes both runs through retries."""
     from airflow_mlops.hooks.mlflow_registry import MlflowHook
 
     name = usecase.registered_model_name
     hook = MlflowHook()
-    if hook.alias_version(name, "champion") is None:
-        pytest.skip("needs the champion of test_months_through_the_loop")
+    assert hook.alias_version(name, "champion") is not None  # the loop's first model
     lake_dir = stack.home / "lake" / NAME
-    committed = {p.parent.name: p.read_text() for p in (lake_dir / "training_sets").glob("*/_manifest.json")}
-    newest = max(committed, key=lambda sha: json.loads(committed[sha])["written_at"])
-    training_set_uri = (lake_dir / "training_sets" / newest / "training_set.parquet").as_uri()
+    # The snapshot of January and February the loop trained on (February's features run committed it).
+    newest = through_the_loop["training_set"]["sha256"][:12]
+    training_set_uri = through_the_loop["training_set"]["uri"]
 
     # February's features again (re-materialized, training set re-committed) and a retraining, side by side.
     features_run = client.trigger(FEATURES, {"period": "2013-02"})
@@ -555,7 +588,7 @@ def test_killed_worker(stack, client, usecase):
 
 
 @pytest.mark.production
-def test_a_served_month_is_monitored(stack, client, usecase):
+def test_a_served_month_is_monitored(stack, client, usecase, through_the_loop):
     """The rest of the loop on the production profile: live traffic, outcomes, monitoring, the policy."""
     from airflow_mlops.assets import assets_for
     from airflow_mlops.core.batches import batch_hash
@@ -569,8 +602,7 @@ def test_a_served_month_is_monitored(stack, client, usecase):
 
     name = usecase.registered_model_name
     champion = MlflowHook().alias_version(name, "champion")
-    if champion is None:
-        pytest.skip("needs the champion of test_months_through_the_loop")
+    assert champion is not None  # the loop's first model, or the retrained one of test_killed_worker
     # External systems name the use case's Assets: flight_delay.features, flight_delay.outcomes, ...
     assets = assets_for(usecase.name)
     # A retrain the policy may ask for is the training DAG's business (tested above): held here, so the
