@@ -156,13 +156,24 @@ class ServingProcess:
         return env
 
     def start(self) -> int:
-        """Start the server unless one with this name runs; returns its pid (does not wait for readiness)."""
+        """Start the server unless one with this name runs; returns its pid (does not wait for readiness).
+
+        Two callers at once (a deploy task's retry and ``make up`` after a crash) are serialized on a lock file
+        next to the pid file: one starts the server, the other gets its pid.
+        """
+        import fcntl
+
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        with self.pidfile.with_name(f"{self.pidfile.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start_unlocked()
+
+    def _start_unlocked(self) -> int:
         running = self.pid()
         if running is not None:
             return running
         if _port_in_use(self.host, self.port):
             raise ServingError(f"port {self.port} on {self.host} is already taken by another process")
-        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         bentoml = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml), "serve", SERVICE, "--host", self.host, "--port", str(self.port)]
