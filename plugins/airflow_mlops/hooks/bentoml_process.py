@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airflow_mlops import settings
+from airflow_mlops.processes import descendants, kill_all, process_running
 from airflow_mlops.processes import group_alive as _group_alive
 from airflow_mlops.processes import signal_group as _signal_group
 
@@ -222,12 +223,16 @@ class ServingProcess:
         pid = self.pid()
         if pid is None:
             return False
+        # BentoML's workers run in process groups of their own: killing the server's group alone would leave
+        # them answering on its socket. They stop with the server on SIGTERM; past ``grace`` each is killed.
+        workers = descendants(pid)
         _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _group_alive(pid):
+        while time.monotonic() < deadline and (_group_alive(pid) or any(map(process_running, workers))):
             time.sleep(0.2)
         if _group_alive(pid):
             _signal_group(pid, signal.SIGKILL)
+        kill_all(workers)
         proc = getattr(self, "_proc", None)
         if proc is not None:
             proc.wait(timeout=10)
