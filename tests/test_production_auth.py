@@ -24,30 +24,22 @@ answering the approval and triggering the rollback, and none of these happens; t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import random
 import shutil
-import signal
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
+from production_fixtures import production_stack
 
-from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.usecase import config
-from airflow_mlops_dev.devstack import ADMIN_USER, AUTH_MANAGERS, AirflowClient, Stack
+from airflow_mlops_dev.devstack import ADMIN_USER, AUTH_MANAGERS, AirflowClient
 
 from conftest import FLIGHTS
-from services import require_service
 
 pytestmark = pytest.mark.production
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379"
 VIEWER = "viewer"
 #: The module's own DAG: one ModelApprovalOperator on version 1 of the use case's registered model.
 APPROVAL_DAG = "auth_test_approval"
@@ -75,49 +67,6 @@ with DAG(
 """
 
 
-def _pg_admin(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(f"{PG_URL}/postgres", connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
-def _claim_redis_db(token: str) -> int:
-    """An empty Redis database index, claimed with a marker key so a concurrent run picks another one."""
-    import redis
-
-    for index in random.sample(range(2, 16), 14):
-        client = redis.Redis.from_url(f"{REDIS_URL}/{index}")
-        try:
-            if client.dbsize() == 0 and client.set("mlops-test-claim", token, nx=True) and client.dbsize() == 1:
-                return index
-        finally:
-            client.close()
-    raise RuntimeError("no empty Redis database index in 2..15")
-
-
-def _processes_with(home: Path) -> list[int]:
-    """Pids of live processes whose environment names ``home`` as MLOPS_HOME (what the stack started)."""
-    needle = f"MLOPS_HOME={home}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                stat = (entry / "stat").read_text()
-                if stat[stat.rfind(")") + 2] != "Z":
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 def _until(what: str, probe, timeout: float, poll: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -143,16 +92,7 @@ def usecase(tmp_path_factory) -> config.UseCase:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, usecase):
-    """One production stack for the module: databases, Redis index, ports, home and an extra DAG bundle of its own."""
-    import redis
-
-    require_service("PostgreSQL", "127.0.0.1", 5432, "the production profile (Airflow's metadata database)")
-    require_service("Redis", "127.0.0.1", 6379, "the production profile (the Celery broker)")
-    # Both listen: from here on, an error of theirs (authentication, a query) is the module's failure.
-    _pg_admin("SELECT 1")
-    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
-
-    home = tmp_path_factory.mktemp("auth-home")
+    """One production stack for the module (``production_fixtures.production_stack``) with an extra DAG bundle."""
     dags = tmp_path_factory.mktemp("auth-dags")
     (dags / f"{APPROVAL_DAG}.py").write_text(
         APPROVAL_DAG_FILE.format(
@@ -167,52 +107,13 @@ def stack(tmp_path_factory, usecase):
             "kwargs": {"path": str(dags)},
         },
     ]
-    suffix = uuid.uuid4().hex[:10]
-    databases = {"MLOPS_AIRFLOW_DB": f"mlops_test_af_{suffix}", "MLOPS_MLFLOW_DB": f"mlops_test_mlf_{suffix}"}
-    redis_db = _claim_redis_db(suffix)
-    stack = None
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [
-            k
-            for k in os.environ
-            if k.startswith(("AIRFLOW", "MLFLOW_", "MLOPS_SERVING_")) or k in ("MLOPS_USECASE", "MLOPS_FEAST_HOME")
-        ]:
-            patch.delenv(name)
-        patch.setenv("MLOPS_PROFILE", "production")
-        patch.setenv("MLOPS_HOME", str(home))
-        patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
-        patch.setenv("MLOPS_PROJECTS", str(usecase.folder.parent))
-        patch.setenv("MLOPS_POSTGRES_URL", PG_URL)
-        patch.setenv("MLOPS_REDIS_URL", REDIS_URL)
-        for name, value in databases.items():
-            patch.setenv(name, value)
-        patch.setenv("MLOPS_CELERY_REDIS_DB", str(redis_db))
-        patch.setenv("MLOPS_FEAST_REDIS_DB", str(redis_db))
-        patch.setenv("MLOPS_MLFLOW_PORT", str(free_port()))
+    env = {
         # The approval task needs MLflow only: the worker need not import the other heavy libraries first.
-        patch.setenv("MLOPS_PRELOAD_MODULES", "mlflow,httpx")
-        patch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
-        patch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
-        patch.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
-        patch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT", str(free_port()))
-        try:
-            stack = Stack(home=home, port=free_port(), profile="production")
-            stack.up(timeout=600)
-            yield stack
-        finally:
-            try:
-                if stack is not None:
-                    stack.down()
-            finally:  # whatever failed above, no process, database or Redis key outlives the module
-                leftovers = _processes_with(home)
-                for pid in leftovers:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                for database in databases.values():
-                    _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-                redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
-    assert stack.pids() == {}
-    assert leftovers == [], f"processes of the stack still ran after down: {leftovers}"
+        "MLOPS_PRELOAD_MODULES": "mlflow,httpx",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+    }
+    with production_stack(tmp_path_factory.mktemp("auth-home"), usecase.folder.parent, env) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

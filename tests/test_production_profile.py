@@ -28,7 +28,7 @@ need: ``test_months_through_the_loop`` asserts on the state the loop left (model
 ``test_killed_worker``'s retraining may move the champion.
 
 PostgreSQL and Redis are services this machine runs: the module skips only when nothing listens on their ports
-(``services.require_service``); any other error of theirs fails it.
+(``production_fixtures.production_stack``); any other error of theirs fails it.
 """
 
 from __future__ import annotations
@@ -37,14 +37,13 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from production_fixtures import PG_URL, REDIS_URL, production_stack
 
 from airflow_mlops.hooks.bentoml_process import free_port
 from airflow_mlops.usecase import config
@@ -59,11 +58,8 @@ from airflow_mlops_dev.devstack import (
 )
 
 from conftest import ROOT
-from services import require_service
 from waiting import wait_for
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379"
 #: The use case this module drives (a copy of it, see ``usecase``).
 EXAMPLE = ROOT / "examples" / "flight_delay"
 NAME = config.load(EXAMPLE).name
@@ -73,18 +69,6 @@ INGEST, FEATURES, TRAINING, MONITORING = (
 #: Zones the suite commits with manifests (``reports/`` belongs to GX and monitoring; MLflow's artifacts are outside
 #: the use case's lake root).
 COMMITTED_ZONES = ("raw", "validated", "features", "training_sets")
-
-
-def _pg_admin(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(f"{PG_URL}/postgres", connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def _pg_query(database: str, sql: str, args: tuple = ()) -> list[tuple]:
@@ -97,37 +81,6 @@ def _pg_query(database: str, sql: str, args: tuple = ()) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
-
-
-def _claim_redis_db(token: str) -> int:
-    """An empty Redis database index, claimed with a marker key so a concurrent run picks another one."""
-    import redis
-
-    for index in random.sample(range(2, 16), 14):
-        client = redis.Redis.from_url(f"{REDIS_URL}/{index}")
-        try:
-            if client.dbsize() == 0 and client.set("mlops-test-claim", token, nx=True) and client.dbsize() == 1:
-                return index
-        finally:
-            client.close()
-    raise RuntimeError("no empty Redis database index in 2..15")
-
-
-def _processes_with(home: Path) -> list[int]:
-    """Pids of live processes whose environment names ``home`` as MLOPS_HOME (what the stack started)."""
-    needle = f"MLOPS_HOME={home}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                stat = (entry / "stat").read_text()
-                if stat[stat.rfind(")") + 2] != "Z":
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -152,75 +105,26 @@ def usecase(tmp_path_factory) -> config.UseCase:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, usecase):
-    """One production stack for the module: databases, Redis index, ports and home of its own."""
-    import redis
-
-    require_service("PostgreSQL", "127.0.0.1", 5432, "the production profile (Airflow's and MLflow's databases)")
-    require_service("Redis", "127.0.0.1", 6379, "the production profile (the Celery broker, Feast's online store)")
-    # Both listen: from here on, an error of theirs (authentication, a query) is the module's failure.
-    _pg_admin("SELECT 1")
-    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
+    """One production stack for the module: databases, Redis index, ports and home of its own
+    (``production_fixtures.production_stack``)."""
+    from airflow_mlops_dev import serving as serving_process
 
     home = tmp_path_factory.mktemp("production-home")
-    suffix = uuid.uuid4().hex[:10]
-    databases = {"MLOPS_AIRFLOW_DB": f"mlops_test_af_{suffix}", "MLOPS_MLFLOW_DB": f"mlops_test_mlf_{suffix}"}
-    redis_db = _claim_redis_db(suffix)
-    serving_port = free_port()
     key = NAME.upper()
-    stack = None
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [
-            k
-            for k in os.environ
-            if k.startswith(("AIRFLOW", "MLFLOW_", "MLOPS_SERVING_")) or k in ("MLOPS_USECASE", "MLOPS_FEAST_HOME")
-        ]:
-            patch.delenv(name)
-        patch.setenv("MLOPS_PROFILE", "production")
-        patch.setenv("MLOPS_HOME", str(home))
-        patch.setenv("MLOPS_LAKE", (home / "lake").as_uri())
-        # The DAG factory of every component builds the DAGs of the use cases here: the flights example only.
-        patch.setenv("MLOPS_PROJECTS", str(usecase.folder.parent))
-        patch.setenv("MLOPS_POSTGRES_URL", PG_URL)
-        patch.setenv("MLOPS_REDIS_URL", REDIS_URL)
-        for name, value in databases.items():
-            patch.setenv(name, value)
-        # Celery's broker keys and Feast's entity keys do not collide: one index for the test, flushed at the end.
-        patch.setenv("MLOPS_CELERY_REDIS_DB", str(redis_db))
-        patch.setenv("MLOPS_FEAST_REDIS_DB", str(redis_db))
-        patch.setenv("MLOPS_MLFLOW_PORT", str(free_port()))
+    env = {
         # The use case's embedded endpoint (what the deploy step starts and updates) on a free port.
-        patch.setenv(f"MLOPS_SERVING_PORT__{key}", str(serving_port))
-        patch.delenv(f"MLOPS_SERVING_URL__{key}", raising=False)  # given by URL, deploy would never start it
-        # Every port a component listens on is free, so the test can run next to another stack.
-        patch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
-        patch.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
-        patch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT", str(free_port()))
+        f"MLOPS_SERVING_PORT__{key}": str(free_port()),
         # A task whose worker died is failed (and retried) after 60 s without heartbeat instead of 300 s.
-        patch.setenv("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "60")
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+    }
+    with production_stack(home, usecase.folder.parent, env) as stack, pytest.MonkeyPatch.context() as patch:
+        # This process reads the stack's MLflow server and Feast store as its tasks do.
+        for name, value in profile_env().items():
+            patch.setenv(name, value)
         try:
-            stack = Stack(home=home, port=free_port(), profile="production")
-            stack.up(timeout=600)
-            # This process reads the stack's MLflow server and Feast store as its tasks do.
-            for name, value in profile_env().items():
-                patch.setenv(name, value)
             yield stack
         finally:
-            from airflow_mlops_dev import serving as serving_process
-
-            try:
-                if stack is not None:
-                    stack.down()
-                serving_process.embedded(usecase.folder).stop()
-            finally:  # whatever failed above, no process, database or Redis key outlives the module
-                leftovers = _processes_with(home)
-                for pid in leftovers:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                for database in databases.values():
-                    _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-                redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
-    assert stack.pids() == {}
-    assert leftovers == [], f"processes of the stack still ran after down: {leftovers}"
+            serving_process.embedded(usecase.folder).stop()
 
 
 @pytest.fixture(scope="module")
