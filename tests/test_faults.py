@@ -219,13 +219,24 @@ def _running(client: AirflowClient, dag_id: str, run_id: str, tasks: tuple[str, 
     return next((t for t in tasks if states.get(t, ("", 0))[0] == "running"), None)
 
 
-def _approve(client: AirflowClient, run_id: str) -> None:
+def _approve(stack: Stack, client: AirflowClient, run_id: str) -> None:
     def asked() -> bool:
         run = client._ok(client.http.get(f"/api/v2/dags/{TRAINING}/dagRuns/{run_id}"))
         assert run["state"] not in ("success", "failed"), client.task_instances(TRAINING, run_id)
         return bool(client.pending_approvals(TRAINING, run_id))
 
     _wait(asked, 1200, "approve_model never asked", 1.0)
+    # Airflow 3.3 race (as in test_approval): an answer that resumes the task before the scheduler has handled the
+    # parked worker's exit fails that try ("state changed externally") and a retry asks again. A person never
+    # answers that fast; a script waits until the scheduler logged the parked try as finished.
+    parked = f"task_id=approve_model, run_id={run_id}, "
+    log = stack.home / "logs" / "scheduler.log"
+
+    def handled() -> bool:
+        lines = log.read_text(errors="replace").splitlines()
+        return any("TaskInstance Finished" in ln and parked in ln and "state=awaiting_input" in ln for ln in lines)
+
+    _wait(handled, 300, "the scheduler never handled the parked approve_model", 0.5)
     client.respond(TRAINING, run_id, "approve_model", "Approve", comment="test_faults")
 
 
@@ -328,7 +339,7 @@ def champion(stack, client, usecase):
         built = client.xcom(FEATURES, through(FEATURES, period, 1200), "training_set")
     assert built["periods"] == ["2013-01", "2013-02"], built
     run_id = client.trigger(TRAINING, {"training_set_uri": built["uri"]})
-    _approve(client, run_id)
+    _approve(stack, client, run_id)
     _succeeded(client, TRAINING, run_id, timeout=1200)
     deployed = client.xcom(TRAINING, run_id, "deploy_model")
     assert deployed["action"] == "started" and str(deployed["version"]) == "1", deployed
@@ -419,7 +430,7 @@ def test_a_month_with_killed_components_converges(stack, client, usecase, champi
     caller = RetryingClient(server.url, bodies).start()
     try:
         _wait(lambda: caller.versions_since("1") >= 100, 300, "the client got no answers from v1")
-        _approve(client, training_run)
+        _approve(stack, client, training_run)
 
         # 4. The serving process, as soon as the deploy step runs (it swaps v2 in) under the client's traffic.
         _wait(lambda: _running(client, TRAINING, training_run, ("deploy_model",)), 1200, "deploy never ran", 0.1)
