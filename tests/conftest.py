@@ -50,6 +50,24 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+#: Variables MLflow writes into this process's environment (``mlflow.set_tracking_uri`` / ``set_registry_uri``,
+#: which ``MlflowHook`` calls): without a reset, a test's MLflow server outlives it in every later test and in the
+#: servers they start.
+MLFLOW_WRITES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored():
+    """Give ``MLFLOW_WRITES`` back their values from before the test, whatever the test or MLflow wrote."""
+    before = {name: os.environ.get(name) for name in MLFLOW_WRITES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata DB (SQLite) for ``dag.test()``; created once per session."""
