@@ -70,13 +70,17 @@ print(json.dumps({
 
 
 def _uv() -> list[str]:
+    """The uv the Makefile uses: on PATH, else importable by python3, else its own virtualenv ``.uv/``."""
     found = shutil.which("uv")
     if found:
         return [found]
     for python in (sys.executable, shutil.which("python3")):
         if python and subprocess.run([python, "-m", "uv", "--version"], capture_output=True).returncode == 0:
             return [python, "-m", "uv"]
-    pytest.fail("uv is needed to build and install the wheel (make install bootstraps it: python3 -m pip install uv)")
+    bootstrapped = ROOT / ".uv" / "bin" / "uv"
+    if bootstrapped.is_file():
+        return [str(bootstrapped)]
+    pytest.fail("uv is needed to build and install the wheel: `make install` bootstraps it into .uv/")
 
 
 def _run(command: list[str], *, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
