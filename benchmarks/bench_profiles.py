@@ -8,10 +8,10 @@ first model, so one training run goes through train → evaluate → gate → re
 deploy). The production profile runs natively against this machine's PostgreSQL (127.0.0.1:5432) and Redis
 (127.0.0.1:6379), with databases and a Redis index of its own, dropped afterwards. Then prints, per task of that
 training run, the time from queued to started (the executor's pickup: LocalExecutor or a Celery worker) and the
-task's duration, for each profile, and the ratios; the training stage's wall time; the peak resident memory of the
-stack's processes (Airflow components, the Celery worker, the MLflow server, serving; PostgreSQL and Redis are the
-machine's services and not counted) against the 4 GiB target; and the target of the training stage (production ≤
-1.5× embedded).
+task's duration, for each profile, and the ratios; the training stage's wall time; the peak memory (PSS) of the
+stack's processes (Airflow components, the Celery worker, the MLflow server, serving, the driver; PostgreSQL and
+Redis are the machine's services and not counted) against the 4 GiB target, with each process tree's share at that
+peak; and the target of the training stage (production ≤ 1.5× embedded).
 
 Each profile runs in a subprocess of its own (``--one PROFILE --json FILE``), so no state carries over.
 """
@@ -114,6 +114,7 @@ def run_one(profile: str, periods: str, out: Path) -> int:
                     "stage_seconds": summary["meta"]["stage_seconds"],
                     "wall_seconds": summary["meta"]["wall_seconds"],
                     "peak_rss_gib": summary["meta"]["peak_rss_gib"],
+                    "peak_breakdown": summary["meta"].get("peak_breakdown", {}),
                     "training_run_span_s": run_span,
                     "tasks": tasks,
                 },
@@ -156,8 +157,13 @@ def main() -> int:
     for profile, result in results.items():
         print(
             f"  {profile:10s} training stage {result['stage_seconds']['training']:6.0f} s  (run span "
-            f"{result['training_run_span_s']:.0f} s)  peak RSS {result['peak_rss_gib']:.2f} GiB "
+            f"{result['training_run_span_s']:.0f} s)  peak memory (PSS) {result['peak_rss_gib']:.2f} GiB "
             f"(target <= {TARGET_GIB:.0f} GiB: {result['peak_rss_gib'] / TARGET_GIB:.2f}x)"
+        )
+        parts = result["peak_breakdown"]
+        print(
+            "    at the peak (PSS by process tree): "
+            + ", ".join(f"{name} {part['gib']:.2f} GiB ({part['processes']} proc.)" for name, part in parts.items())
         )
     if len(results) == 2:
         emb, prod = results["embedded"], results["production"]

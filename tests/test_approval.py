@@ -4,8 +4,10 @@ between infra validation and promotion that is answered over the REST API and in
 The policy and the evidence are checked directly. The approval step runs in the real embedded Airflow (scheduler,
 DAG processor, triggerer, API server as processes) on a copy of ``examples/flight_delay`` with ``approval: manual``:
 a run is approved over REST (promoted; the ledger and the version keep the approver), one rejected over REST (not
-promoted), one left unanswered past a short timeout (rejected: fail closed), one approved by clicking in the UI's
-Required Actions form. ``approval: auto`` (every example's default) is tests/test_dag_training.py: the step skips.
+promoted), one left unanswered past a short timeout (rejected: fail closed), one approved and one rejected by
+clicking in the UI's Required Actions form. The runs share one stack and one registered model, in this order (the
+REST rejection compares against the champion the REST approval made). ``approval: auto`` (every example's default)
+is tests/test_dag_training.py: the step skips.
 """
 
 from __future__ import annotations
@@ -363,7 +365,10 @@ def test_e2e_no_answer_in_time_rejects(stack, client):
 
 @pytest.mark.e2e
 @pytest.mark.ui
-def test_ui_the_required_actions_form_shows_the_evidence_and_approves(stack, client):
+@pytest.mark.parametrize("button", ["Approve", "Reject"])
+def test_ui_the_required_actions_form_shows_the_evidence_and_answers(stack, client, button):
+    """A person signs in, opens the run's Required Actions form, reads the evidence and clicks a button: Approve
+    promotes this version, Reject leaves the champion as it was; either way the version keeps who answered."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -373,8 +378,10 @@ def test_ui_the_required_actions_form_shows_the_evidence_and_approves(stack, cli
     from ui_browser import ensure_chromium, headless_chrome
 
     ensure_chromium()
+    name = stack["usecase"].registered_model_name
+    champion = MlflowHook().alias_version(name, "champion")
     dag_id, run_id, _ = _waiting(stack, client)
-    name, version = stack["usecase"].registered_model_name, _version_of(client, dag_id, run_id)
+    version = _version_of(client, dag_id, run_id)
     url = stack["stack"].url
     driver = headless_chrome()
     driver.set_page_load_timeout(60)
@@ -397,18 +404,24 @@ def test_ui_the_required_actions_form_shows_the_evidence_and_approves(stack, cli
         assert "Infra validation" in page and "Drift at training time" in page, page[:3000]
         comment = driver.find_elements(By.CSS_SELECTOR, "input[name=comment], textarea[name=comment], #element_comment")
         if comment:
-            comment[0].send_keys("approved in the browser")
+            comment[0].send_keys(f"{button} in the browser")
 
-        def click_approve(d) -> bool:
-            buttons = [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Approve"]
+        def click(d) -> bool:
+            buttons = [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == button]
             if buttons and buttons[0].is_enabled():
                 buttons[0].click()
                 return True
             return False
 
-        wait(click_approve, "the Approve button")
-        assert _finished(client, dag_id, run_id, "promote_model") == "success"
+        wait(click, f"the {button} button")
+        promoted = _finished(client, dag_id, run_id, "promote_model")
     finally:
         driver.quit()
-    assert MlflowHook().alias_version(name, "champion") == version
-    assert _tags(name, version)["mlops.approval.approver"] == "admin"
+    tags = _tags(name, version)
+    assert tags["mlops.approval.approver"] == "admin"
+    if button == "Approve":
+        assert promoted == "success" and tags["mlops.approval.decision"] == "approved"
+        assert MlflowHook().alias_version(name, "champion") == version
+    else:
+        assert promoted == "skipped" and tags["mlops.approval.decision"] == "rejected"
+        assert MlflowHook().alias_version(name, "champion") == champion

@@ -108,11 +108,11 @@ def stack(tmp_path_factory, usecase):
         patch.setenv(f"MLOPS_SERVING_PORT__{key}", str(serving_port))
         # `make up` (the restart) finds this stack by MLOPS_HOME and this port.
         patch.setenv("MLOPS_AIRFLOW_PORT", str(free_port()))
-        # A task whose process died with the scheduler is failed (and retried) after 60 s without heartbeat; the
-        # restarted scheduler resets the dead one's orphaned tasks every 60 s (default 300 s: measured, the first
-        # recovery then takes ~5 min).
-        patch.setenv("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "60")
-        patch.setenv("AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL", "60")
+        # A task whose process died with the scheduler is failed (and retried) after 30 s without heartbeat (a live
+        # task heartbeats every 5 s); the restarted scheduler resets the dead one's orphaned tasks every 30 s
+        # (defaults 300 s: measured, the first recovery then takes ~5 min).
+        patch.setenv("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "30")
+        patch.setenv("AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL", "30")
         try:
             stack = Stack.from_env()
             stack.up(timeout=600)

@@ -114,8 +114,9 @@ def stack(tmp_path_factory, usecase):
     env = {
         # The use case's embedded endpoint (what the deploy step starts and updates) on a free port.
         f"MLOPS_SERVING_PORT__{key}": str(free_port()),
-        # A task whose worker died is failed (and retried) after 60 s without heartbeat instead of 300 s.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        # A task whose worker died is failed (and retried) after 30 s without heartbeat instead of 300 s (a live
+        # task heartbeats every 5 s).
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     }
     with production_stack(home, usecase.folder.parent, env) as stack, pytest.MonkeyPatch.context() as patch:
         # This process reads the stack's MLflow server and Feast store as its tasks do.

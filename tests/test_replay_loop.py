@@ -165,6 +165,11 @@ def test_outputs_show_the_loop(replayed):
     assert meta["usecase"] == "flight_delay" and meta["metric"] == "roc_auc"
     assert meta["dags"]["training"] == replayed["usecase"].dag_id("training")
     assert meta["wall_seconds"] > 0 and meta["peak_rss_gib"] > 0.1
+    # The peak's breakdown: one entry per running component, the serving process and the driver, summing to it.
+    breakdown = meta["peak_breakdown"]
+    assert {"scheduler", "triggerer", "dag-processor", "driver"} <= set(breakdown), breakdown
+    assert all(part["processes"] >= 1 for part in breakdown.values()), breakdown
+    assert abs(sum(part["gib"] for part in breakdown.values()) - meta["peak_rss_gib"]) < 0.01 * len(breakdown)
     assert set(meta["stage_seconds"]) == {"validate", "features", "traffic", "monitoring", "training"}
 
 

@@ -290,9 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     serving = embedded(usecase.folder)
 
-    def roots() -> list[int]:
+    def roots() -> dict[str, int]:
         pid = serving.pid()
-        return [*stack.pids().values(), *([pid] if pid else [])]
+        return {**stack.pids(), **({"serving": pid} if pid else {})}
+
+    def record_peak() -> None:
+        """The peak so far (of this invocation or an earlier one of an interrupted replay) and its breakdown."""
+        if memory.peak_bytes / 2**30 >= peak:
+            meta.update(peak_rss_gib=round(memory.peak_bytes / 2**30, 2), peak_breakdown=memory.breakdown_gib())
 
     with MemorySampler(roots) as memory:
         try:
@@ -303,16 +308,16 @@ def main(argv: list[str] | None = None) -> int:
                     backfill=demo.backfill,
                     step=demo.step,
                     wall_seconds=round(wall + time.monotonic() - started, 1),
-                    peak_rss_gib=round(max(peak, memory.peak_bytes / 2**30), 2),
                     mlops_home=str(settings.mlops_home()),
                 )
+                record_peak()
                 write_outputs(lake, rows, meta)  # after every period: an interrupted replay resumes here
         except (ReplayError, TimeoutError, ValueError) as err:
             print(f"\nerror: {err}\nlogs: {stack.home / 'logs'}", file=sys.stderr)
             status = 1
     if not rows:
         return status
-    meta.update(peak_rss_gib=round(max(peak, memory.peak_bytes / 2**30), 2))
+    record_peak()
     keys = write_outputs(lake, rows, meta)
 
     print()

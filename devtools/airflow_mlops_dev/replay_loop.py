@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -209,26 +209,36 @@ def batch_outcome(lake: Any, period: str, digest: str) -> dict[str, Any]:
 
 
 class MemorySampler:
-    """Peak memory (proportional set size) of a set of process trees (the stack, the serving process, this one)."""
+    """Peak memory (proportional set size) of a set of process trees (the stack, the serving process, this one).
 
-    def __init__(self, roots: Callable[[], list[int]], interval: float = 1.0) -> None:
+    :param roots: the trees to count, by name (``{"scheduler": pid, "serving": pid}``); this process is added
+        as ``driver``.
+    :param interval: seconds between samples.
+
+    ``peak_bytes`` is the largest total seen; ``peak_breakdown`` that sample's share of each tree
+    (``{name: (bytes, processes)}``), largest first.
+    """
+
+    def __init__(self, roots: Callable[[], Mapping[str, int]], interval: float = 1.0) -> None:
         self.roots = roots
         self.interval = interval
         self.peak_bytes = 0
+        self.peak_breakdown: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> dict[str, tuple[int, int]]:
         import psutil
 
         seen: set[int] = set()
-        total = 0
-        for pid in [*self.roots(), psutil.Process().pid]:
+        trees: dict[str, tuple[int, int]] = {}
+        for name, pid in [*self.roots().items(), ("driver", psutil.Process().pid)]:
             try:
                 root = psutil.Process(pid)
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
+            total = count = 0
             for proc in procs:
                 if proc.pid in seen:
                     continue
@@ -241,14 +251,30 @@ class MemorySampler:
                         total += proc.memory_info().rss
                     except psutil.Error:
                         continue
-        return total
+                count += 1
+            trees[name] = (total, count)
+        return trees
+
+    def _record(self) -> None:
+        trees = self._sample()
+        total = sum(size for size, _ in trees.values())
+        if total > self.peak_bytes:
+            self.peak_bytes = total
+            self.peak_breakdown = dict(sorted(trees.items(), key=lambda item: -item[1][0]))
+
+    def breakdown_gib(self) -> dict[str, dict[str, float | int]]:
+        """The peak's breakdown as JSON: ``{name: {"gib": ..., "processes": ...}}``."""
+        return {
+            name: {"gib": round(size / 2**30, 3), "processes": count}
+            for name, (size, count) in self.peak_breakdown.items()
+        }
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._record()
 
     def __enter__(self) -> MemorySampler:
-        self.peak_bytes = self._sample()
+        self._record()
         self._thread.start()
         return self
 
