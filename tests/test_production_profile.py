@@ -240,6 +240,20 @@ def test_native_profile_matches_compose(tmp_path, monkeypatch):
         == services["airflow-worker"]["command"].split()[1:]
         == ["-m", "airflow_mlops.preload", "celery", "worker"]
     )
+    # The scheduler hands tasks to Celery and runs none: it does not preload, natively and in compose.
+    assert native.command("scheduler")[1:] == [services["airflow-scheduler"]["command"]] == ["scheduler"]
+    # The embedded scheduler forks the tasks (LocalExecutor): it preloads their libraries.
+    assert Stack(home=tmp_path, profile="embedded").command("scheduler")[1:] == [
+        "-m",
+        "airflow_mlops.preload",
+        "scheduler",
+    ]
+    # The MLflow server runs without its GenAI job runner, natively and in compose.
+    assert (
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+        == services["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+        == "false"
+    )
     mlflow_native = native.command("mlflow-server")
     mlflow_compose = " ".join(services["mlflow"]["command"])
     backend = mlflow_native[mlflow_native.index("--backend-store-uri") + 1]
