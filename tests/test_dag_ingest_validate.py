@@ -288,33 +288,38 @@ def _land_daily(lake, frames: dict, day: str = DAY) -> dict:
 
 
 class _TaskInstance:
-    """What the operators use of a task instance: XCom pushes, kept for the test to read."""
+    """What the operators use of a task instance: its run's identity and XCom pushes, kept for the test to read."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str | None = None) -> None:
+        import uuid
+
+        self.dag_id, self.run_id = "sensors_ingest_validate", run_id or f"manual__{uuid.uuid4().hex}"
         self.xcom: dict[str, object] = {}
 
     def xcom_push(self, key: str, value: object) -> None:
         self.xcom[key] = value
 
 
-def _context(run_type: str = "manual") -> dict:
+def _context(run_type: str = "manual", run_id: str | None = None) -> dict:
     from collections import defaultdict
     from types import SimpleNamespace
 
     return {
-        "ti": _TaskInstance(),
+        "ti": _TaskInstance(run_id),
         "dag_run": SimpleNamespace(run_type=run_type),
         "data_interval_start": None,
         "outlet_events": defaultdict(lambda: SimpleNamespace(extra=None)),
     }
 
 
-def _ingest(lake, period: str | None = DAY, **overrides):
-    """Ingest as the sensors pipeline would: daily batches of DAILY_FILES, readings.csv the primary file."""
+def _ingest(lake, period: str | None = DAY, run_id: str | None = None, **overrides):
+    """Ingest as the sensors pipeline would: daily batches of DAILY_FILES, readings.csv the primary file (a try of
+    the run ``run_id``; default a new run)."""
     from airflow_mlops.operators.ingest import IngestBatchOperator
 
     args = {"files": DAILY_FILES, "primary": "readings.csv", "period_kind": "day", "period": period, **overrides}
-    return IngestBatchOperator(task_id="ingest_batch", lake_root=lake.root_url, **args).execute(_context())
+    operator = IngestBatchOperator(task_id="ingest_batch", lake_root=lake.root_url, **args)
+    return operator.execute(_context(run_id=run_id))
 
 
 def _validate(lake, usecase, batch: dict, **overrides):
@@ -493,6 +498,38 @@ def test_pending_days_are_ingested_and_months_ignored(lake):
     assert lake.path("landing", "2024-05").exists()
     again = _ingest(lake, period="2024-05-18")  # nothing landed: the newest raw batch, for re-validation
     assert [b["batch_id"] for b in again] == [batches[1]["batch_id"]]
+
+
+def test_a_retry_of_a_try_killed_after_the_move_returns_its_batches(lake):
+    """A try that moved the landed batches to raw/ and died before returning them: its retry (same run) returns the
+    same batches from raw/, writing nothing; another run finds nothing to ingest."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    for day in ("2024-05-17", "2024-05-18"):
+        _land_daily(lake, _daily_frames(day), day)
+    killed = _ingest(lake, period=None, run_id="asset_triggered__1")  # its result never reached XCom
+    raw_dirs = sorted(str(d) for day in ("2024-05-17", "2024-05-18") for d in lake.path("raw", day).iterdir())
+    assert not lake.path("landing", "2024-05-17").exists() and not lake.path("landing", "2024-05-18").exists()
+
+    retried = _ingest(lake, period=None, run_id="asset_triggered__1")
+    assert retried == killed and [b["period"] for b in retried] == ["2024-05-17", "2024-05-18"]
+    assert sorted(str(d) for day in ("2024-05-17", "2024-05-18") for d in lake.path("raw", day).iterdir()) == raw_dirs
+    with pytest.raises(AirflowSkipException, match="nothing to ingest"):
+        _ingest(lake, period=None, run_id="asset_triggered__2")
+
+
+def test_claims_of_other_runs_are_removed_after_a_week(lake):
+    from datetime import UTC, datetime, timedelta
+
+    from airflow_mlops.core import ingest
+
+    now = datetime(2024, 5, 20, tzinfo=UTC)
+    assert ingest.claim_periods(lake, "dag/old", ["2024-05-01"], now=now - timedelta(days=8)) == []
+    assert ingest.claim_periods(lake, "dag/recent", ["2024-05-02"], now=now - timedelta(days=6)) == []
+    assert ingest.claim_periods(lake, "dag/new", [], now=now) == []
+    assert sorted(p.name for p in lake.path("landing", ingest.CLAIMS).iterdir()) == ["dag_recent.json"]
+    # a retry of the recent run learns what its earlier try took
+    assert ingest.claim_periods(lake, "dag/recent", [], now=now) == ["2024-05-02"]
 
 
 def test_a_named_period_of_the_wrong_form_fails_once(lake):

@@ -3,13 +3,17 @@
 Works through a ``LakeHook`` (any object with its API: ``path``, ``url``, ``read_manifest``, ``write_file``,
 ``write_manifest``, ``remove_tree``). A batch is complete once its ``_SUCCESS`` marker exists; if the marker lists
 sha256 per file, the bytes are checked against it. Re-ingesting the same bytes is a no-op; the landed copy is
-removed only after ``raw/`` is committed, so a crash at any point is repaired by a retry.
+removed only after ``raw/`` is committed, and a run records the periods it takes (``claim_periods``, in
+``landing/_claims/``) before moving any, so a retry of a try killed after the move still returns those batches:
+a crash at any point is repaired by a retry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.core.batches import (
@@ -104,6 +108,40 @@ def pending_periods(lake: Any, kind: str) -> list[str]:
                 continue
             periods.append(period)
     return sorted(periods)
+
+
+#: Where runs record the periods they take (a folder of ``landing/`` with no ``_SUCCESS``: never a batch).
+CLAIMS = "_claims"
+#: Claims older than this are removed by later runs (a retry comes within hours).
+CLAIM_RETENTION = timedelta(days=7)
+
+
+def claim_periods(lake: Any, run_key: str, periods: list[str], *, now: datetime | None = None) -> list[str]:
+    """Record that the run ``run_key`` takes ``periods``; returns the periods an earlier try of it took.
+
+    A try killed after moving a batch to ``raw/`` but before returning it leaves ``landing/`` empty; its retry
+    gets those periods here and returns their committed batches instead of finding nothing to ingest.
+
+    :param run_key: the run's identity, the same for each of its tries (e.g. ``dag_id/run_id``).
+    :param periods: the periods this try found waiting in ``landing/``.
+    """
+    now = now or datetime.now(UTC)
+    folder = lake.path("landing", CLAIMS)
+    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_key)}.json"
+    earlier = json.loads(path.read_bytes()).get("periods", []) if path.exists() else []
+    taken = sorted(set(earlier) | set(periods))
+    if taken != earlier:
+        body = {"run": run_key, "periods": taken, "claimed_at": now.isoformat()}
+        lake.write_file(path, json.dumps(body).encode(), rows=len(taken))
+    for other in folder.iterdir() if folder.exists() else []:
+        if other.name.endswith(".json") and other.name != path.name:
+            try:
+                stale = datetime.fromisoformat(json.loads(other.read_bytes())["claimed_at"]) < now - CLAIM_RETENTION
+            except (ValueError, KeyError, TypeError, FileNotFoundError):
+                continue
+            if stale:
+                other.unlink(missing_ok=True)
+    return sorted(set(earlier) - set(periods))
 
 
 def ingest_period(lake: Any, period: str, files: list[str], primary: str, *, explicit: bool) -> Batch | None:

@@ -103,12 +103,19 @@ class IngestBatchOperator(MlopsBaseOperator):
         source = self.usecase_config.source if self.usecase_config is not None else None
         files, primary, kind = self.checked(ingest.ingest_settings, self.files, self.primary, self.period_kind, source)
         periods, explicit = self._periods(context, kind)
+        ti = context["ti"]
+        taken_before = ingest.claim_periods(self.lake, f"{ti.dag_id}/{ti.run_id}", periods)
+        if taken_before:
+            self.log.info("an earlier try of this run took %s: returning their committed batches", taken_before)
         batches = []
-        for period in periods:
-            try:
-                batch = ingest.ingest_period(self.lake, period, files, primary, explicit=explicit)
-            except ingest.BatchMissing as err:
-                raise BatchNotFoundError(str(err)) from err
+        for period in sorted({*periods, *taken_before}):
+            if period in taken_before:
+                batch = ingest.latest_raw(self.lake, period, primary)
+            else:
+                try:
+                    batch = ingest.ingest_period(self.lake, period, files, primary, explicit=explicit)
+                except ingest.BatchMissing as err:
+                    raise BatchNotFoundError(str(err)) from err
             if batch is not None:
                 batches.append(batch.to_dict())
         if not batches:
