@@ -17,19 +17,27 @@ USECASE = ROOT / "examples" / "flight_delay"
 CALLERS = 4
 
 
-def serve_commands(port: int) -> list[int]:
-    """Pids of the ``bentoml serve`` processes (not their workers) listening on ``port``, from ``/proc``."""
-    found = []
+def servers(home: Path) -> dict[int, int]:
+    """The processes started for ``home`` (pid -> parent pid), from ``/proc``: the servers and their workers, found
+    by the ``MLOPS_HOME`` they inherit (BentoML renames its arbiter ``circusd``, so the command line would not do)."""
+    mark = f"MLOPS_HOME={home}".encode()
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile
-        if any(arg.endswith(b"bentoml") for arg in argv) and b"serve" in argv and str(port).encode() in argv:
-            found.append(int(entry.name))
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or a zombie
     return found
+
+
+def started_servers(home: Path) -> list[int]:
+    """Of ``servers(home)``, those no other of them started."""
+    found = servers(home)
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def test_callers_at_once_start_one_server(tmp_path):
@@ -57,11 +65,11 @@ def test_callers_at_once_start_one_server(tmp_path):
             thread.join(timeout=60)
         assert not errors, errors
         assert len(pids) == CALLERS and len(set(pids)) == 1, pids
-        assert serve_commands(port) == pids[:1]
+        assert started_servers(tmp_path) == pids[:1]
         assert make().pid() == pids[0]
     finally:
         make().stop(grace=10)
-        for pid in serve_commands(port):  # servers started past a broken lock, which the pid file does not know
-            os.killpg(pid, signal.SIGKILL)
+        for pid in servers(tmp_path):  # servers started past a broken lock, which the pid file does not know
+            os.kill(pid, signal.SIGKILL)
     assert make().pid() is None
-    wait_for(lambda: serve_commands(port) == [], timeout=10, what="no server left on the port")
+    wait_for(lambda: servers(tmp_path) == {}, timeout=10, what="no server or worker left")

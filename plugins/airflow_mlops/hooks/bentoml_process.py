@@ -231,6 +231,7 @@ class ServingProcess:
         while time.monotonic() < deadline and (_group_alive(pid) or any(map(process_running, workers))):
             time.sleep(0.2)
         if _group_alive(pid):
+            workers += descendants(pid)  # and the workers it started meanwhile (SIGTERM early in its start is lost)
             _signal_group(pid, signal.SIGKILL)
         kill_all(workers)
         proc = getattr(self, "_proc", None)
