@@ -1,12 +1,17 @@
-"""The embedded serving process's start lock: two callers at once (a deploy task's retry and ``make up`` after a
-crash) start one server, and both get its pid."""
+"""The embedded serving process's start lock: callers at once (a deploy task's retry and ``make up`` after a crash)
+start one server, and all get its pid. Its processes are found by the ``MLOPS_HOME`` they inherit: BentoML retitles
+its arbiter ``circusd`` and runs each worker in a process group of its own."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from contextlib import suppress
 from pathlib import Path
+
+import psutil
+from production_fixtures import processes_with
 
 from airflow_mlops.hooks.bentoml_process import ServingProcess, free_port
 
@@ -17,27 +22,10 @@ USECASE = ROOT / "examples" / "flight_delay"
 CALLERS = 4
 
 
-def servers(home: Path) -> dict[int, int]:
-    """The processes started for ``home`` (pid -> parent pid), from ``/proc``: the servers and their workers, found
-    by the ``MLOPS_HOME`` they inherit (BentoML renames its arbiter ``circusd``, so the command line would not do)."""
-    mark = f"MLOPS_HOME={home}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if mark not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile, or a zombie
-    return found
-
-
 def started_servers(home: Path) -> list[int]:
-    """Of ``servers(home)``, those no other of them started."""
-    found = servers(home)
-    return sorted(pid for pid, parent in found.items() if parent not in found)
+    """Of the processes started for ``home``, those no other of them started: the servers, not their workers."""
+    found = processes_with(home)
+    return sorted(pid for pid in found if psutil.Process(pid).ppid() not in found)
 
 
 def test_callers_at_once_start_one_server(tmp_path):
@@ -69,7 +57,8 @@ def test_callers_at_once_start_one_server(tmp_path):
         assert make().pid() == pids[0]
     finally:
         make().stop(grace=10)
-        for pid in servers(tmp_path):  # servers started past a broken lock, which the pid file does not know
-            os.kill(pid, signal.SIGKILL)
+        for pid in processes_with(tmp_path):  # servers started past a broken lock, which the pid file does not know
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert make().pid() is None
-    wait_for(lambda: servers(tmp_path) == {}, timeout=10, what="no server or worker left")
+    wait_for(lambda: processes_with(tmp_path) == [], timeout=10, what="no server or worker left")
